@@ -1,0 +1,1 @@
+"""Built-in node packs of sdgraph, installed as `sdgraph.nodes`."""

@@ -1,0 +1,82 @@
+"""What a running node may use from the engine: progress, interrupt, directories, the model manager.
+
+A node never reaches into the executor or the server; everything it needs arrives through `NodeContext`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sdgraph.paths import Dirs
+
+
+class Interrupted(Exception):
+    """Raised inside a run when an interrupt was requested; the executor reports it as an interruption."""
+
+
+class InterruptFlag:
+    """A thread-safe interrupt request, checked between nodes and at every progress tick."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Interrupted("interrupted")
+
+
+ProgressSink = Callable[[int, int, Any], None]
+
+
+@dataclass
+class Services:
+    """Long-lived things shared by every run: directories, the model manager, user settings."""
+
+    dirs: Dirs = field(default_factory=Dirs)
+    models: Any = None  # sdgraph.models.ModelManager once torch is in play; None for pure-Python use
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NodeContext:
+    """Handed to each node as `self.ctx` for the duration of one call."""
+
+    node_id: str
+    prompt_id: str
+    services: Services
+    interrupt: InterruptFlag
+    extra_data: dict[str, Any] = field(default_factory=dict)
+    on_progress: ProgressSink | None = None
+    prompt_source: Callable[[], dict[str, Any]] | None = None
+
+    @property
+    def prompt(self) -> dict[str, Any]:
+        """The API-format workflow being run (for embedding in saved images)."""
+        return self.prompt_source() if self.prompt_source is not None else {}
+
+    @property
+    def dirs(self) -> Dirs:
+        return self.services.dirs
+
+    @property
+    def models(self) -> Any:
+        return self.services.models
+
+    def progress(self, value: int, total: int, preview: Any = None) -> None:
+        """Report step `value` of `total` (and optionally a preview image); stops here if interrupted."""
+        self.interrupt.check()
+        if self.on_progress is not None:
+            self.on_progress(value, total, preview)
+
+    def check_interrupt(self) -> None:
+        self.interrupt.check()

@@ -1,0 +1,215 @@
+"""The native node API: declare inputs and outputs once on a class, write `run`, get validation and a UI for free.
+
+    class EmptyLatent(Node):
+        "An empty latent batch to start sampling from."
+        category = "latent"
+        aliases = ("EmptyLatentImage",)
+        inputs = [Int("width", 512, min=16, max=8192, step=8), Int("height", 512, min=16, max=8192, step=8),
+                  Int("batch_size", 1, min=1, max=4096)]
+        outputs = [Output(LATENT)]
+
+        def run(self, width: int, height: int, batch_size: int) -> tuple:
+            ...
+
+Every node class, whatever its style, is compiled into a `NodeDef`: its `NodeSpec` plus the callables the
+executor needs. Declarations are checked against `run`'s signature when the class is registered.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+from sdgraph.context import NodeContext
+from sdgraph.spec import InputSpec, NodeSpec, OutputSpec
+from sdgraph.types import BOOLEAN, COMBO, FLOAT, INT, STRING
+
+
+class NodeDeclarationError(Exception):
+    """A node class whose declaration is inconsistent; its pack reports it and skips the node."""
+
+
+@dataclass
+class NodeOutput:
+    """What a node returns when it has UI output (images to show, text) besides its socket values."""
+
+    values: tuple[Any, ...] = ()
+    ui: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    """A registered node: its spec and the callables the executor uses."""
+
+    spec: NodeSpec
+    invoke: Callable[[dict[str, Any], NodeContext], Any]
+    fingerprint: Callable[[dict[str, Any]], Any] | None = None
+    validate: Callable[[dict[str, Any]], Any] | None = None
+    custom_validated: frozenset[str] = frozenset()
+    pack: str = "builtin"
+    cls: Any = field(default=None, compare=False)
+
+    @property
+    def class_type(self) -> str:
+        return self.spec.class_type
+
+
+# ---- input and output declarations -------------------------------------------------------------------------
+
+
+def _section(optional: bool) -> str:
+    return "optional" if optional else "required"
+
+
+def Input(name: str, type: str, *, optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
+    """A socket input fed by a link (MODEL, LATENT, IMAGE, ...)."""
+    return InputSpec(name=name, type=type, section=_section(optional), tooltip=tooltip, options=options)
+
+
+def Int(name: str, default: int = 0, *, min: int | None = None, max: int | None = None, step: int = 1,
+        optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
+    return InputSpec(name=name, type=INT, section=_section(optional), default=default, min=min, max=max,
+                     step=step, tooltip=tooltip, options=options)
+
+
+def Float(name: str, default: float = 0.0, *, min: float | None = None, max: float | None = None,
+          step: float = 0.01, optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
+    return InputSpec(name=name, type=FLOAT, section=_section(optional), default=default, min=min, max=max,
+                     step=step, tooltip=tooltip, options=options)
+
+
+def String(name: str, default: str = "", *, multiline: bool = False, optional: bool = False,
+           tooltip: str | None = None, **options: Any) -> InputSpec:
+    return InputSpec(name=name, type=STRING, section=_section(optional), default=default, multiline=multiline,
+                     tooltip=tooltip, options=options)
+
+
+def Boolean(name: str, default: bool = False, *, optional: bool = False, tooltip: str | None = None,
+            **options: Any) -> InputSpec:
+    return InputSpec(name=name, type=BOOLEAN, section=_section(optional), default=default, tooltip=tooltip,
+                     options=options)
+
+
+def Combo(name: str, choices: Sequence[Any] | Callable[[], list[Any]], default: Any = None, *,
+          optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
+    """A choice from a list; pass a callable when the list comes from outside state (files in a folder)."""
+    static = None if callable(choices) else tuple(choices)
+    if default is None and static:
+        default = static[0]
+    return InputSpec(name=name, type=COMBO, section=_section(optional), default=default, choices=static,
+                     choices_from=choices if callable(choices) else None, tooltip=tooltip, options=options)
+
+
+def Hidden(name: str, kind: str) -> InputSpec:
+    """An input the engine fills in: PROMPT (the workflow), EXTRA_PNGINFO, UNIQUE_ID (the node id)."""
+    return InputSpec(name=name, type=kind, section="hidden", hidden_kind=kind)
+
+
+def Output(type: str, name: str | None = None, *, is_list: bool = False, tooltip: str | None = None) -> OutputSpec:
+    return OutputSpec(type=type, name=name or type, is_list=is_list, tooltip=tooltip)
+
+
+# ---- the native node base class ----------------------------------------------------------------------------
+
+
+class Node:
+    """Base class of native nodes. Subclasses declare class attributes and implement `run`."""
+
+    class_type: ClassVar[str | None] = None
+    display_name: ClassVar[str | None] = None
+    description: ClassVar[str | None] = None
+    category: ClassVar[str] = "sdgraph"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[Sequence[InputSpec]] = ()
+    outputs: ClassVar[Sequence[OutputSpec]] = ()
+    output_node: ClassVar[bool] = False
+    not_idempotent: ClassVar[bool] = False
+    input_is_list: ClassVar[bool] = False
+
+    ctx: NodeContext
+
+    def run(self, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint(cls, **literals: Any) -> Any:
+        """A value standing for outside state the output depends on (a file's hash); None if there is none."""
+        return None
+
+    @classmethod
+    def validate_inputs(cls, **literals: Any) -> str | None:
+        """Extra checks on literal inputs: return a message to reject them, None to accept."""
+        return None
+
+
+def spec_of(cls: type[Node], pack: str = "builtin") -> NodeSpec:
+    name = cls.class_type or cls.__name__
+    return NodeSpec(
+        class_type=name,
+        display_name=cls.display_name or _words(name),
+        description=inspect.cleandoc(cls.description or cls.__doc__ or ""),
+        category=cls.category,
+        inputs=tuple(cls.inputs),
+        outputs=tuple(cls.outputs),
+        output_node=cls.output_node,
+        not_idempotent=cls.not_idempotent,
+        input_is_list=cls.input_is_list,
+        aliases=tuple(cls.aliases),
+        python_module=pack,
+    )
+
+
+def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
+    """Compile a native node class into a NodeDef, checking the declaration against `run`."""
+    spec = spec_of(cls, pack)
+    _check_declaration(cls, spec)
+
+    def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
+        instance = cls()
+        instance.ctx = ctx
+        return instance.run(**inputs)
+
+    overrides_fp = cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
+    overrides_val = cls.validate_inputs.__func__ is not Node.validate_inputs.__func__  # type: ignore[attr-defined]
+    return NodeDef(
+        spec=spec,
+        invoke=invoke,
+        fingerprint=(lambda literals: cls.fingerprint(**literals)) if overrides_fp else None,
+        validate=(lambda literals: cls.validate_inputs(**literals)) if overrides_val else None,
+        pack=pack,
+        cls=cls,
+    )
+
+
+def _check_declaration(cls: type[Node], spec: NodeSpec) -> None:
+    where = f"node {spec.class_type}"
+    names = [spec.name for spec in spec.inputs]
+    if len(set(names)) != len(names):
+        raise NodeDeclarationError(f"{where}: an input name is declared twice: {names}")
+    if not all(isinstance(out, OutputSpec) for out in spec.outputs):
+        raise NodeDeclarationError(f"{where}: outputs must be Output(...) declarations")
+    if cls.run is Node.run:
+        raise NodeDeclarationError(f"{where}: no run() method")
+    params = inspect.signature(cls.run).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = {n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+    for name in names:
+        if not takes_any and name not in accepted:
+            raise NodeDeclarationError(f"{where}: input {name!r} is declared but run() has no such parameter")
+    for name, param in params.items():
+        if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        if name not in names:
+            raise NodeDeclarationError(f"{where}: run() takes {name!r}, which is not a declared input")
+        declared = spec.inputs_by_name[name]
+        if declared.section == "optional" and param.default is inspect.Parameter.empty:
+            raise NodeDeclarationError(f"{where}: optional input {name!r} needs a default in run()")
+
+
+def _words(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and (name[i - 1].islower() or (i + 1 < len(name) and name[i + 1].islower())):
+            out.append(" ")
+        out.append(ch)
+    return "".join(out)

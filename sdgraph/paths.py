@@ -1,0 +1,111 @@
+"""Where sdgraph reads models and inputs and writes outputs, and the guard that keeps client paths inside them."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class UnsafePath(ValueError):
+    """A path from a client that would leave its directory."""
+
+
+def default_base() -> Path:
+    return Path(os.environ.get("SDGRAPH_HOME", Path.cwd() / "user")).resolve()
+
+
+@dataclass
+class Dirs:
+    """The directory layout: `base/{models,input,output,temp,custom_nodes,user}` plus the shipped models."""
+
+    base: Path = field(default_factory=default_base)
+    extra_model_roots: list[Path] = field(default_factory=lambda: [PACKAGE_DATA / "models"])
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models"
+
+    @property
+    def input(self) -> Path:
+        return self.base / "input"
+
+    @property
+    def output(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def temp(self) -> Path:
+        return self.base / "temp"
+
+    @property
+    def custom_nodes(self) -> Path:
+        return self.base / "custom_nodes"
+
+    @property
+    def user(self) -> Path:
+        return self.base / "user"
+
+    def of_type(self, kind: str) -> Path:
+        """The directory for a client-facing file type: output, input or temp."""
+        if kind not in ("output", "input", "temp"):
+            raise UnsafePath(f"unknown directory type {kind!r}; expected output, input or temp")
+        return getattr(self, kind)
+
+    def model_roots(self, folder: str) -> list[Path]:
+        """Directories searched for models of one kind (checkpoints, loras, ...), user's first."""
+        return [self.models / folder, *(root / folder for root in self.extra_model_roots)]
+
+    def list_models(self, folder: str) -> list[str]:
+        """Model names in a folder: files with a model extension and diffusers-format directories."""
+        names: set[str] = set()
+        for root in self.model_roots(folder):
+            if not root.is_dir():
+                continue
+            for entry in root.rglob("*"):
+                rel = entry.relative_to(root).as_posix()
+                if entry.is_file() and entry.suffix in MODEL_EXTENSIONS and not _inside_model_dir(entry, root):
+                    names.add(rel)
+                elif entry.is_dir() and _is_model_dir(entry):
+                    names.add(rel)
+        return sorted(names)
+
+    def find_model(self, folder: str, name: str) -> Path:
+        """Resolve a model name from `list_models` to its path; refuse names that leave the folder."""
+        for root in self.model_roots(folder):
+            candidate = safe_join(root, name)
+            if candidate.exists():
+                return candidate
+        raise FileNotFoundError(f"model {name!r} not found in {folder} (looked in {self.model_roots(folder)})")
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "model_index.json").is_file() or (path / "config.json").is_file()
+
+
+def _inside_model_dir(file: Path, root: Path) -> bool:
+    return any(_is_model_dir(parent) for parent in file.parents if parent != root and root in parent.parents)
+
+
+def safe_join(root: Path, *parts: str) -> Path:
+    """Join client-supplied parts under root, refusing anything that could point outside it.
+
+    Refused: empty root escapes via `..`, absolute paths, backslashes, NUL bytes, and symlinks leading out.
+    """
+    for part in parts:
+        if not isinstance(part, str):
+            raise UnsafePath(f"path part must be a string, got {type(part).__name__}")
+        if "\x00" in part or "\\" in part:
+            raise UnsafePath(f"path {part!r} contains a NUL byte or a backslash")
+        if part.startswith("/") or (len(part) > 1 and part[1] == ":"):
+            raise UnsafePath(f"path {part!r} is absolute")
+        if any(piece == ".." for piece in part.split("/")):
+            raise UnsafePath(f"path {part!r} contains '..'")
+    root_resolved = root.resolve()
+    joined = root_resolved.joinpath(*[p for p in parts if p])
+    resolved = joined.resolve()
+    if resolved != root_resolved and root_resolved not in resolved.parents:
+        raise UnsafePath(f"path {'/'.join(parts)!r} leads outside {root_resolved.name}/")
+    return resolved

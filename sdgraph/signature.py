@@ -1,0 +1,32 @@
+"""Stable cache keys for node outputs: sha256 over class, literal inputs, fingerprint and ancestors' keys.
+
+Stable across processes and machines (no salted `hash()`), so a key means the same thing tomorrow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from typing import Any
+
+from sdgraph.validate import PreparedNode
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr, allow_nan=True)
+
+
+def always_changes(fingerprint: Any) -> bool:
+    """A NaN fingerprint is the ecosystem's way of saying "never reuse my output"."""
+    return isinstance(fingerprint, float) and math.isnan(fingerprint)
+
+
+def node_signature(node: PreparedNode, fingerprint: Any, source_keys: dict[str, str]) -> str:
+    """The cache key of one node, given the keys of the nodes its links come from."""
+    spec = node.node.spec
+    if spec.not_idempotent or always_changes(fingerprint):
+        fingerprint = uuid.uuid4().hex
+    links = {name: (source_keys[src], index) for name, (src, index) in node.links.items()}
+    payload = _encode([spec.class_type, node.literals, links, fingerprint])
+    return hashlib.sha256(payload.encode()).hexdigest()

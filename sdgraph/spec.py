@@ -1,0 +1,123 @@
+"""The one declaration of a node's interface: inputs, outputs and flags, as pydantic data.
+
+Both node styles (native `Node` subclasses and ComfyUI-convention classes) compile into a `NodeSpec`.
+Validation, signatures, the executor and `/object_info` all read this one description.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdgraph.types import COMBO
+
+Section = Literal["required", "optional", "hidden"]
+
+
+
+
+
+class InputSpec(BaseModel):
+    """One named input: a typed socket, or a literal widget (INT, FLOAT, STRING, BOOLEAN, COMBO)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    type: str
+    section: Section = "required"
+    default: Any = None
+    min: int | float | None = None
+    max: int | float | None = None
+    step: int | float | None = None
+    multiline: bool = False
+    tooltip: str | None = None
+    choices: tuple[Any, ...] | None = None
+    choices_from: Callable[[], list[Any]] | None = Field(default=None, exclude=True)
+    force_input: bool = False
+    hidden_kind: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def current_choices(self) -> list[Any]:
+        """The allowed values of a combo, re-read when they come from outside state (files on disk)."""
+        if self.choices_from is not None:
+            return list(self.choices_from())
+        return list(self.choices or ())
+
+    def describe(self) -> list[Any] | str:
+        """The `/object_info` entry: `[TYPE, {options}]`, or `[[choices], {options}]` for a combo."""
+        if self.section == "hidden":
+            return self.hidden_kind or self.type
+        opts: dict[str, Any] = dict(self.options)
+        for key in ("default", "min", "max", "step", "tooltip"):
+            value = getattr(self, key)
+            if value is not None:
+                opts[key] = value
+        if self.multiline:
+            opts["multiline"] = True
+        if self.force_input:
+            opts["forceInput"] = True
+        head: Any = self.current_choices() if self.type == COMBO else self.type
+        return [head, opts] if opts else [head]
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    name: str
+    is_list: bool = False
+    tooltip: str | None = None
+
+
+class NodeSpec(BaseModel):
+    """Everything the engine and its clients know about a node class, without running it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    class_type: str
+    display_name: str
+    description: str = ""
+    category: str = "sdgraph"
+    inputs: tuple[InputSpec, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    output_node: bool = False
+    not_idempotent: bool = False
+    input_is_list: bool = False
+    aliases: tuple[str, ...] = ()
+    python_module: str = "sdgraph"
+    deprecated: bool = False
+    experimental: bool = False
+
+    @cached_property
+    def inputs_by_name(self) -> dict[str, InputSpec]:
+        return {spec.name: spec for spec in self.inputs}
+
+    def describe(self) -> dict[str, Any]:
+        """This node in the `/object_info` shape that editors and API clients read."""
+        sections: dict[str, dict[str, Any]] = {"required": {}, "optional": {}, "hidden": {}}
+        order: dict[str, list[str]] = {"required": [], "optional": [], "hidden": []}
+        for spec in self.inputs:
+            sections[spec.section][spec.name] = spec.describe()
+            order[spec.section].append(spec.name)
+        info: dict[str, Any] = {
+            "input": {key: value for key, value in sections.items() if value or key == "required"},
+            "input_order": {key: value for key, value in order.items() if value or key == "required"},
+            "output": [out.type for out in self.outputs],
+            "output_is_list": [out.is_list for out in self.outputs],
+            "output_name": [out.name for out in self.outputs],
+            "name": self.class_type,
+            "display_name": self.display_name,
+            "description": self.description,
+            "python_module": self.python_module,
+            "category": self.category,
+            "output_node": self.output_node,
+        }
+        tooltips = [out.tooltip for out in self.outputs]
+        if any(tooltips):
+            info["output_tooltips"] = tooltips
+        if self.deprecated:
+            info["deprecated"] = True
+        if self.experimental:
+            info["experimental"] = True
+        return info

@@ -1,0 +1,311 @@
+"""Check a whole workflow against the registry before anything runs, and report every problem at once.
+
+The report uses the ecosystem's shape: `{node_id: {"errors": [{type, message, details, extra_info}],
+"class_type", "dependent_outputs"}}`. Output nodes whose inputs and ancestors are all valid still run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import networkx as nx
+
+from sdgraph.node import NodeDef
+from sdgraph.registry import Registry
+from sdgraph.spec import InputSpec
+from sdgraph.types import BOOLEAN, COMBO, FLOAT, INT, PRIMITIVE_TYPES, STRING, types_compatible
+from sdgraph.workflow import Link, Workflow, is_link, unwrap_literal
+
+
+@dataclass
+class PreparedNode:
+    """A node that passed validation: its definition, coerced literals and links, ready to run."""
+
+    node_id: str
+    node: NodeDef
+    literals: dict[str, Any]
+    links: dict[str, Link]
+
+
+@dataclass
+class ValidationReport:
+    outputs: list[str] = field(default_factory=list)
+    node_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    prepared: dict[str, PreparedNode] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "error": self.error, "node_errors": self.node_errors, "outputs": self.outputs}
+
+
+def problem(type_: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
+    return {"type": type_, "message": message, "details": details, "extra_info": extra}
+
+
+# ---- literal coercion ---------------------------------------------------------------------------------------
+
+
+class CoercionError(ValueError):
+    pass
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise CoercionError("a boolean is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise CoercionError(f"{value!r} is not an integer")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise CoercionError("a boolean is not a number")
+    if isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise CoercionError(f"{value!r} is not a number") from None
+    else:
+        raise CoercionError(f"{value!r} is not a number")
+    if math.isnan(result):
+        raise CoercionError("NaN is not allowed")
+    return result
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise CoercionError(f"{value!r} is not a string")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise CoercionError(f"{value!r} is not a boolean")
+
+
+COERCE: dict[str, Callable[[Any], Any]] = {INT: _to_int, FLOAT: _to_float, STRING: _to_str, BOOLEAN: _to_bool}
+
+
+def check_literal(spec: InputSpec, raw: Any, skip_range: bool) -> tuple[Any, dict[str, Any] | None]:
+    """Coerce one literal input and check its range or choices; returns (value, problem or None)."""
+    name = spec.name
+    info = {"input_name": name, "input_config": spec.describe(), "received_value": raw}
+    if spec.type == COMBO:
+        if skip_range:
+            return raw, None
+        choices = spec.current_choices()
+        if raw not in choices:
+            shown = choices if len(choices) <= 20 else [*choices[:20], "..."]
+            return raw, problem("value_not_in_list", "Value not in list",
+                                f"{name}: {raw!r} not in {shown}", **info)
+        return raw, None
+    coerce = COERCE.get(spec.type)
+    if coerce is None:
+        return raw, problem("invalid_input_type", f"Input {name!r} of type {spec.type} needs a link, not a value",
+                            f"{name}: got the literal {raw!r}; connect an output of type {spec.type}", **info)
+    try:
+        value = coerce(raw)
+    except CoercionError as exc:
+        return raw, problem("invalid_input_type", f"Failed to convert an input value to a {spec.type} value",
+                            f"{name}: {exc}", **info)
+    if skip_range or spec.type not in (INT, FLOAT):
+        return value, None
+    if spec.min is not None and value < spec.min:
+        return value, problem("value_smaller_than_min", f"Value {value} smaller than min of {spec.min}",
+                              f"{name}", **info)
+    if spec.max is not None and value > spec.max:
+        return value, problem("value_bigger_than_max", f"Value {value} bigger than max of {spec.max}",
+                              f"{name}", **info)
+    return value, None
+
+
+# ---- per-node checks ---------------------------------------------------------------------------------------
+
+
+def _check_link(registry: Registry, workflow: Workflow, spec: InputSpec, link: Link) -> dict[str, Any] | None:
+    source_id, index = link
+    info = {"input_name": spec.name, "input_config": spec.describe(), "received_value": [source_id, index]}
+    source = workflow.nodes.get(source_id)
+    if source is None:
+        return problem("bad_linked_input", "Bad linked input, the source node does not exist",
+                       f"{spec.name}: links to node {source_id!r}, which is not in the workflow", **info)
+    source_def = registry.get(source.class_type)
+    if source_def is None:
+        return None  # reported on the source node itself
+    outputs = source_def.spec.outputs
+    if not 0 <= index < len(outputs):
+        return problem("bad_linked_input", "Bad linked input, the output index does not exist",
+                       f"{spec.name}: node {source_id!r} ({source.class_type}) has {len(outputs)} output(s), "
+                       f"not an output {index}", **info)
+    received = outputs[index].type
+    if not types_compatible(received, spec.type):
+        return problem("return_type_mismatch", "Return type mismatch between linked nodes",
+                       f"{spec.name}: received_type({received}) mismatch input_type({spec.type})",
+                       received_type=received, linked_node=[source_id, index], **info)
+    return None
+
+
+def _check_node(registry: Registry, workflow: Workflow, node_id: str, node_def: NodeDef
+                ) -> tuple[PreparedNode, list[dict[str, Any]]]:
+    given = workflow.nodes[node_id].inputs
+    errors: list[dict[str, Any]] = []
+    literals: dict[str, Any] = {}
+    links: dict[str, Link] = {}
+    custom = node_def.custom_validated
+    for spec in node_def.spec.inputs:
+        if spec.section == "hidden":
+            continue
+        raw = given.get(spec.name)
+        if raw is None:
+            if spec.section == "required":
+                errors.append(problem("required_input_missing", "Required input is missing",
+                                      f"{spec.name}", input_name=spec.name, input_config=spec.describe()))
+            continue
+        if is_link(raw):
+            link = (str(raw[0]), raw[1])
+            issue = _check_link(registry, workflow, spec, link)
+            links[spec.name] = link
+        else:
+            literals[spec.name], issue = check_literal(spec, unwrap_literal(raw), spec.name in custom)
+        if issue is not None:
+            errors.append(issue)
+    if node_def.validate is not None and not errors:
+        errors.extend(_custom_check(node_def, literals))
+    return PreparedNode(node_id, node_def, literals, links), errors
+
+
+def _custom_check(node_def: NodeDef, literals: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        verdict = node_def.validate(literals)  # type: ignore[misc]
+    except Exception as exc:  # a plugin's validator must not take validation down
+        verdict = f"{type(exc).__name__}: {exc}"
+    if verdict is None or verdict is True:
+        return []
+    message = verdict if isinstance(verdict, str) else "custom validation rejected the inputs"
+    return [problem("custom_validation_failed", "Custom validation failed for node", message)]
+
+
+# ---- the whole workflow -----------------------------------------------------------------------------------
+
+
+def validate(workflow: Workflow, registry: Registry) -> ValidationReport:
+    report = ValidationReport()
+    errors: dict[str, list[dict[str, Any]]] = {}
+    missing = [nid for nid, n in workflow.nodes.items() if registry.get(n.class_type) is None]
+    for node_id in missing:
+        class_type = workflow.nodes[node_id].class_type
+        errors[node_id] = [problem("missing_node_type", f"Node type {class_type!r} does not exist",
+                                   f"node {node_id}: unknown class_type {class_type!r}", class_type=class_type)]
+    for node_id, prompt_node in workflow.nodes.items():
+        node_def = registry.get(prompt_node.class_type)
+        if node_def is None:
+            continue
+        prepared, node_errors = _check_node(registry, workflow, node_id, node_def)
+        report.prepared[node_id] = prepared
+        if node_errors:
+            errors[node_id] = node_errors
+    order, cyclic = _order(workflow)
+    for node_id in cyclic:
+        errors.setdefault(node_id, []).append(problem(
+            "dependency_cycle", "Dependency cycle detected", f"node {node_id} depends on its own output"))
+    report.order = order
+    outputs = [nid for nid in workflow.nodes if nid in report.prepared and report.prepared[nid].node.spec.output_node]
+    bad = _tainted(workflow, order, cyclic, set(errors))
+    report.outputs = [nid for nid in outputs if nid not in bad]
+    report.node_errors = _node_errors(workflow, errors, outputs, bad)
+    report.error = _top_level_error(workflow, missing, outputs, report.outputs, cyclic)
+    return report
+
+
+def _order(workflow: Workflow) -> tuple[list[str], set[str]]:
+    """Topological order of the whole workflow, and the nodes that sit on a cycle."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(workflow.nodes)
+    graph.add_edges_from(
+        (str(value[0]), node_id)
+        for node_id, node in workflow.nodes.items()
+        for value in node.inputs.values()
+        if is_link(value) and str(value[0]) in workflow.nodes
+    )
+    try:
+        return list(nx.topological_sort(graph)), set()
+    except nx.NetworkXUnfeasible:
+        cyclic = {n for comp in nx.strongly_connected_components(graph) if len(comp) > 1 for n in comp}
+        cyclic |= {n for n in graph.nodes if graph.has_edge(n, n)}
+        acyclic = graph.subgraph(n for n in graph.nodes if n not in cyclic)
+        return list(nx.topological_sort(acyclic)), cyclic
+
+
+def _tainted(workflow: Workflow, order: list[str], cyclic: set[str], erroring: set[str]) -> set[str]:
+    """Nodes that have an error or depend on one (directly or through ancestors)."""
+    bad = set(erroring) | cyclic
+    if not bad:
+        return bad
+    for node_id in order:  # topological order: every source is decided before its dependents
+        if node_id not in bad and any(
+            str(v[0]) in bad for v in workflow.nodes[node_id].inputs.values() if is_link(v)
+        ):
+            bad.add(node_id)
+    return bad
+
+
+def _ancestors(workflow: Workflow, start: str) -> set[str]:
+    seen, stack = {start}, [start]
+    while stack:
+        for value in workflow.nodes[stack.pop()].inputs.values():
+            if is_link(value) and (source := str(value[0])) in workflow.nodes and source not in seen:
+                seen.add(source)
+                stack.append(source)
+    return seen
+
+
+def _node_errors(workflow: Workflow, errors: dict[str, list[dict[str, Any]]], outputs: list[str],
+                 bad: set[str]) -> dict[str, dict[str, Any]]:
+    dependents: dict[str, list[str]] = {node_id: [] for node_id in errors}
+    for output in outputs:
+        if output in bad:
+            for node_id in _ancestors(workflow, output) & errors.keys():
+                dependents[node_id].append(output)
+    return {
+        node_id: {"errors": errs, "dependent_outputs": dependents[node_id],
+                  "class_type": workflow.nodes[node_id].class_type}
+        for node_id, errs in errors.items()
+    }
+
+
+def _top_level_error(workflow: Workflow, missing: list[str], outputs: list[str], good: list[str],
+                     cyclic: set[str]) -> dict[str, Any] | None:
+    if missing:
+        names = sorted({workflow.nodes[n].class_type for n in missing})
+        return problem("missing_node_type", f"Cannot run: unknown node type(s) {', '.join(names)}",
+                       f"nodes {', '.join(missing)}", node_ids=missing)
+    if not outputs:
+        return problem("prompt_no_outputs", "Prompt has no outputs",
+                       "the workflow needs at least one output node (SaveImage, PreviewImage, ...)")
+    if not good:
+        kind = "dependency_cycle" if cyclic and not (set(outputs) - cyclic) else "prompt_outputs_failed_validation"
+        return problem(kind, "Prompt outputs failed validation",
+                       "no output node has a valid set of inputs and ancestors")
+    return None

@@ -1,0 +1,131 @@
+"""Workflow JSON in the ecosystem's API format, and the editor layout that travels beside it.
+
+    {"<id>": {"class_type": "KSampler", "inputs": {"seed": 5, "model": ["4", 0]}, "_meta": {"title": "..."}}}
+
+An input is a literal or a link `[source_id, output_index]`; a literal list is wrapped as `{"__value__": [...]}`.
+A file may hold the API format alone, or `{"prompt": <api format>, "workflow": <editor graph>}`; the editor part
+(positions, sizes, groups) never changes what runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+
+Link = tuple[str, int]
+
+
+class WorkflowFormatError(ValueError):
+    """The JSON is not an API-format workflow; the message says where."""
+
+
+def is_link(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[0], (str, int))
+        and not isinstance(value[0], bool)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    )
+
+
+def unwrap_literal(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1 and "__value__" in value:
+        return value["__value__"]
+    return value
+
+
+class PromptNode(BaseModel):
+    """One node of an API-format workflow."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    class_type: str = Field(min_length=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict, alias="_meta")
+
+    @property
+    def title(self) -> str | None:
+        title = self.meta.get("title")
+        return title if isinstance(title, str) else None
+
+    def links(self) -> dict[str, Link]:
+        return {name: (str(v[0]), v[1]) for name, v in self.inputs.items() if is_link(v)}
+
+    def literals(self) -> dict[str, Any]:
+        return {name: unwrap_literal(v) for name, v in self.inputs.items() if not is_link(v)}
+
+
+class ApiWorkflow(RootModel[dict[str, PromptNode]]):
+    """The API format as a JSON Schema-exportable model."""
+
+
+class Workflow:
+    """A parsed workflow: nodes by id, plus whatever editor layout came with it."""
+
+    __slots__ = ("nodes", "layout")
+
+    def __init__(self, nodes: dict[str, PromptNode], layout: dict[str, Any] | None = None) -> None:
+        self.nodes = nodes
+        self.layout = layout
+
+    def to_api(self) -> dict[str, Any]:
+        return {node_id: node.model_dump(by_alias=True, exclude_defaults=False) for node_id, node in self.nodes.items()}
+
+    def to_file(self) -> dict[str, Any]:
+        if self.layout is None:
+            return self.to_api()
+        return {"prompt": self.to_api(), "workflow": self.layout}
+
+
+_ADAPTER = ApiWorkflow
+
+
+def parse_workflow(data: Any) -> Workflow:
+    """Read the API format, or the `{"prompt", "workflow"}` envelope, into a Workflow."""
+    layout = None
+    if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict) and _looks_enveloped(data):
+        layout = data.get("workflow")
+        data = data["prompt"]
+    if not isinstance(data, dict):
+        raise WorkflowFormatError(f"a workflow must be a JSON object of nodes by id, got {type(data).__name__}")
+    try:
+        parsed = _ADAPTER.model_validate(data)
+    except ValidationError as exc:
+        raise WorkflowFormatError(_describe(exc)) from None
+    return Workflow({str(k): v for k, v in parsed.root.items()}, layout)
+
+
+def _looks_enveloped(data: dict[str, Any]) -> bool:
+    return "class_type" not in data["prompt"] and set(data) <= {"prompt", "workflow", "extra_data", "client_id"}
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = f"node {loc[0]!r}" if loc else "workflow"
+        if len(loc) > 1:
+            where += " field " + ".".join(str(p) for p in loc[1:])
+        lines.append(f"{where}: {err['msg']}")
+    return "invalid workflow JSON: " + "; ".join(lines)
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WorkflowFormatError(f"{path}: not valid JSON ({exc})") from None
+    return parse_workflow(data)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ApiWorkflow.model_json_schema()
+    schema["title"] = "sdgraph API-format workflow"
+    schema["description"] = (
+        "Nodes by id. An input is a literal, a link [source_id, output_index], or {'__value__': [...]} for a list."
+    )
+    return schema
