@@ -92,7 +92,7 @@ def _input(cls: type, section: str, name: str, entry: Any, where: str) -> InputS
 def _fresh_choices(cls: type, section: str, name: str):
     """Combo lists in INPUT_TYPES often come from folders: re-read them whenever they are needed."""
 
-    def choices() -> list[Any]:
+    def choices(dirs: Any) -> list[Any]:
         return list(cls.INPUT_TYPES()[section][name][0])
 
     return choices

@@ -70,7 +70,7 @@ class Executor:
     def validate(self, workflow: Workflow | dict[str, Any]) -> ValidationReport:
         if not isinstance(workflow, Workflow):
             workflow = parse_workflow(workflow)
-        return validate(workflow, self.registry)
+        return validate(workflow, self.registry, self.services.dirs)
 
     def run(self, workflow: Workflow | dict[str, Any], *, prompt_id: str | None = None,
             listener: Listener | None = None, extra_data: dict[str, Any] | None = None,
@@ -79,7 +79,7 @@ class Executor:
         if not isinstance(workflow, Workflow):
             workflow = parse_workflow(workflow)
         prompt_id = prompt_id or str(uuid.uuid4())
-        report = report or validate(workflow, self.registry)
+        report = report or validate(workflow, self.registry, self.services.dirs)
         if not report.ok:
             return RunResult(prompt_id, "invalid", error=report.error, validation=report)
         with self._lock:

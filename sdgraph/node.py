@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from sdgraph.context import NodeContext
+from sdgraph.paths import Dirs
 from sdgraph.spec import InputSpec, NodeSpec, OutputSpec
 from sdgraph.types import BOOLEAN, COMBO, FLOAT, INT, STRING
 
@@ -90,14 +91,19 @@ def Boolean(name: str, default: bool = False, *, optional: bool = False, tooltip
                      options=options)
 
 
-def Combo(name: str, choices: Sequence[Any] | Callable[[], list[Any]], default: Any = None, *,
+def Combo(name: str, choices: Sequence[Any] | Callable[[Dirs], list[Any]], default: Any = None, *,
           optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
-    """A choice from a list; pass a callable when the list comes from outside state (files in a folder)."""
+    """A choice from a list; pass a callable `f(dirs) -> list` when it comes from files (see `models_in`)."""
     static = None if callable(choices) else tuple(choices)
     if default is None and static:
         default = static[0]
     return InputSpec(name=name, type=COMBO, section=_section(optional), default=default, choices=static,
                      choices_from=choices if callable(choices) else None, tooltip=tooltip, options=options)
+
+
+def models_in(folder: str) -> Callable[[Dirs], list[str]]:
+    """Combo choices: the models in one folder (checkpoints, loras, vae, controlnet, ...)."""
+    return lambda dirs: dirs.list_models(folder)
 
 
 def Hidden(name: str, kind: str) -> InputSpec:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sdgraph.comfy_compat import define_comfy, is_comfy_class
+from sdgraph.paths import Dirs
 from sdgraph.node import Node, NodeDeclarationError, NodeDef, define
 
 
@@ -81,9 +82,9 @@ class Registry:
         except NodeDeclarationError as exc:
             self.problems.append(LoadProblem(pack=pack, node=name, message=str(exc)))
 
-    def describe(self) -> dict[str, dict[str, Any]]:
+    def describe(self, dirs: Dirs | None = None) -> dict[str, dict[str, Any]]:
         """Every node in the `/object_info` shape, aliases included under their own names."""
-        info = {name: node.spec.describe() for name, node in self.nodes.items()}
+        info = {name: node.spec.describe(dirs) for name, node in self.nodes.items()}
         for alias, target in self.aliases.items():
             entry = dict(info[target])
             entry["name"] = alias

@@ -10,6 +10,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdgraph.paths import Dirs
 from sdgraph.types import COMBO
 
 Section = Literal["required", "optional", "hidden"]
@@ -33,18 +34,18 @@ class InputSpec(BaseModel):
     multiline: bool = False
     tooltip: str | None = None
     choices: tuple[Any, ...] | None = None
-    choices_from: Callable[[], list[Any]] | None = Field(default=None, exclude=True)
+    choices_from: Callable[[Dirs], list[Any]] | None = Field(default=None, exclude=True)
     force_input: bool = False
     hidden_kind: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
-    def current_choices(self) -> list[Any]:
+    def current_choices(self, dirs: Dirs | None = None) -> list[Any]:
         """The allowed values of a combo, re-read when they come from outside state (files on disk)."""
         if self.choices_from is not None:
-            return list(self.choices_from())
+            return list(self.choices_from(dirs or Dirs()))
         return list(self.choices or ())
 
-    def describe(self) -> list[Any] | str:
+    def describe(self, dirs: Dirs | None = None) -> list[Any] | str:
         """The `/object_info` entry: `[TYPE, {options}]`, or `[[choices], {options}]` for a combo."""
         if self.section == "hidden":
             return self.hidden_kind or self.type
@@ -57,7 +58,7 @@ class InputSpec(BaseModel):
             opts["multiline"] = True
         if self.force_input:
             opts["forceInput"] = True
-        head: Any = self.current_choices() if self.type == COMBO else self.type
+        head: Any = self.current_choices(dirs) if self.type == COMBO else self.type
         return [head, opts] if opts else [head]
 
 
@@ -93,12 +94,12 @@ class NodeSpec(BaseModel):
     def inputs_by_name(self) -> dict[str, InputSpec]:
         return {spec.name: spec for spec in self.inputs}
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, dirs: Dirs | None = None) -> dict[str, Any]:
         """This node in the `/object_info` shape that editors and API clients read."""
         sections: dict[str, dict[str, Any]] = {"required": {}, "optional": {}, "hidden": {}}
         order: dict[str, list[str]] = {"required": [], "optional": [], "hidden": []}
         for spec in self.inputs:
-            sections[spec.section][spec.name] = spec.describe()
+            sections[spec.section][spec.name] = spec.describe(dirs)
             order[spec.section].append(spec.name)
         info: dict[str, Any] = {
             "input": {key: value for key, value in sections.items() if value or key == "required"},

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import networkx as nx
 
 from sdgraph.node import NodeDef
+from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
 from sdgraph.spec import InputSpec
 from sdgraph.types import BOOLEAN, COMBO, FLOAT, INT, PRIMITIVE_TYPES, STRING, types_compatible
@@ -108,37 +109,41 @@ def _to_bool(value: Any) -> bool:
 COERCE: dict[str, Callable[[Any], Any]] = {INT: _to_int, FLOAT: _to_float, STRING: _to_str, BOOLEAN: _to_bool}
 
 
-def check_literal(spec: InputSpec, raw: Any, skip_range: bool) -> tuple[Any, dict[str, Any] | None]:
+def check_literal(spec: InputSpec, raw: Any, skip_range: bool, dirs: Dirs | None = None) -> tuple[Any, dict[str, Any] | None]:
     """Coerce one literal input and check its range or choices; returns (value, problem or None)."""
     name = spec.name
-    info = {"input_name": name, "input_config": spec.describe(), "received_value": raw}
     if spec.type == COMBO:
         if skip_range:
             return raw, None
-        choices = spec.current_choices()
+        choices = spec.current_choices(dirs)
         if raw not in choices:
             shown = choices if len(choices) <= 20 else [*choices[:20], "..."]
             return raw, problem("value_not_in_list", "Value not in list",
-                                f"{name}: {raw!r} not in {shown}", **info)
+                                f"{name}: {raw!r} not in {shown}", **_info(spec, raw, dirs))
         return raw, None
     coerce = COERCE.get(spec.type)
     if coerce is None:
         return raw, problem("invalid_input_type", f"Input {name!r} of type {spec.type} needs a link, not a value",
-                            f"{name}: got the literal {raw!r}; connect an output of type {spec.type}", **info)
+                            f"{name}: got the literal {raw!r}; connect an output of type {spec.type}",
+                            **_info(spec, raw, dirs))
     try:
         value = coerce(raw)
     except CoercionError as exc:
         return raw, problem("invalid_input_type", f"Failed to convert an input value to a {spec.type} value",
-                            f"{name}: {exc}", **info)
+                            f"{name}: {exc}", **_info(spec, raw, dirs))
     if skip_range or spec.type not in (INT, FLOAT):
         return value, None
     if spec.min is not None and value < spec.min:
         return value, problem("value_smaller_than_min", f"Value {value} smaller than min of {spec.min}",
-                              f"{name}", **info)
+                              f"{name}", **_info(spec, raw, dirs))
     if spec.max is not None and value > spec.max:
         return value, problem("value_bigger_than_max", f"Value {value} bigger than max of {spec.max}",
-                              f"{name}", **info)
+                              f"{name}", **_info(spec, raw, dirs))
     return value, None
+
+
+def _info(spec: InputSpec, raw: Any, dirs: Dirs | None) -> dict[str, Any]:
+    return {"input_name": spec.name, "input_config": spec.describe(dirs), "received_value": raw}
 
 
 # ---- per-node checks ---------------------------------------------------------------------------------------
@@ -146,11 +151,10 @@ def check_literal(spec: InputSpec, raw: Any, skip_range: bool) -> tuple[Any, dic
 
 def _check_link(registry: Registry, workflow: Workflow, spec: InputSpec, link: Link) -> dict[str, Any] | None:
     source_id, index = link
-    info = {"input_name": spec.name, "input_config": spec.describe(), "received_value": [source_id, index]}
     source = workflow.nodes.get(source_id)
     if source is None:
         return problem("bad_linked_input", "Bad linked input, the source node does not exist",
-                       f"{spec.name}: links to node {source_id!r}, which is not in the workflow", **info)
+                       f"{spec.name}: links to node {source_id!r}, which is not in the workflow", **_info(spec, [source_id, index], None))
     source_def = registry.get(source.class_type)
     if source_def is None:
         return None  # reported on the source node itself
@@ -158,17 +162,17 @@ def _check_link(registry: Registry, workflow: Workflow, spec: InputSpec, link: L
     if not 0 <= index < len(outputs):
         return problem("bad_linked_input", "Bad linked input, the output index does not exist",
                        f"{spec.name}: node {source_id!r} ({source.class_type}) has {len(outputs)} output(s), "
-                       f"not an output {index}", **info)
+                       f"not an output {index}", **_info(spec, [source_id, index], None))
     received = outputs[index].type
     if not types_compatible(received, spec.type):
         return problem("return_type_mismatch", "Return type mismatch between linked nodes",
                        f"{spec.name}: received_type({received}) mismatch input_type({spec.type})",
-                       received_type=received, linked_node=[source_id, index], **info)
+                       received_type=received, linked_node=[source_id, index], **_info(spec, [source_id, index], None))
     return None
 
 
-def _check_node(registry: Registry, workflow: Workflow, node_id: str, node_def: NodeDef
-                ) -> tuple[PreparedNode, list[dict[str, Any]]]:
+def _check_node(registry: Registry, workflow: Workflow, node_id: str, node_def: NodeDef,
+                dirs: Dirs | None) -> tuple[PreparedNode, list[dict[str, Any]]]:
     given = workflow.nodes[node_id].inputs
     errors: list[dict[str, Any]] = []
     literals: dict[str, Any] = {}
@@ -188,7 +192,7 @@ def _check_node(registry: Registry, workflow: Workflow, node_id: str, node_def: 
             issue = _check_link(registry, workflow, spec, link)
             links[spec.name] = link
         else:
-            literals[spec.name], issue = check_literal(spec, unwrap_literal(raw), spec.name in custom)
+            literals[spec.name], issue = check_literal(spec, unwrap_literal(raw), spec.name in custom, dirs)
         if issue is not None:
             errors.append(issue)
     if node_def.validate is not None and not errors:
@@ -210,7 +214,7 @@ def _custom_check(node_def: NodeDef, literals: dict[str, Any]) -> list[dict[str,
 # ---- the whole workflow -----------------------------------------------------------------------------------
 
 
-def validate(workflow: Workflow, registry: Registry) -> ValidationReport:
+def validate(workflow: Workflow, registry: Registry, dirs: Dirs | None = None) -> ValidationReport:
     report = ValidationReport()
     errors: dict[str, list[dict[str, Any]]] = {}
     missing = [nid for nid, n in workflow.nodes.items() if registry.get(n.class_type) is None]
@@ -222,7 +226,7 @@ def validate(workflow: Workflow, registry: Registry) -> ValidationReport:
         node_def = registry.get(prompt_node.class_type)
         if node_def is None:
             continue
-        prepared, node_errors = _check_node(registry, workflow, node_id, node_def)
+        prepared, node_errors = _check_node(registry, workflow, node_id, node_def, dirs)
         report.prepared[node_id] = prepared
         if node_errors:
             errors[node_id] = node_errors
