@@ -1,0 +1,1 @@
+"""Stable Diffusion nodes: thin typed adapters over diffusers, transformers, safetensors and Pillow."""
