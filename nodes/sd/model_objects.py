@@ -1,0 +1,230 @@
+"""The values that travel on Stable Diffusion sockets: the contract between loaders, samplers and latent nodes.
+
+Socket values (what a node receives / returns):
+
+- MODEL -> `DiffusionModel`. `prediction_type` ("epsilon" | "v_prediction"), `alphas_cumprod` (1-D float64 CPU
+  tensor of the training schedule; SD: scaled_linear betas 0.00085..0.012 over 1000 steps), `is_sdxl`,
+  `latent_channels`, `unet(manager)` -> the diffusers `UNet2DConditionModel` on its compute device with this
+  model's LoRA patches applied, `compute_device(manager)`, `dtype(manager)` (cast UNet inputs to it and the output
+  back to float32), `clone()`, `patches` (a tuple of `LoraPatch`), `sdxl_added_cond(...)` (SDXL's
+  `added_cond_kwargs`). `manager` may be omitted: every object remembers the manager that loaded it.
+- CLIP -> `ClipModel` (tokenizers + text encoders, `clip_skip`, LoRA patches); `TextEncode` turns it into CONDITIONING.
+- VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents * scaling_factor` and
+  `decode(latents) -> pixels [B,H,W,C] in 0..1` (the scaling factor is applied here, nowhere else).
+- CONTROL_NET -> `ControlNetModel`: `module(manager)` -> the diffusers `ControlNetModel` on its compute device.
+- CONDITIONING -> a list of `[cond, extras]` pairs, `cond` a float32 tensor [1, T, D] (T a multiple of 77 for
+  long prompts), `extras` a dict that may hold:
+    "pooled_output" [1, 1280] (SDXL), "width"/"height"/"crop_w"/"crop_h"/"target_width"/"target_height" (SDXL
+    size conditioning, pixels), "control" (a `ControlHint`, chained through `.previous`),
+    "area" (h, w, y, x) in latent units (pixels // 8) with "strength", "mask" [1, H, W].
+  Several pairs are combined by the sampler (ConditioningCombine concatenates the lists).
+- LATENT -> {"samples": Tensor [B, C, h, w] float32, already multiplied by the VAE scaling factor,
+  optional "noise_mask": [B, 1, h', w'] float 0..1 (1 = regenerate; resize to the latent size if h', w' differ),
+  optional "batch_index": list[int]}.
+- IMAGE -> Tensor [B, H, W, C] float32 in 0..1 (CPU). MASK -> Tensor [B, H, W] float32 in 0..1.
+
+ControlNet at sampling time: call `control_residuals(hint, x, t, cond, percent)` (see `nodes/sd/control.py`)
+for the "control" of the conditioning being evaluated; it walks the chain and returns the UNet keyword arguments
+(`down_block_additional_residuals`, `mid_block_additional_residual`) or {} when no hint is active at `percent`
+(0 = first step, 1 = last).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from sdgraph.models import ManagedModule, ModelManager
+
+
+def sd_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000,
+                      schedule: str = "scaled_linear") -> torch.Tensor:
+    """The training noise schedule of Stable Diffusion as cumulative alpha products (float64, CPU)."""
+    if schedule == "scaled_linear":
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta schedule {schedule!r}")
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+@dataclass(frozen=True)
+class LoraPatch:
+    """One LoRA applied with one strength: weight deltas keyed by the module path inside the target model.
+
+    `deltas` maps a module name (e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") to the
+    (up, down, scale) factors: delta = scale * up @ down (reshaped to the weight's shape).
+    """
+
+    name: str
+    strength: float
+    deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(compare=False, hash=False)
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return (self.name, self.strength)
+
+
+def _manager(own: "ModelManager", given: "ModelManager | None") -> "ModelManager":
+    return given if given is not None else own
+
+
+@dataclass
+class DiffusionModel:
+    """MODEL: a denoising UNet with its noise schedule and the LoRA patches to apply when it is used."""
+
+    slot: "ManagedModule"
+    prediction_type: str = "epsilon"
+    alphas_cumprod: torch.Tensor = field(default_factory=sd_alphas_cumprod)
+    is_sdxl: bool = False
+    latent_channels: int = 4
+    patches: tuple[LoraPatch, ...] = ()
+    name: str = ""
+
+    @property
+    def manager(self) -> "ModelManager":
+        return self.slot.manager
+
+    def unet(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
+        """The UNet on its compute device with exactly this model's patches applied."""
+        return _manager(self.manager, manager).acquire(self.slot, self.patches)
+
+    def compute_device(self, manager: "ModelManager | None" = None) -> torch.device:
+        return _manager(self.manager, manager).compute_device
+
+    def dtype(self, manager: "ModelManager | None" = None) -> torch.dtype:
+        return _manager(self.manager, manager).dtype_for(self.slot)
+
+    def clone(self) -> "DiffusionModel":
+        return dataclasses.replace(self)
+
+    def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
+        return dataclasses.replace(self, patches=(*self.patches, patch))
+
+    def sdxl_added_cond(self, pooled: torch.Tensor, extras: dict[str, Any], latent_hw: tuple[int, int],
+                        batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """SDXL's `added_cond_kwargs` (pooled text embeds + size/crop time ids) for one conditioning entry."""
+        height, width = latent_hw[0] * 8, latent_hw[1] * 8
+        ids = [extras.get("height", height), extras.get("width", width), extras.get("crop_h", 0),
+               extras.get("crop_w", 0), extras.get("target_height", height), extras.get("target_width", width)]
+        time_ids = torch.tensor([ids], dtype=dtype, device=device).repeat(batch, 1)
+        text_embeds = pooled.to(device=device, dtype=dtype).expand(batch, -1)
+        return {"text_embeds": text_embeds, "time_ids": time_ids}
+
+
+@dataclass
+class ClipModel:
+    """CLIP: one text encoder (SD 1.x/2.x) or two (SDXL), their tokenizers, the layer to stop at, LoRA patches.
+
+    `clip_skip` is ComfyUI's `stop_at_clip_layer`: -1 uses the last layer, -2 the one before, and so on.
+    """
+
+    tokenizers: tuple[Any, ...]
+    encoders: tuple["ManagedModule", ...]
+    kinds: tuple[str, ...] = ("clip_l",)  # per encoder: "clip_l", "clip_h" (SD2) or "clip_g" (SDXL)
+    clip_skip: int = -1
+    patches: tuple[tuple[LoraPatch, ...], ...] = ()
+    name: str = ""
+
+    @property
+    def manager(self) -> "ModelManager":
+        return self.encoders[0].manager
+
+    @property
+    def is_sdxl(self) -> bool:
+        return len(self.encoders) == 2
+
+    def encoder(self, index: int, manager: "ModelManager | None" = None) -> torch.nn.Module:
+        patches = self.patches[index] if index < len(self.patches) else ()
+        return _manager(self.manager, manager).acquire(self.encoders[index], patches)
+
+    def compute_device(self, manager: "ModelManager | None" = None) -> torch.device:
+        return _manager(self.manager, manager).compute_device
+
+    def clone(self) -> "ClipModel":
+        return dataclasses.replace(self)
+
+    def with_patch(self, index: int, patch: LoraPatch) -> "ClipModel":
+        lists = [list(p) for p in self.patches] + [[] for _ in range(len(self.encoders) - len(self.patches))]
+        lists[index].append(patch)
+        return dataclasses.replace(self, patches=tuple(tuple(p) for p in lists))
+
+
+@dataclass
+class VaeModel:
+    """VAE: pixels [B,H,W,C] 0..1 <-> scaled latents [B,C,H/8,W/8]. The scaling factor lives here only."""
+
+    slot: "ManagedModule"
+    scaling_factor: float = 0.18215
+    shift_factor: float = 0.0
+    latent_channels: int = 4
+    downscale: int = 8
+    name: str = ""
+
+    @property
+    def manager(self) -> "ModelManager":
+        return self.slot.manager
+
+    def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
+        return _manager(self.manager, manager).acquire(self.slot)
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
+        """Encode images (mode of the posterior, deterministic) to scaled float32 CPU latents."""
+        vae = self.module(manager)
+        param = next(vae.parameters())
+        x = pixels[..., :3].movedim(-1, 1).to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
+        latents = vae.encode(x).latent_dist.mode()
+        return ((latents.float() - self.shift_factor) * self.scaling_factor).cpu()
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
+        """Decode scaled latents to float32 CPU images [B,H,W,C] in 0..1."""
+        vae = self.module(manager)
+        param = next(vae.parameters())
+        z = latents.to(device=param.device, dtype=param.dtype) / self.scaling_factor + self.shift_factor
+        images = vae.decode(z).sample.float()
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
+
+
+@dataclass
+class ControlNetModel:
+    """CONTROL_NET: a diffusers ControlNetModel under the model manager."""
+
+    slot: "ManagedModule"
+    name: str = ""
+
+    @property
+    def manager(self) -> "ModelManager":
+        return self.slot.manager
+
+    def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
+        return _manager(self.manager, manager).acquire(self.slot)
+
+
+@dataclass
+class ControlHint:
+    """A ControlNet applied to one conditioning entry; `previous` chains several ControlNets (all are summed)."""
+
+    controlnet: ControlNetModel
+    image: torch.Tensor  # [B, H, W, C] float 0..1
+    strength: float = 1.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    previous: "ControlHint | None" = None
+
+    def chain(self) -> list["ControlHint"]:
+        """This hint and those it was chained onto, oldest first."""
+        hints: list[ControlHint] = []
+        node: ControlHint | None = self
+        while node is not None:
+            hints.append(node)
+            node = node.previous
+        return hints[::-1]
+
+    def active_at(self, percent: float) -> bool:
+        return self.start_percent <= percent <= self.end_percent
