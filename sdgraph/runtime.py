@@ -1,0 +1,46 @@
+"""Assemble an executor the way every face (CLI, server, tests) needs one: directories, packs, cache, models."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from sdgraph.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, OutputCache
+from sdgraph.context import Services
+from sdgraph.execute import Executor
+from sdgraph.paths import Dirs, default_base
+from sdgraph.plugins import build_registry
+
+
+class RuntimeOptions(BaseModel):
+    """Settings shared by the faces; each maps to a command-line flag."""
+
+    base_dir: Path | None = None
+    plugins: bool = True
+    cache_entries: int = DEFAULT_MAX_ENTRIES
+    cache_bytes: int = DEFAULT_MAX_BYTES
+    no_cache: bool = False
+    cpu: bool = False
+    lowvram: bool = False
+    reserve_vram_gb: float = 1.0
+    preview: bool = False
+
+
+def create_executor(options: RuntimeOptions | None = None) -> Executor:
+    options = options or RuntimeOptions()
+    dirs = Dirs(base=(options.base_dir or default_base()).resolve())
+    registry = build_registry(dirs.custom_nodes, plugins=options.plugins)
+    cache = OutputCache(0 if options.no_cache else options.cache_entries, options.cache_bytes)
+    services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview})
+    return Executor(registry, services, cache)
+
+
+def _model_manager(options: RuntimeOptions) -> Any:
+    """The model manager lives where torch lives; import it only when a face asks for an executor."""
+    try:
+        models = importlib.import_module("sdgraph.models")
+    except ImportError:
+        return None
+    return models.ModelManager.from_options(options)

@@ -1,0 +1,165 @@
+"""The executor: caching by signature, partial re-runs, errors, interrupts and events."""
+from __future__ import annotations
+
+from sdgraph.cache import OutputCache
+from sdgraph.execute import Executor
+from tests.engine.toy_nodes import CALLS, OUTSIDE_STATE, Slow
+
+
+def chain() -> dict:
+    return {
+        "1": {"class_type": "Number", "inputs": {"value": 2}},
+        "2": {"class_type": "Number", "inputs": {"value": 3}},
+        "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+        "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+        "5": {"class_type": "Number", "inputs": {"value": 9}},  # not needed by any output
+    }
+
+
+def test_runs_only_what_outputs_need_in_order(executor, recorder):
+    result = executor.run(chain(), listener=recorder)
+    assert result.ok
+    assert result.outputs == {"4": {"text": ["5"]}}
+    assert result.executed.index("3") > max(result.executed.index("1"), result.executed.index("2"))
+    assert "5" not in result.executed
+    assert recorder.names()[:2] == ["execution_start", "execution_cached"]
+    assert recorder.names()[-2:] == ["execution_success", "executing"]
+    assert recorder.of("executing")[-1]["node"] is None
+    assert recorder.of("executed") == [{"node": "4", "display_node": "4", "output": {"text": ["5"]},
+                                        "prompt_id": result.prompt_id}]
+
+
+def test_identical_rerun_executes_nothing(executor, recorder):
+    executor.run(chain())
+    before = dict(CALLS)
+    result = executor.run(chain(), listener=recorder)
+    assert result.executed == []
+    assert sorted(result.cached) == ["1", "2", "3", "4"]
+    assert dict(CALLS) == before
+    assert recorder.of("execution_cached")[0]["nodes"] == result.cached
+    assert result.outputs == {"4": {"text": ["5"]}}  # cached UI output is still reported
+
+
+def test_changing_a_leaf_reruns_only_downstream(executor):
+    executor.run(chain())
+    changed = chain()
+    changed["2"]["inputs"]["value"] = 10
+    result = executor.run(changed)
+    assert sorted(result.executed) == ["2", "3", "4"]
+    assert result.outputs["4"] == {"text": ["12"]}
+
+
+def test_meta_and_layout_do_not_invalidate_the_cache(executor):
+    executor.run(chain())
+    moved = chain()
+    moved["3"]["_meta"] = {"title": "renamed", "pos": [10, 20]}
+    assert executor.run(moved).executed == []
+
+
+def test_changed_fingerprint_forces_rerun(executor):
+    workflow = {"1": {"class_type": "Outside", "inputs": {"name": "f"}},
+                "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    assert executor.run(workflow).outputs["2"] == {"text": ["1"]}
+    assert executor.run(workflow).executed == []
+    OUTSIDE_STATE["version"] = 2
+    result = executor.run(workflow)
+    assert result.executed == ["1", "2"]
+    assert result.outputs["2"] == {"text": ["2"]}
+
+
+def test_not_idempotent_node_always_reruns(executor):
+    workflow = {"1": {"class_type": "Random", "inputs": {}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    first = executor.run(workflow).outputs["2"]
+    second = executor.run(workflow).outputs["2"]
+    assert first != second
+
+
+def test_raising_node_names_itself_and_keeps_earlier_outputs(executor, recorder):
+    workflow = chain()
+    workflow["6"] = {"class_type": "Fail", "inputs": {"x": ["3", 0], "explode": True}}
+    workflow["7"] = {"class_type": "Show", "inputs": {"value": ["6", 0]}}
+    result = executor.run(workflow, listener=recorder)
+    assert result.status == "error"
+    error = result.error
+    assert error["node_id"] == "6" and error["node_type"] == "Fail"
+    assert error["exception_type"] == "ValueError" and error["exception_message"] == "boom"
+    assert any("boom" in line for line in error["traceback"])
+    assert recorder.of("execution_error") == [error]
+    assert "execution_success" not in recorder.names()
+    # the engine keeps serving, and what ran before the failure is cached
+    workflow["6"]["inputs"]["explode"] = False
+    again = executor.run(workflow)
+    assert again.ok
+    assert set(again.executed) == {"6", "7"}
+
+
+def test_interrupt_between_nodes(executor, recorder):
+    def on_event(event, data):
+        recorder(event, data)
+        if event == "executing" and data["node"] == "1":
+            executor.interrupt()
+
+    result = executor.run(chain(), listener=on_event)
+    assert result.status == "interrupted"
+    assert recorder.names()[-1] == "execution_interrupted"
+    assert result.executed == ["1"]
+    assert executor.run(chain()).ok  # the flag is cleared for the next run
+
+
+def test_interrupt_inside_a_long_node_at_its_next_progress_tick(executor, recorder):
+    Slow.hook = lambda step: executor.interrupt() if step == 2 else None
+    workflow = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+                "2": {"class_type": "Slow", "inputs": {"x": ["1", 0], "steps": 100}},
+                "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    result = executor.run(workflow, listener=recorder)
+    assert result.status == "interrupted"
+    assert CALLS["Slow.step"] == 3
+    assert result.error["node_id"] == "2"
+    assert [p["value"] for p in recorder.of("progress")] == [1, 2]
+
+
+def test_progress_events(executor, recorder):
+    workflow = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+                "2": {"class_type": "Slow", "inputs": {"x": ["1", 0], "steps": 4}},
+                "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    executor.run(workflow, listener=recorder)
+    assert [(p["value"], p["max"], p["node"]) for p in recorder.of("progress")] == [(i, 4, "2") for i in range(1, 5)]
+
+
+def test_hidden_inputs_are_filled(executor):
+    result = executor.run({"7": {"class_type": "Prompted", "inputs": {}}})
+    assert result.outputs["7"] == {"text": ["7:1"]}
+
+
+def test_no_cache_mode_still_shares_outputs_within_a_run(registry):
+    executor = Executor(registry, cache=OutputCache(max_entries=0))
+    CALLS.clear()
+    workflow = chain()
+    workflow["6"] = {"class_type": "Show", "inputs": {"value": ["3", 0]}}
+    executor.run(workflow)
+    assert CALLS["Add"] == 1
+    executor.run(workflow)
+    assert CALLS["Add"] == 2
+
+
+def test_cache_is_bounded_by_entries(registry):
+    executor = Executor(registry, cache=OutputCache(max_entries=2))
+    executor.run(chain())
+    assert len(executor.cache) == 2
+
+
+def test_signatures_are_stable_across_processes(executor):
+    import subprocess
+    import sys
+
+    code = (
+        "from sdgraph.registry import Registry; from sdgraph.plugins import load_module_pack;"
+        "from sdgraph.validate import validate; from sdgraph.workflow import parse_workflow;"
+        "from sdgraph.execute import needed_nodes; from sdgraph.signature import node_signature;"
+        "from tests.engine import toy_nodes; from tests.engine.test_execute import chain;"
+        "r = Registry(); load_module_pack(r, toy_nodes, 't'); rep = validate(parse_workflow(chain()), r); k = {};"
+        "[k.__setitem__(n, node_signature(rep.prepared[n], None, k)) for n in needed_nodes(rep)]; print(k['4'])"
+    )
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(keys) == 1 and len(keys.pop().strip()) == 64
