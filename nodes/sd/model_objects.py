@@ -116,17 +116,29 @@ class DiffusionModel:
         return {"text_embeds": text_embeds, "time_ids": time_ids}
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How one text encoder is used: its kind, default layer, final norm, and layers its weights dropped."""
+
+    kind: str = "clip_l"  # "clip_l" (SD 1.x, SDXL), "clip_h" (SD 2.x) or "clip_g" (SDXL, with projection)
+    default_skip: int = -1  # ComfyUI's stop_at_clip_layer: -1 the last layer, -2 the one before, ...
+    final_norm: bool = True  # apply the final layer norm to the chosen hidden state (SD 1.x / 2.x)
+    dropped_layers: int = 0  # layers the stored model lacks at its end (SD 2.x drops OpenCLIP's last one)
+    pad_id: int = 49407  # CLIP-L pads with end-of-text, OpenCLIP with 0
+
+
 @dataclass
 class ClipModel:
-    """CLIP: one text encoder (SD 1.x/2.x) or two (SDXL), their tokenizers, the layer to stop at, LoRA patches.
+    """CLIP: one text encoder (SD 1.x/2.x) or two (SDXL), their tokenizers and how each is used.
 
-    `clip_skip` is ComfyUI's `stop_at_clip_layer`: -1 uses the last layer, -2 the one before, and so on.
+    `clip_skip` is ComfyUI's `stop_at_clip_layer` (-1 the last layer, -2 the one before, counted in the original
+    OpenCLIP/CLIP depth); None uses each encoder's `default_skip`.
     """
 
     tokenizers: tuple[Any, ...]
     encoders: tuple["ManagedModule", ...]
-    kinds: tuple[str, ...] = ("clip_l",)  # per encoder: "clip_l", "clip_h" (SD2) or "clip_g" (SDXL)
-    clip_skip: int = -1
+    specs: tuple[EncoderSpec, ...] = (EncoderSpec(),)
+    clip_skip: int | None = None
     patches: tuple[tuple[LoraPatch, ...], ...] = ()
     name: str = ""
 
