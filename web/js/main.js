@@ -264,7 +264,7 @@ async function start() {
     'btn-queue': queue, 'btn-stop': () => api.interrupt().catch(e => toast(e.message, 'error')),
     'btn-open': () => $('#file-input').click(), 'btn-save': () => download('workflow.json', graph.serialize()),
     'btn-export': () => download('workflow_api.json', graph.toApi()), 'btn-default': loadDefault,
-    'btn-clear': () => { graph.clear(); editor.reset(); }, 'btn-undo': () => editor.undo(), 'btn-redo': () => editor.redo(),
+    'btn-clear': () => { graph.clear(); editor.reset(); editor.fit(); }, 'btn-undo': () => editor.undo(), 'btn-redo': () => editor.redo(),
     'btn-fit': () => editor.fit(), 'btn-panel': () => panel.toggle(), 'btn-help': showHelp,
     'btn-palette': () => { $('#palette').hidden = !$('#palette').hidden; },
   };
@@ -277,7 +277,7 @@ async function start() {
     e.preventDefault();
     document.body.classList.remove('dropping');
     const file = e.dataTransfer.files[0];
-    if (file) openFile(file, document.elementFromPoint(e.clientX, e.clientY));
+    if (file) openFile(file, e.target instanceof Element ? e.target : null);
   });
   $('#canvas').addEventListener('pointermove', e => { pointer = [e.clientX, e.clientY]; });
   addEventListener('pagehide', save);
