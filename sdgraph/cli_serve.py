@@ -1,0 +1,89 @@
+"""`sdgraph serve`: the command-line face of the server. The CLI calls `add_serve_parser` and `serve`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8188
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    net = parser.add_argument_group("network")
+    net.add_argument("--listen", default="127.0.0.1",
+                     help="address(es) to bind, comma-separated (default 127.0.0.1; anything off loopback "
+                          "requires an access token)")
+    net.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    net.add_argument("--token", default=os.environ.get("SDGRAPH_TOKEN"),
+                     help="access token clients must present (default: $SDGRAPH_TOKEN; generated and printed "
+                          "when listening off loopback)")
+    net.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="also accept this Host name (e.g. a reverse proxy's); repeatable")
+    net.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload (default 100 MB)")
+    net.add_argument("--max-body-mb", type=float, default=16.0, help="largest JSON request body (default 16 MB)")
+    run = parser.add_argument_group("engine")
+    run.add_argument("--base-dir", type=Path, default=None,
+                     help="directory holding models/, input/, output/, temp/, custom_nodes/, user/ "
+                          "(default: $SDGRAPH_HOME or ./user)")
+    run.add_argument("--cpu", action="store_true", help="run everything on the CPU")
+    run.add_argument("--lowvram", action="store_true", help="stream weights to the GPU as they are needed")
+    run.add_argument("--reserve-vram", type=float, default=1.0, metavar="GB", help="GPU memory left free")
+    run.add_argument("--no-cache", action="store_true", help="do not keep node outputs between prompts")
+    run.add_argument("--no-plugins", action="store_true", help="load only the built-in node packs")
+    run.add_argument("--preview", action="store_true", help="send latent previews while sampling")
+    run.add_argument("--max-history", type=int, default=10000, help="finished prompts kept (default 10000)")
+    return parser
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("serve", help="run the HTTP and WebSocket server (ComfyUI-compatible API)",
+                                   description="Serve the API, the queue and the browser editor.")
+    return add_serve_arguments(parser)
+
+
+def serve(args: argparse.Namespace, executor: Any = None) -> int:
+    """Run until interrupted. `executor` replaces the one built from the flags (tests, embedding)."""
+    from aiohttp import web  # noqa: PLC0415 - keep `sdgraph --help` fast
+
+    from sdgraph.runtime import RuntimeOptions, create_executor  # noqa: PLC0415
+    from sdgraph.server import ServerConfig, create_app  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        listen=args.listen, port=args.port, token=args.token or None,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_history=args.max_history, allowed_hosts=tuple(args.allow_host),
+    )
+    config, generated = config.with_token_if_public()
+    options = RuntimeOptions(base_dir=args.base_dir, plugins=not args.no_plugins, no_cache=args.no_cache,
+                             cpu=args.cpu, lowvram=args.lowvram, reserve_vram_gb=args.reserve_vram,
+                             preview=args.preview)
+    if executor is None:
+        executor = create_executor(options)
+    for problem in executor.registry.problems:
+        print(f"warning: node pack {problem.pack}: {problem.message}", file=sys.stderr)
+    print(f"sdgraph: {len(executor.registry.nodes)} node classes; data in {executor.services.dirs.base}",
+          flush=True)
+    app = create_app(executor, config)
+    host = config.listen_hosts[0]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    url = f"http://{shown}:{config.port}/"
+    if config.token:
+        if generated:
+            print("sdgraph: listening off loopback, so clients need an access token (made one; "
+                  "pass --token to choose it)", flush=True)
+        print(f"sdgraph: open {url}?token={config.token}", flush=True)
+    else:
+        print(f"sdgraph: open {url}", flush=True)
+    web.run_app(app, host=config.listen_hosts, port=config.port, print=None, access_log=None,
+                shutdown_timeout=5.0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_serve_arguments(argparse.ArgumentParser(prog="python -m sdgraph.server"))
+    return serve(parser.parse_args(argv))

@@ -1,0 +1,70 @@
+"""Assemble the aiohttp application: state, middlewares, routes (each also under /api), workers' life cycle."""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from sdgraph.execute import Executor
+from sdgraph.server import files, openapi, routes, static, system
+from sdgraph.server.config import ServerConfig, default_web_dir
+from sdgraph.server.errors import error_middleware
+from sdgraph.server.queue import PromptStore
+from sdgraph.server.security import add_security_headers, security_middleware
+from sdgraph.server.state import STATE, ServerState
+from sdgraph.server.worker import Worker
+from sdgraph.server.ws import Hub
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(executors: Executor | Sequence[Executor], config: ServerConfig | None = None) -> web.Application:
+    """The server over one executor per device. Workers start with the app and stop with it."""
+    config = config or ServerConfig()
+    executors = [executors] if isinstance(executors, Executor) else list(executors)
+    if not executors:
+        raise ValueError("the server needs at least one executor")
+    dirs = executors[0].services.dirs
+    store = PromptStore(config.db_path or dirs.user / "server.sqlite3", max_history=config.max_history)
+    hub = Hub(lambda: {"status": {"exec_info": {"queue_remaining": store.remaining()}}})
+    workers = [Worker(str(i), ex, store, hub) for i, ex in enumerate(executors)]
+    state = ServerState(config, executors, store, hub, workers, config.web_dir or default_web_dir())
+
+    app = web.Application(middlewares=[error_middleware, security_middleware(config)],
+                          client_max_size=max(config.max_upload_bytes, config.max_body_bytes) + (1 << 20))
+    app[STATE] = state
+    app.on_response_prepare.append(add_security_headers)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+
+    table: list[tuple[str, str, Handler]] = [
+        ("GET", "/ws", hub.handle),
+        *routes.ROUTES, *system.ROUTES, *files.ROUTES, *openapi.ROUTES,
+    ]
+    for method, path, handler in table:
+        for prefix in ("", "/api"):
+            app.router.add_route(method, prefix + path, handler)
+    for method, path, handler in static.ROUTES:  # the editor last: its catch-all must not shadow the API
+        app.router.add_route(method, path, handler)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    state = app[STATE]
+    for directory in (state.dirs.input, state.dirs.output, state.dirs.temp, state.dirs.user):
+        directory.mkdir(parents=True, exist_ok=True)
+    state.hub.start(asyncio.get_running_loop())
+    for worker in state.workers:
+        worker.start()
+
+
+async def _shutdown(app: web.Application) -> None:
+    await app[STATE].hub.close()
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[STATE]
+    await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in state.workers))
+    state.store.close_db()

@@ -1,0 +1,140 @@
+"""`/openapi.json`: the HTTP API described for clients and schema-driven fuzzers (OpenAPI 3.1).
+
+Request bodies come from the pydantic models in `schemas.py`; the rest is written out here, kept beside the routes.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from sdgraph.server.schemas import FreeRequest, InterruptRequest, PromptRequest, QueueAction
+from sdgraph.workflow import json_schema as workflow_schema
+
+JSON = "application/json"
+ERROR = {"$ref": "#/components/schemas/Error"}
+OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "invalid request", 403: "path or origin refused", 404: "not found", 409: "name clash",
+            413: "too large"}
+    return {str(code): _json(ERROR, text[code]) for code in codes}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "", required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+
+
+def _body(ref: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _schemas() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in (PromptRequest, QueueAction, InterruptRequest, FreeRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    workflow = workflow_schema()
+    out.update(workflow.pop("$defs", {}))
+    out["Workflow"] = workflow
+    out["PromptRequest"]["properties"]["prompt"] = {"$ref": "#/components/schemas/Workflow"}
+    out["Error"] = {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                                                   "details": {"type": "string"}, "extra_info": OBJECT}},
+        "node_errors": OBJECT}}
+    out["PromptReply"] = {"type": "object", "required": ["prompt_id", "number", "node_errors"], "properties": {
+        "prompt_id": {"type": "string"}, "number": {"type": "number"}, "node_errors": OBJECT}}
+    out["Upload"] = {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"},
+        "subfolder": {"type": "string"}, "type": {"type": "string", "enum": ["input", "temp", "output"]},
+        "overwrite": {"type": "string", "enum": ["true", "false", "1", "0"]},
+        "original_ref": {"type": "string", "description": "mask uploads: JSON {filename, subfolder, type}"}}}
+    out["UploadReply"] = {"type": "object", "properties": {
+        "name": {"type": "string"}, "subfolder": {"type": "string"}, "type": {"type": "string"}}}
+    return json.loads(json.dumps(out).replace('"#/$defs/', '"#/components/schemas/'))
+
+
+def _upload(summary: str) -> dict[str, Any]:
+    return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/Upload"}}}},
+        "responses": {"200": _json({"$ref": "#/components/schemas/UploadReply"}), **_errors(400, 403, 404, 409, 413)}}}
+
+
+def build() -> dict[str, Any]:
+    ids = {"type": "object", "properties": {"max_items": {"type": "integer"}}}
+    paths: dict[str, Any] = {
+        "/prompt": {
+            "get": {"summary": "queue status", "responses": {"200": _json(OBJECT)}},
+            "post": {"summary": "validate and queue a workflow", "requestBody": _body("PromptRequest"),
+                     "responses": {"200": _json({"$ref": "#/components/schemas/PromptReply"}),
+                                   **_errors(400, 413)}}},
+        "/queue": {
+            "get": {"summary": "running and pending prompts", "responses": {"200": _json(OBJECT)}},
+            "post": {"summary": "clear the queue or delete pending prompts", "requestBody": _body("QueueAction"),
+                     "responses": {"200": _json(OBJECT), **_errors(400, 413)}}},
+        "/interrupt": {"post": {"summary": "interrupt the running prompt (or only the given one)",
+                                "requestBody": _body("InterruptRequest", required=False),
+                                "responses": {"200": _json(OBJECT), **_errors(400)}}},
+        "/history": {
+            "get": {"summary": "finished prompts, oldest first", "parameters": [
+                _query("max_items", {"type": "integer", "minimum": 0}, "the most recent N unless offset is given"),
+                _query("offset", {"type": "integer", "minimum": -1})],
+                "responses": {"200": _json(OBJECT), **_errors(400)}},
+            "post": {"summary": "clear the history or delete entries", "requestBody": _body("QueueAction"),
+                     "responses": {"200": _json(OBJECT), **_errors(400, 413)}}},
+        "/history/{prompt_id}": {"get": {"summary": "one finished prompt", "parameters": [_path("prompt_id")],
+                                         "responses": {"200": _json(OBJECT)}}},
+        "/object_info": {"get": {"summary": "every node class", "responses": {"200": _json(OBJECT)}}},
+        "/object_info/{node_class}": {"get": {"summary": "one node class", "parameters": [_path("node_class")],
+                                              "responses": {"200": _json(OBJECT)}}},
+        "/view": {"get": {"summary": "a file from output, input or temp", "parameters": [
+            _query("filename", {"type": "string"}, required=True),
+            _query("subfolder", {"type": "string"}),
+            _query("type", {"type": "string", "enum": ["output", "input", "temp"]}),
+            _query("preview", {"type": "string"}, "webp;90, jpeg;80 or png"),
+            _query("channel", {"type": "string", "enum": ["rgba", "rgb", "a"]})],
+            "responses": {"200": {"description": "the file"}, **_errors(400, 403, 404, 413)}}},
+        "/upload/image": _upload("upload an image into input (or temp/output)"),
+        "/upload/mask": _upload("upload a mask; its alpha is applied to original_ref"),
+        "/system_stats": {"get": {"summary": "system and devices", "responses": {"200": _json(OBJECT)}}},
+        "/models": {"get": {"summary": "model folders", "responses": {"200": _json({"type": "array"})}}},
+        "/models/{folder}": {"get": {"summary": "models in a folder", "parameters": [_path("folder")],
+                                     "responses": {"200": _json({"type": "array"}), **_errors(400, 404)}}},
+        "/embeddings": {"get": {"summary": "embedding names", "responses": {"200": _json({"type": "array"})}}},
+        "/free": {"post": {"summary": "unload models and/or free memory between prompts",
+                           "requestBody": _body("FreeRequest", required=False),
+                           "responses": {"200": _json(OBJECT), **_errors(400)}}},
+        "/features": {"get": {"summary": "server features", "responses": {"200": _json(ids)}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sdgraph", "version": "1", "description":
+                 "ComfyUI-compatible HTTP API; every path is also served under /api. Events: WebSocket /ws."},
+        "paths": paths,
+        "components": {"schemas": _schemas(), "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+_SPEC: dict[str, Any] | None = None
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    global _SPEC
+    if _SPEC is None:
+        _SPEC = build()
+    return web.json_response(_SPEC)
+
+
+ROUTES: list[tuple[str, str, Any]] = [("GET", "/openapi.json", openapi_json)]

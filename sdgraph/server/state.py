@@ -1,0 +1,49 @@
+"""What every handler shares: settings, executors, the prompt store, the WebSocket hub and the workers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sdgraph.execute import Executor
+from sdgraph.paths import Dirs
+from sdgraph.registry import Registry
+from sdgraph.server.config import ServerConfig
+from sdgraph.server.queue import PromptStore
+from sdgraph.server.worker import Worker
+from sdgraph.server.ws import Hub
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    executors: list[Executor]
+    store: PromptStore
+    hub: Hub
+    workers: list[Worker]
+    web_dir: Path
+
+    @property
+    def executor(self) -> Executor:
+        """The executor used for validation and node descriptions (all share one registry)."""
+        return self.executors[0]
+
+    @property
+    def registry(self) -> Registry:
+        return self.executor.registry
+
+    @property
+    def dirs(self) -> Dirs:
+        return self.executor.services.dirs
+
+    def status(self) -> dict[str, Any]:
+        return {"status": {"exec_info": {"queue_remaining": self.store.remaining()}}}
+
+
+STATE = web.AppKey("sdgraph_state", ServerState)
+
+
+def state_of(request: web.Request) -> ServerState:
+    return request.app[STATE]

@@ -1,0 +1,58 @@
+"""GET / and the editor's static files from `web/` (a small page of links stands in until the editor exists)."""
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from aiohttp import web
+
+from sdgraph.paths import UnsafePath, safe_join
+from sdgraph.server.errors import ApiError
+from sdgraph.server.state import state_of
+
+TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".html": "text/html",
+         ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+         ".woff2": "font/woff2", ".map": "application/json", ".txt": "text/plain", ".webp": "image/webp"}
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+       "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'self'")
+
+PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sdgraph</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>sdgraph server</h1>
+<p>The browser editor is not installed (no <code>web/index.html</code>). The API is running:</p>
+<ul><li><a href="/openapi.json">/openapi.json</a></li><li><a href="/object_info">/object_info</a></li>
+<li><a href="/queue">/queue</a></li><li><a href="/history?max_items=20">/history</a></li>
+<li><a href="/system_stats">/system_stats</a></li></ul>
+</body></html>
+"""
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = state_of(request).web_dir / "index.html"
+    headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
+    if page.is_file():
+        return web.FileResponse(page, headers={**headers, "Content-Type": "text/html; charset=utf-8"})
+    return web.Response(text=PLACEHOLDER, content_type="text/html", headers=headers)
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    web_dir = state_of(request).web_dir
+    rel = request.match_info["path"]
+    try:
+        path = safe_join(web_dir, rel)
+    except UnsafePath:
+        raise ApiError(404, "not_found", "no such file") from None
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"no route or file {request.path!r}")
+    content_type = TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if content_type.startswith("text/") and "charset" not in content_type:
+        content_type += "; charset=utf-8"
+    return web.FileResponse(path, headers={"Content-Type": content_type, "Content-Security-Policy": CSP,
+                                           "Cache-Control": "no-cache"})
+
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/", index),
+    ("GET", "/{path:.+}", asset),
+]

@@ -1,0 +1,160 @@
+"""The WebSocket hub: `/ws?clientId=` connections and the messages sent to them.
+
+Text frames are `{"type", "data"}`; a latent preview is a binary frame: a big-endian u32 event type (1), a u32
+image format (1 = JPEG, 2 = PNG), then the image bytes. Execution events go to the client that submitted the
+prompt (all clients when it gave no client_id); `status` goes to everyone. Worker threads hand frames over with
+`post`, which is thread-safe; each client has its own ordered outbox and sender task.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger("sdgraph.server")
+
+PREVIEW_IMAGE = 1
+FORMATS = {"JPEG": 1, "PNG": 2}
+OUTBOX_LIMIT = 4096
+MAX_CLIENT_ID = 128
+
+Frame = str | bytes
+
+
+def text_frame(event: str, data: dict[str, Any]) -> str:
+    return json.dumps({"type": event, "data": data}, default=str)
+
+
+def preview_frame(image: Any) -> bytes | None:
+    """Encode a preview, given as (format, bytes) or as a PIL image; None if it is neither."""
+    if isinstance(image, (tuple, list)) and len(image) == 2 and isinstance(image[1], (bytes, bytearray)):
+        fmt, payload = str(image[0]).upper(), bytes(image[1])
+        if fmt not in FORMATS:
+            return None
+    elif hasattr(image, "save"):
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        fmt, payload = "JPEG", buffer.getvalue()
+    else:
+        return None
+    return struct.pack(">II", PREVIEW_IMAGE, FORMATS[fmt]) + payload
+
+
+@dataclass
+class _Client:
+    ws: web.WebSocketResponse
+    outbox: asyncio.Queue[Frame]
+    sender: asyncio.Task[None] | None = None
+
+
+class Hub:
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status  # the current status payload: {"status": {"exec_info": {...}}}
+        self.clients: dict[str, _Client] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    # ---- sending (loop thread) --------------------------------------------------------------------------
+
+    def send(self, frame: Frame, sid: str | None = None) -> None:
+        """Queue a frame for one client (or for all when sid is None)."""
+        if sid is None:
+            for client_sid, client in list(self.clients.items()):
+                self._enqueue(client_sid, client, frame)
+        elif sid in self.clients:
+            self._enqueue(sid, self.clients[sid], frame)
+
+    def _enqueue(self, sid: str, client: _Client, frame: Frame) -> None:
+        try:
+            client.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            if isinstance(frame, bytes):
+                return  # a slow client misses previews, never events
+            log.warning("websocket client %s is not reading; closing it", sid)
+            self._drop(sid, client)
+
+    def send_status(self, sid: str | None = None) -> None:
+        self.send(text_frame("status", self.status()), sid)
+
+    # ---- sending (any thread) ---------------------------------------------------------------------------
+
+    def post(self, frame: Frame, sid: str | None = None) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.send, frame, sid)
+            except RuntimeError:
+                pass  # the loop closed between the check and the call: shutting down
+
+    def post_status(self) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.send_status)
+            except RuntimeError:
+                pass
+
+    # ---- connections ------------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        sid = request.query.get("clientId") or uuid.uuid4().hex
+        if len(sid) > MAX_CLIENT_ID or not sid.isprintable():
+            raise web.HTTPBadRequest(text="clientId must be at most 128 printable characters")
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        old = self.clients.pop(sid, None)
+        if old is not None:
+            self._drop(sid, old)
+        client = _Client(ws, asyncio.Queue(OUTBOX_LIMIT))
+        client.sender = asyncio.ensure_future(self._sender(sid, client))
+        self.clients[sid] = client
+        status = self.status()
+        status["sid"] = sid
+        self._enqueue(sid, client, text_frame("status", status))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break  # clients have nothing to tell us; other messages are ignored
+        finally:
+            if self.clients.get(sid) is client:
+                del self.clients[sid]
+            if client.sender is not None:
+                client.sender.cancel()
+        return ws
+
+    async def _sender(self, sid: str, client: _Client) -> None:
+        ws = client.ws
+        try:
+            while True:
+                frame = await client.outbox.get()
+                if isinstance(frame, str):
+                    await ws.send_str(frame)
+                else:
+                    await ws.send_bytes(frame)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - a vanished client: its handler cleans up
+            log.debug("websocket %s send failed", sid, exc_info=True)
+
+    def _drop(self, sid: str, client: _Client) -> None:
+        if self.clients.get(sid) is client:
+            del self.clients[sid]
+        if client.sender is not None:
+            client.sender.cancel()
+        asyncio.ensure_future(client.ws.close())
+
+    async def close(self) -> None:
+        for sid, client in list(self.clients.items()):
+            if client.sender is not None:
+                client.sender.cancel()
+            await client.ws.close(code=1001, message=b"server shutting down")
+        self.clients.clear()

@@ -1,0 +1,124 @@
+"""Small pure-Python nodes for server tests (no torch). Also loadable as a custom_nodes pack (NODES)."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+from sdgraph.node import Float, Input, Int, Node, NodeOutput, Output, String
+
+INT = "INT"
+GATES: dict[str, threading.Event] = {}
+
+
+def gate(name: str) -> threading.Event:
+    return GATES.setdefault(name, threading.Event())
+
+
+class Number(Node):
+    inputs = [Int("value", 0, min=-(10**12), max=10**12)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int) -> tuple:
+        return (value,)
+
+
+class Add(Node):
+    inputs = [Input("a", INT), Input("b", INT)]
+    outputs = [Output(INT)]
+
+    def run(self, a: int, b: int) -> tuple:
+        return (a + b,)
+
+
+class Show(Node):
+    output_node = True
+    inputs = [Input("value", INT)]
+
+    def run(self, value: int) -> NodeOutput:
+        return NodeOutput((), {"text": [str(value)]})
+
+
+class Slow(Node):
+    """Sleeps in steps, reporting progress (and so checking for interrupts) at each."""
+
+    inputs = [Input("value", INT), Float("seconds", 0.1, min=0, max=60), Int("steps", 5, min=1, max=1000)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int, seconds: float, steps: int) -> tuple:
+        for i in range(steps):
+            time.sleep(seconds / steps)
+            self.ctx.progress(i + 1, steps)
+        return (value,)
+
+
+class Gate(Node):
+    """Blocks until the named gate opens (tests hold the worker here), checking for interrupts."""
+
+    not_idempotent = True
+    inputs = [Input("value", INT), String("name", "g")]
+    outputs = [Output(INT)]
+
+    def run(self, value: int, name: str) -> tuple:
+        event = gate(name)
+        deadline = time.monotonic() + 20
+        while not event.wait(0.01):
+            self.ctx.check_interrupt()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {name} never opened")
+        return (value,)
+
+
+class Fail(Node):
+    inputs = [Input("value", INT), String("message", "boom")]
+    outputs = [Output(INT)]
+
+    def run(self, value: int, message: str) -> tuple:
+        raise RuntimeError(message)
+
+
+class OutOfMemory(Node):
+    inputs = [Input("value", INT)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int) -> tuple:
+        raise MemoryError("CUDA out of memory (simulated)")
+
+
+class Exit(Node):
+    """Raises SystemExit: not even an Exception, so it escapes the executor's own handling."""
+
+    inputs = [Input("value", INT)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int) -> tuple:
+        raise SystemExit(3)
+
+
+class Previewer(Node):
+    inputs = [Input("value", INT)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int) -> tuple:
+        from PIL import Image
+
+        image = Image.new("RGB", (8, 8), (255, 0, 0))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        self.ctx.progress(1, 2, ("PNG", buffer.getvalue()))
+        self.ctx.progress(2, 2, image)
+        return (value,)
+
+
+NODES = [Number, Add, Show, Slow, Gate, Fail, OutOfMemory, Exit, Previewer]
+
+
+def chain(value: int = 1, *, middle: str | None = None, **middle_inputs: object) -> dict:
+    """Number -> [middle] -> Show, in the API format."""
+    prompt: dict = {"1": {"class_type": "Number", "inputs": {"value": value}}}
+    source = ["1", 0]
+    if middle is not None:
+        prompt["2"] = {"class_type": middle, "inputs": {"value": source, **middle_inputs}}
+        source = ["2", 0]
+    prompt["3"] = {"class_type": "Show", "inputs": {"value": source}}
+    return prompt
