@@ -43,4 +43,5 @@ def _model_manager(options: RuntimeOptions) -> Any:
         models = importlib.import_module("sdgraph.models")
     except ImportError:
         return None
-    return models.ModelManager.from_options(options)
+    return models.ModelManager(force_cpu=options.cpu, lowvram=options.lowvram,
+                               reserve_bytes=int(options.reserve_vram_gb * 1024**3))

@@ -5,7 +5,6 @@ Stable across processes and machines (no salted `hash()`), so a key means the sa
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import uuid
 from typing import Any
@@ -14,7 +13,8 @@ from sdgraph.validate import PreparedNode
 
 
 def _encode(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr, allow_nan=True)
+    """repr of JSON-born values (dicts in declaration order, str, int, float, bool, None) is stable everywhere."""
+    return repr(value)
 
 
 def always_changes(fingerprint: Any) -> bool:
@@ -25,8 +25,10 @@ def always_changes(fingerprint: Any) -> bool:
 def node_signature(node: PreparedNode, fingerprint: Any, source_keys: dict[str, str]) -> str:
     """The cache key of one node, given the keys of the nodes its links come from."""
     spec = node.node.spec
-    if spec.not_idempotent or always_changes(fingerprint):
+    if spec.not_idempotent or (fingerprint is not None and always_changes(fingerprint)):
         fingerprint = uuid.uuid4().hex
-    links = {name: (source_keys[src], index) for name, (src, index) in node.links.items()}
-    payload = _encode([spec.class_type, node.literals, links, fingerprint])
-    return hashlib.sha256(payload.encode()).hexdigest()
+    parts = [spec.class_type, _encode(node.literals)]
+    parts.extend(f"{name}<{source_keys[src]}:{index}" for name, (src, index) in node.links.items())
+    if fingerprint is not None:
+        parts.append(_encode(fingerprint))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

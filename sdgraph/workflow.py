@@ -22,13 +22,12 @@ class WorkflowFormatError(ValueError):
 
 
 def is_link(value: Any) -> bool:
+    """`[source_id, output_index]`: a two-item list (or tuple) of a str/int id and an int index."""
     return (
-        isinstance(value, (list, tuple))
+        type(value) in (list, tuple)
         and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool)
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
+        and type(value[1]) is int
+        and type(value[0]) in (str, int)
     )
 
 
@@ -41,7 +40,7 @@ def unwrap_literal(value: Any) -> Any:
 class PromptNode(BaseModel):
     """One node of an API-format workflow."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
     class_type: str = Field(min_length=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -53,7 +52,11 @@ class PromptNode(BaseModel):
         return title if isinstance(title, str) else None
 
     def links(self) -> dict[str, Link]:
-        return {name: (str(v[0]), v[1]) for name, v in self.inputs.items() if is_link(v)}
+        found = {}
+        for name, v in self.inputs.items():
+            if is_link(v):
+                found[name] = (v[0] if type(v[0]) is str else str(v[0]), v[1])
+        return found
 
     def literals(self) -> dict[str, Any]:
         return {name: unwrap_literal(v) for name, v in self.inputs.items() if not is_link(v)}

@@ -1,0 +1,165 @@
+"""Engine overhead on graphs of trivial nodes: cold run, fully cached re-run, re-run after one leaf changed.
+
+    python bench/engine_overhead.py [--sizes 1000 10000] [--repeats 5]
+
+Each figure is the median over repeats (of process CPU time by default, since other work on a shared machine
+inflates wall time) of a whole `Executor.run` on a workflow dict (parsing, validation,
+planning, signatures, cache look-ups and the node calls), divided by the node count. The nodes do no work,
+so this is the engine's own cost.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from typing import Any, Callable
+
+from sdgraph.cache import OutputCache
+from sdgraph.execute import Executor
+from sdgraph.node import Input, Int, Node, NodeOutput, Output
+from sdgraph.registry import Registry
+from sdgraph.types import INT
+
+FAN_IN = 1000
+CLOCK = time.process_time
+
+
+class Leaf(Node):
+    inputs = [Int("value", 0)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int) -> tuple:
+        return (value,)
+
+
+class Step(Node):
+    inputs = [Input("a", INT), Input("b", INT, optional=True), Int("add", 0)]
+    outputs = [Output(INT)]
+
+    def run(self, a: int, add: int, b: int = 0) -> tuple:
+        return (a + b + add,)
+
+
+class Hub(Node):
+    inputs = [Input(f"in{i}", INT, optional=True) for i in range(FAN_IN)]
+    outputs = [Output(INT)]
+
+    def run(self, **values: int) -> tuple:
+        return (sum(values.values()),)
+
+
+class Sink(Node):
+    output_node = True
+    inputs = [Input("value", INT)]
+
+    def run(self, value: int) -> NodeOutput:
+        return NodeOutput((), None)
+
+
+def chain(n: int) -> dict[str, Any]:
+    wf: dict[str, Any] = {"0": {"class_type": "Leaf", "inputs": {"value": 1}}}
+    for i in range(1, n - 1):
+        wf[str(i)] = {"class_type": "Step", "inputs": {"a": [str(i - 1), 0], "add": 1}}
+    wf["sink"] = {"class_type": "Sink", "inputs": {"value": [str(n - 2), 0]}}
+    return wf
+
+
+def fan_in(n: int) -> dict[str, Any]:
+    """Leaves feeding hubs of up to 1,000 inputs each, the hubs summed by a chain into one sink."""
+    wf: dict[str, Any] = {}
+    hubs = max(1, round(n / (FAN_IN + 2)))
+    leaves_per_hub = (n - 2 * hubs) // hubs
+    for h in range(hubs):
+        inputs = {}
+        for i in range(leaves_per_hub):
+            wf[f"l{h}_{i}"] = {"class_type": "Leaf", "inputs": {"value": i}}
+            inputs[f"in{i}"] = [f"l{h}_{i}", 0]
+        wf[f"hub{h}"] = {"class_type": "Hub", "inputs": inputs}
+        prev = [f"sum{h - 1}", 0] if h else None
+        wf[f"sum{h}"] = {"class_type": "Step", "inputs": {"a": [f"hub{h}", 0], "add": 0, **({"b": prev} if prev else {})}}
+    wf["sink"] = {"class_type": "Sink", "inputs": {"value": [f"sum{hubs - 1}", 0]}}
+    return wf
+
+
+def lattice(n: int) -> dict[str, Any]:
+    side = int(math.sqrt(n))
+    wf: dict[str, Any] = {}
+    for i in range(side):
+        for j in range(side):
+            key = f"{i}_{j}"
+            if i == 0 and j == 0:
+                wf[key] = {"class_type": "Leaf", "inputs": {"value": 1}}
+            elif i == 0 or j == 0:
+                wf[key] = {"class_type": "Step", "inputs": {"a": [f"{max(i - 1, 0)}_{max(j - 1, 0) if i == 0 else j}", 0], "add": 1}}
+            else:
+                wf[key] = {"class_type": "Step", "inputs": {"a": [f"{i - 1}_{j}", 0], "b": [f"{i}_{j - 1}", 0], "add": 1}}
+    wf["sink"] = {"class_type": "Sink", "inputs": {"value": [f"{side - 1}_{side - 1}", 0]}}
+    return wf
+
+
+def change_one_leaf(wf: dict[str, Any], round_: int) -> dict[str, Any]:
+    """A copy with one literal changed: the source node of the chain/lattice, or one leaf of the fan-in."""
+    leaf = "l0_0" if "l0_0" in wf else ("0" if "0" in wf else "0_0")
+    changed = dict(wf)
+    changed[leaf] = {"class_type": "Leaf", "inputs": {"value": 1000 + round_}}
+    return changed
+
+
+def registry() -> Registry:
+    reg = Registry()
+    reg.add_native([Leaf, Step, Hub, Sink], "bench")
+    assert not reg.problems, reg.problems
+    return reg
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = CLOCK()
+    result = fn()
+    elapsed = CLOCK() - start
+    assert result.ok, result.error or result.validation.as_dict()
+    return elapsed
+
+
+def measure(shape: Callable[[int], dict[str, Any]], n: int, repeats: int) -> dict[str, float]:
+    reg = registry()
+    wf = shape(n)
+    nodes = len(wf)
+    cold, cached, leaf = [], [], []
+    for r in range(repeats):
+        executor = Executor(reg, cache=OutputCache(max_entries=10 * nodes))
+        cold.append(timed(lambda: executor.run(wf)))
+        cached.append(timed(lambda: executor.run(wf)))
+        leaf.append(timed(lambda: executor.run(change_one_leaf(wf, r))))
+    return {"nodes": nodes, "cold_us": statistics.median(cold) / nodes * 1e6,
+            "cached_ms": statistics.median(cached) * 1e3, "cached_us": statistics.median(cached) / nodes * 1e6,
+            "leaf_us": statistics.median(leaf) / nodes * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--wall", action="store_true",
+                        help="time with the wall clock instead of this process's CPU time (noisy on a busy machine)")
+    args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.wall else time.process_time
+    print(f"clock: {'wall' if args.wall else 'process CPU time'}; median of {args.repeats} repeats")
+    print(f"{'graph':<8} {'nodes':>6} {'cold µs/node':>13} {'cached ms':>10} {'cached µs/node':>15} "
+          f"{'1 leaf µs/node':>15}")
+    rows: dict[tuple[str, int], dict[str, float]] = {}
+    for name, shape in (("chain", chain), ("fan-in", fan_in), ("lattice", lattice)):
+        for size in args.sizes:
+            row = rows[(name, size)] = measure(shape, size, args.repeats)
+            print(f"{name:<8} {row['nodes']:>6} {row['cold_us']:>13.1f} {row['cached_ms']:>10.2f} "
+                  f"{row['cached_us']:>15.1f} {row['leaf_us']:>15.1f}")
+    if len(args.sizes) > 1:
+        small, large = min(args.sizes), max(args.sizes)
+        print(f"\nlinearity: cold µs/node at {large} divided by at {small} (1.0 = linear)")
+        for name in ("chain", "fan-in", "lattice"):
+            print(f"  {name:<8} {rows[(name, large)]['cold_us'] / rows[(name, small)]['cold_us']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
