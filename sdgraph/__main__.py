@@ -1,0 +1,5 @@
+import sys
+
+from sdgraph.cli import main
+
+sys.exit(main())
