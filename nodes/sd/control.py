@@ -1,0 +1,51 @@
+"""ControlNet at sampling time: the UNet residuals of a chain of ControlHints for one model evaluation."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sdgraph.nodes.sd.model_objects import ControlHint
+
+
+def hint_pixels(image: torch.Tensor, size: tuple[int, int], batch: int, device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:
+    """A hint image [B,H,W,C] 0..1 as the ControlNet's input [batch, 3, H, W], resized to `size` (pixels)."""
+    x = image[..., :3].movedim(-1, 1).float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if x.shape[0] != batch:
+        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
+    return x.to(device=device, dtype=dtype)
+
+
+@torch.inference_mode()
+def control_residuals(hint: ControlHint | None, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                      percent: float, manager: Any = None,
+                      added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                      downscale: int = 8) -> dict[str, Any]:
+    """UNet keyword arguments adding every active ControlNet's residuals (summed); {} when none is active.
+
+    `x` is the UNet input (already scaled for the timestep), `t` its timestep, `cond` the encoder hidden states
+    for the same batch, `percent` how far sampling is (0 at the first step, 1 at the last).
+    """
+    if hint is None:
+        return {}
+    down_sum: list[torch.Tensor] | None = None
+    mid_sum: torch.Tensor | None = None
+    for h in hint.chain():
+        if h.strength == 0 or not h.active_at(percent):
+            continue
+        net = h.controlnet.module(manager)
+        param = next(net.parameters())
+        size = (x.shape[-2] * downscale, x.shape[-1] * downscale)
+        image = hint_pixels(h.image, size, x.shape[0], param.device, param.dtype)
+        down, mid = net(x.to(param.device, param.dtype), t, encoder_hidden_states=cond.to(param.device, param.dtype),
+                        controlnet_cond=image, conditioning_scale=float(h.strength),
+                        added_cond_kwargs=added_cond_kwargs, return_dict=False)
+        down_sum = list(down) if down_sum is None else [a + b for a, b in zip(down_sum, down)]
+        mid_sum = mid if mid_sum is None else mid_sum + mid
+    if down_sum is None:
+        return {}
+    return {"down_block_additional_residuals": tuple(down_sum), "mid_block_additional_residual": mid_sum}

@@ -1,0 +1,123 @@
+"""Image nodes: load images and masks from the input directory, scale, save and preview PNGs."""
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import torch
+
+from sdgraph.node import Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
+from sdgraph.nodes.sd.image_files import (
+    current_dirs, file_sha256, input_images, input_path, png_metadata, read_channel, read_image, save_pngs,
+)
+from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
+from sdgraph.types import IMAGE, MASK
+
+MAX_RESOLUTION = 8192
+
+
+class LoadImage(Node):
+    """An image from the input directory, with a mask from its alpha channel (transparent = 1)."""
+
+    category = "image"
+    inputs = [Combo("image", input_images, image_upload=True)]
+    outputs = [Output(IMAGE), Output(MASK)]
+
+    def run(self, image: str) -> tuple:
+        return read_image(input_path(self.ctx.dirs, image))
+
+    @classmethod
+    def fingerprint(cls, image: str = "", **_: Any) -> str:
+        return file_sha256(input_path(current_dirs(), image))
+
+    @classmethod
+    def validate_inputs(cls, image: str = "", **_: Any) -> str | None:
+        try:
+            path = input_path(current_dirs(), image)
+        except ValueError as exc:
+            return str(exc)
+        return None if path.is_file() else f"Invalid image file: {image}"
+
+
+class LoadImageMask(Node):
+    """A mask from one channel of an image in the input directory."""
+
+    category = "mask"
+    inputs = [Combo("image", input_images, image_upload=True), Combo("channel", ("alpha", "red", "green", "blue"))]
+    outputs = [Output(MASK)]
+
+    def run(self, image: str, channel: str) -> tuple:
+        return (read_channel(input_path(self.ctx.dirs, image), channel),)
+
+    @classmethod
+    def fingerprint(cls, image: str = "", **_: Any) -> str:
+        return file_sha256(input_path(current_dirs(), image))
+
+
+def _scale(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    return resize(image.movedim(-1, 1), width, height, method, crop).clamp(0, 1).movedim(1, -1)
+
+
+class ImageScale(Node):
+    """Resize images to a size (0 keeps the aspect ratio from the other side)."""
+
+    category = "image/upscaling"
+    inputs = [Input("image", IMAGE), Combo("upscale_method", IMAGE_METHODS),
+              Int("width", 512, min=0, max=MAX_RESOLUTION), Int("height", 512, min=0, max=MAX_RESOLUTION),
+              Combo("crop", CROPS)]
+    outputs = [Output(IMAGE)]
+
+    def run(self, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str) -> tuple:
+        if width == 0 and height == 0:
+            return (image,)
+        h, w = image.shape[1:3]
+        width = width or max(1, round(w * height / h))
+        height = height or max(1, round(h * width / w))
+        return (_scale(image, width, height, upscale_method, crop),)
+
+
+class ImageScaleBy(Node):
+    """Resize images by a factor."""
+
+    category = "image/upscaling"
+    inputs = [Input("image", IMAGE), Combo("upscale_method", IMAGE_METHODS),
+              Float("scale_by", 1.0, min=0.01, max=8.0, step=0.01)]
+    outputs = [Output(IMAGE)]
+
+    def run(self, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
+        h, w = image.shape[1:3]
+        return (_scale(image, round(w * scale_by), round(h * scale_by), upscale_method, "disabled"),)
+
+
+class SaveImage(Node):
+    """Save images as PNG in the output directory (never overwriting), with the workflow embedded."""
+
+    category = "image"
+    output_node = True
+    inputs = [Input("images", IMAGE), String("filename_prefix", "sdgraph"),
+              Hidden("prompt", "PROMPT"), Hidden("extra_pnginfo", "EXTRA_PNGINFO")]
+    outputs = []
+
+    def run(self, images: torch.Tensor, filename_prefix: str = "sdgraph", prompt: Any = None,
+            extra_pnginfo: Any = None) -> NodeOutput:
+        records = save_pngs(images, self.ctx.dirs.output, filename_prefix, "output",
+                            png_metadata(prompt, extra_pnginfo))
+        return NodeOutput(ui={"images": records})
+
+
+class PreviewImage(Node):
+    """Show images without keeping them: PNGs in the temp directory."""
+
+    category = "image"
+    output_node = True
+    inputs = [Input("images", IMAGE), Hidden("prompt", "PROMPT"), Hidden("extra_pnginfo", "EXTRA_PNGINFO")]
+    outputs = []
+
+    def run(self, images: torch.Tensor, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
+        prefix = "sdgraph_temp_" + secrets.token_hex(3)
+        records = save_pngs(images, self.ctx.dirs.temp, prefix, "temp", png_metadata(prompt, extra_pnginfo),
+                            compress_level=1)
+        return NodeOutput(ui={"images": records})
+
+
+NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, SaveImage, PreviewImage]

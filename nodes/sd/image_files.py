@@ -1,0 +1,124 @@
+"""Image files in and out: reading inputs as IMAGE/MASK tensors, writing PNGs with the workflow embedded."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
+
+from sdgraph.paths import Dirs, safe_join
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+# The Dirs last used to list input files. Node fingerprints receive only literal inputs, so LoadImage's content
+# hash resolves its file against the directories the same run validated with (see the lead's note in the report).
+_last_dirs: list[Dirs] = []
+
+
+def input_images(dirs: Dirs) -> list[str]:
+    """Image files at the top of the input directory (the LoadImage combo)."""
+    _last_dirs[:] = [dirs]
+    if not dirs.input.is_dir():
+        return []
+    return sorted(p.name for p in dirs.input.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def current_dirs() -> Dirs:
+    return _last_dirs[0] if _last_dirs else Dirs()
+
+
+def input_path(dirs: Dirs, name: str) -> Path:
+    """The file of an input name, refusing anything outside the input directory. `name [input]` is accepted."""
+    name = re.sub(r"\s*\[input\]$", "", name)
+    return safe_join(dirs.input, name)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
+
+
+def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE [F,H,W,3] and MASK [F,H,W] (1 - alpha; zeros without alpha) from every frame of the same size."""
+    images, masks = [], []
+    with Image.open(path) as opened:
+        for frame in ImageSequence.Iterator(opened):
+            frame = ImageOps.exif_transpose(frame)
+            if frame.mode == "I":
+                frame = frame.point(lambda v: v * (1 / 255))
+            rgb = frame.convert("RGB")
+            if images and rgb.size != (images[0].shape[1], images[0].shape[0]):
+                break
+            images.append(to_tensor(rgb))
+            if "A" in frame.getbands():
+                masks.append(1.0 - to_tensor(frame.getchannel("A")))
+            else:
+                masks.append(torch.zeros(rgb.size[1], rgb.size[0]))
+    return torch.stack(images), torch.stack(masks)
+
+
+def read_channel(path: Path, channel: str) -> torch.Tensor:
+    """MASK [1,H,W] from one channel ("alpha" is inverted: transparent = 1); zeros if the channel is absent."""
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
+        band = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]
+        if img.mode not in ("RGBA", "RGB", "LA", "L"):
+            img = img.convert("RGBA")
+        if band not in img.getbands():
+            if band != "A" and img.mode in ("L", "LA"):
+                return to_tensor(img.getchannel("L"))[None]
+            return torch.zeros(1, img.size[1], img.size[0])
+        mask = to_tensor(img.getchannel(band))
+    return (1.0 - mask if band == "A" else mask)[None]
+
+
+def png_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] | None) -> PngInfo:
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    for key, value in (extra_pnginfo or {}).items():
+        info.add_text(key, json.dumps(value))
+    return info
+
+
+def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
+              compress_level: int = 4) -> list[dict[str, str]]:
+    """Write each image as `<prefix>_<counter:05>_.png` under root, never overwriting; return UI records."""
+    folder_part, _, stem = prefix.replace("\\", "/").rpartition("/")
+    folder = safe_join(root, folder_part) if folder_part else root.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = _next_counter(folder, stem)
+    results = []
+    for image in images:
+        arr = (image.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        png = Image.fromarray(arr)
+        while True:
+            name = f"{stem}_{counter:05}_.png"
+            try:
+                with (folder / name).open("xb") as f:
+                    png.save(f, format="PNG", pnginfo=metadata, compress_level=compress_level)
+                break
+            except FileExistsError:
+                counter += 1
+        results.append({"filename": name, "subfolder": folder_part, "type": kind})
+        counter += 1
+    return results
+
+
+def _next_counter(folder: Path, stem: str) -> int:
+    pattern = re.compile(re.escape(stem) + r"_(\d+)_?\.png$")
+    used = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
+    return max(used, default=0) + 1

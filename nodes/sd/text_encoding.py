@@ -1,0 +1,84 @@
+"""Prompt -> CONDITIONING: weighted tokens in 77-token chunks, through one or two CLIP text encoders.
+
+- A prompt is tokenized per weighted run (see `prompt_weights`) and cut into chunks of 75 tokens, each framed by
+  begin/end tokens and padded to 77; the chunks are encoded in one batch and concatenated along the sequence,
+  so a long prompt gives a [1, 77*n, D] tensor.
+- Emphasis moves each token's embedding away from the empty prompt's: z = z_empty + (z - z_empty) * weight.
+- The hidden layer is ComfyUI's `stop_at_clip_layer` (or the model default), with the final layer norm where
+  the family uses it (SD 1.x/2.x). SDXL concatenates CLIP-L and OpenCLIP-G features (768+1280 = 2048 wide on the
+  real model) and pools from OpenCLIP-G's projection of the first chunk.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sdgraph.nodes.sd.model_objects import ClipModel, EncoderSpec
+from sdgraph.nodes.sd.prompt_weights import parse_weights
+
+CHUNK = 77
+
+
+def weighted_tokens(tokenizer: Any, text: str) -> list[tuple[int, float]]:
+    tokens: list[tuple[int, float]] = []
+    for run, weight in parse_weights(text):
+        ids = tokenizer(run, add_special_tokens=False)["input_ids"]
+        tokens.extend((int(t), weight) for t in ids)
+    return tokens
+
+
+def chunk_tokens(tokens: list[tuple[int, float]], bos: int, eos: int, pad: int,
+                 size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and weights [n, size]: BOS + up to size-2 tokens + EOS + padding, at least one chunk."""
+    body = size - 2
+    pieces = [tokens[i:i + body] for i in range(0, len(tokens), body)] or [[]]
+    ids, weights = [], []
+    for piece in pieces:
+        row = [bos] + [t for t, _ in piece] + [eos]
+        w = [1.0] + [wt for _, wt in piece] + [1.0]
+        ids.append(row + [pad] * (size - len(row)))
+        weights.append(w + [1.0] * (size - len(w)))
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32)
+
+
+def _final_norm(module: torch.nn.Module) -> torch.nn.Module:
+    inner = getattr(module, "text_model", module)
+    return inner.final_layer_norm
+
+
+@torch.inference_mode()
+def _run_encoder(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | None, ids: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states [n, 77, D] at the chosen layer and the pooled output [n, P] (float32, CPU)."""
+    out = module(input_ids=ids.to(device), output_hidden_states=True)
+    skip = spec.default_skip if clip_skip is None else clip_skip
+    index = min(skip + spec.dropped_layers, -1)
+    index = max(index, -len(out.hidden_states))
+    hidden = out.hidden_states[index]
+    if spec.final_norm:
+        hidden = _final_norm(module)(hidden)
+    pooled = getattr(out, "text_embeds", None)
+    if pooled is None:
+        pooled = getattr(out, "pooler_output", None)
+    return hidden.float().cpu(), None if pooled is None else pooled.float().cpu()
+
+
+def encode_prompt(clip: ClipModel, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The conditioning tensor [1, 77*n, D] and pooled output [1, P] of a prompt."""
+    features, pooled = [], None
+    for index, (tokenizer, spec) in enumerate(zip(clip.tokenizers, clip.specs)):
+        module = clip.encoder(index)
+        ids, weights = chunk_tokens(weighted_tokens(tokenizer, text), tokenizer.bos_token_id,
+                                    tokenizer.eos_token_id, spec.pad_id)
+        weighted = bool((weights != 1.0).any())
+        if weighted:
+            empty, _ = chunk_tokens([], tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
+            ids = torch.cat([ids, empty])
+        hidden, pool = _run_encoder(module, spec, clip.clip_skip, ids, clip.compute_device())
+        if weighted:
+            hidden, z_empty = hidden[:-1], hidden[-1:]
+            hidden = z_empty + (hidden - z_empty) * weights[..., None]
+        features.append(hidden.reshape(1, -1, hidden.shape[-1]))
+        pooled = pool[:1] if pool is not None else pooled
+    return torch.cat(features, dim=-1), pooled
