@@ -16,9 +16,6 @@ from sdgraph.types import COMBO
 Section = Literal["required", "optional", "hidden"]
 
 
-
-
-
 class InputSpec(BaseModel):
     """One named input: a typed socket, or a literal widget (INT, FLOAT, STRING, BOOLEAN, COMBO)."""
 
