@@ -1,0 +1,97 @@
+"""Checkpoint, VAE and ControlNet loading: architecture detection, weight round trips, caching by file identity."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from sdgraph.models import ModelManager
+from sdgraph.nodes.sd.checkpoint_layout import UnsupportedCheckpoint, read_layout
+from sdgraph.nodes.sd.loading import load_checkpoint, load_controlnet, load_vae, read_state_dict
+
+from conftest import call
+
+
+def _same(module: torch.nn.Module, original: torch.nn.Module, atol: float = 0.0) -> None:
+    mine = module.state_dict()
+    for key, value in original.state_dict().items():
+        if key.endswith("position_ids") or key not in mine:  # SD 2.x drops OpenCLIP's last layer
+            continue
+        assert torch.allclose(mine[key].float(), value.float(), atol=atol, rtol=0), key
+
+
+@pytest.mark.parametrize("name,family,prediction", [("sd1-tiny.safetensors", "sd1", "epsilon"),
+                                                    ("sd2-tiny.safetensors", "sd2", "v_prediction"),
+                                                    ("sdxl-tiny.safetensors", "sdxl", "epsilon")])
+def test_single_file_detection_and_exact_weights(tiny_tree, dirs, manager, name, family, prediction):
+    path = dirs.find_model("checkpoints", name)
+    layout = read_layout(read_state_dict(path), name)
+    assert layout.family == family and layout.prediction_type == prediction
+    model, clip, vae = load_checkpoint(path, manager)
+    parts = tiny_tree[family]
+    assert model.is_sdxl == (family == "sdxl") and model.prediction_type == prediction
+    assert len(clip.encoders) == (2 if family == "sdxl" else 1)
+    _same(model.slot.module, parts.unet)
+    _same(vae.slot.module, parts.vae)
+    for slot, original in zip(clip.encoders, parts.encoders):
+        _same(slot.module, original)
+    assert vae.scaling_factor == (0.13025 if family == "sdxl" else 0.18215)
+    assert model.alphas_cumprod.dtype == torch.float64 and model.alphas_cumprod.shape == (1000,)
+
+
+def test_sdxl_layout_inferred_from_shapes(dirs):
+    path = dirs.find_model("checkpoints", "sdxl-tiny.safetensors")
+    unet = read_layout(read_state_dict(path)).unet
+    assert unet["block_out_channels"] == [64, 128]
+    assert unet["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert unet["transformer_layers_per_block"] == [1, 2]
+    assert unet["cross_attention_dim"] == 128 and unet["addition_time_embed_dim"] == 8
+
+
+def test_prediction_type_from_name_and_marker(dirs):
+    sd = read_state_dict(dirs.find_model("checkpoints", "sd1-tiny.safetensors"))
+    assert read_layout(sd, "model-vpred.safetensors").prediction_type == "v_prediction"
+    assert read_layout({**sd, "v_pred": torch.tensor([])}).prediction_type == "v_prediction"
+
+
+def test_not_a_checkpoint_is_refused(dirs):
+    sd = read_state_dict(dirs.find_model("vae", "tiny-vae.safetensors"))
+    with pytest.raises(UnsupportedCheckpoint):
+        read_layout(sd)
+
+
+def test_diffusers_folder_fp16_upcast_on_cpu(tiny_tree, dirs, manager):
+    model, clip, vae = load_checkpoint(dirs.find_model("checkpoints", "sd1-tiny-diffusers"), manager)
+    assert all(p.dtype == torch.float32 for p in model.slot.module.parameters())
+    _same(model.slot.module, tiny_tree["sd1"].unet, atol=2e-3)  # saved in fp16
+    assert clip.specs[0].kind == "clip_l" and not model.is_sdxl
+
+
+def test_checkpoint_loader_node_and_alias(ctx):
+    from sdgraph.nodes.sd.loaders import CheckpointLoader
+
+    model, clip, vae = call(CheckpointLoader, ctx, ckpt_name="sd1-tiny.safetensors")
+    assert "CheckpointLoaderSimple" in CheckpointLoader.aliases
+    assert "sd1-tiny-diffusers" in ctx.dirs.list_models("checkpoints")
+    assert model.latent_channels == 4 and vae.downscale == 8
+
+
+def test_vae_and_controlnet_loaders(tiny_tree, ctx):
+    from sdgraph.nodes.sd.loaders import ControlNetLoader, VAELoader
+
+    (vae,) = call(VAELoader, ctx, vae_name="tiny-vae.safetensors")
+    _same(vae.slot.module, tiny_tree["sd1"].vae)
+    (net,) = call(ControlNetLoader, ctx, control_net_name="tiny-controlnet")
+    _same(net.module(), tiny_tree["controlnet"])
+
+
+def test_file_loaded_once_and_again_when_changed(dirs, tmp_path):
+    path = tmp_path / "copy.safetensors"
+    shutil.copy(dirs.find_model("checkpoints", "sd1-tiny.safetensors"), path)
+    mgr = ModelManager(force_cpu=True)
+    first = load_checkpoint(path, mgr)
+    assert load_checkpoint(path, mgr) is first and mgr.stats.disk_loads == 1
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert load_checkpoint(path, mgr) is not first and mgr.stats.disk_loads == 2
