@@ -1,0 +1,70 @@
+"""Prompts to conditioning: emphasis parsing, 77-token chunks, layers, SDXL's two encoders."""
+from __future__ import annotations
+
+import torch
+
+from sdgraph.nodes.sd.conditioning import TextEncode
+from sdgraph.nodes.sd.loaders import CLIPSetLastLayer
+from sdgraph.nodes.sd.prompt_weights import parse_weights
+from sdgraph.nodes.sd.text_encoding import chunk_tokens, weighted_tokens
+
+from conftest import call
+
+
+def test_emphasis_syntax():
+    assert parse_weights("a (cat:1.5) b") == [("a ", 1.0), ("cat", 1.5), (" b", 1.0)]
+    runs = dict((t, round(w, 4)) for t, w in parse_weights("((x)) (y (z:2):0.5)"))
+    assert runs == {"x": 1.21, " ": 1.0, "y ": 0.5, "z": 1.0}
+    assert parse_weights(r"\(literal\) (open") == [("(literal) (open", 1.0)]
+    assert parse_weights("(a:b)") == [("a:b", 1.1)]
+
+
+def test_chunks_frame_and_pad():
+    ids, weights = chunk_tokens([(5, 2.0)] * 80, bos=1, eos=2, pad=0)
+    assert ids.shape == (2, 77) and ids[0, 0] == 1 and ids[0, 76] == 2 and ids[1, 6] == 2 and ids[1, 7] == 0
+    assert weights[0, 1] == 2.0 and weights[0, 0] == 1.0
+
+
+def test_text_encode_shapes_and_pooled(ctx, sd1):
+    _, clip, _ = sd1
+    ((cond, extras),) = call(TextEncode, ctx, text="a red circle", clip=clip)[0]
+    assert cond.shape == (1, 77, 64) and cond.dtype == torch.float32
+    assert extras["pooled_output"].shape == (1, 64)
+
+
+def test_long_prompt_is_chunked_and_first_chunk_kept(ctx, sd1):
+    _, clip, _ = sd1
+    words = " ".join(f"word{i}" for i in range(60))  # well over 75 tokens
+    tokens = weighted_tokens(clip.tokenizers[0], words)
+    assert len(tokens) > 75
+    cond = call(TextEncode, ctx, text=words, clip=clip)[0][0][0]
+    assert cond.shape[1] == 77 * ((len(tokens) + 74) // 75)
+    first = clip.tokenizers[0].decode([t for t, _ in tokens[:75]])
+    alone = call(TextEncode, ctx, text=first, clip=clip)[0][0][0]
+    assert torch.allclose(cond[:, :77], alone, atol=1e-5)
+
+
+def test_emphasis_changes_only_weighted_tokens(ctx, sd1):
+    _, clip, _ = sd1
+    plain = call(TextEncode, ctx, text="a red circle", clip=clip)[0][0][0]
+    same = call(TextEncode, ctx, text="a (red:1.0) circle", clip=clip)[0][0][0]
+    strong = call(TextEncode, ctx, text="a (red:1.5) circle", clip=clip)[0][0][0]
+    assert torch.equal(plain, same)
+    changed = (strong - plain).abs().amax(dim=-1)[0]
+    assert changed[2] > 1e-3  # BOS, "a", "red": the weighted token moved
+    assert changed[1] < 1e-5 and changed[3] < 1e-5
+
+
+def test_clip_set_last_layer(ctx, sd1):
+    _, clip, _ = sd1
+    (skipped,) = call(CLIPSetLastLayer, ctx, clip=clip, stop_at_clip_layer=-2)
+    assert clip.clip_skip is None and skipped.clip_skip == -2
+    a = call(TextEncode, ctx, text="a red circle", clip=clip)[0][0][0]
+    b = call(TextEncode, ctx, text="a red circle", clip=skipped)[0][0][0]
+    assert not torch.allclose(a, b)
+
+
+def test_sdxl_uses_both_encoders(ctx, sdxl):
+    _, clip, _ = sdxl
+    ((cond, extras),) = call(TextEncode, ctx, text="a red circle", clip=clip)[0]
+    assert cond.shape == (1, 77, 128) and extras["pooled_output"].shape == (1, 64)
