@@ -1,0 +1,234 @@
+"""The discrete-time Stable Diffusion denoiser: a UNet, its noise schedule and classifier-free guidance, seen by
+the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + sigma * eps.
+
+- sigma -> the UNet's (fractional) training timestep by log-sigma interpolation;
+- c_in = 1 / sqrt(sigma^2 + 1) scales x to the UNet's variance-preserving input; epsilon models give
+  x0 = x - sigma * eps, v-prediction models x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1);
+- guidance: eps = eps_uncond + cfg * (eps_cond - eps_uncond); with one positive and one negative entry (the
+  usual case) both go through the UNet in one batched call, [uncond; cond], as diffusers pipelines do, and the
+  per-call tensors that do not change between steps (text embeddings, SDXL ids) are built once;
+- several entries per side, "area", "mask" and "strength" extras: each entry is evaluated on its own (on its
+  area's crop) and the entries of a side are averaged with weights strength x area box x mask;
+- ControlNet: an entry's "control" hint (see `nodes.sd.control`) adds residuals while the step's percent
+  (ComfyUI's: 1 - timestep / 999) lies in the hint's [start_percent, end_percent];
+- SDXL: `added_cond_kwargs` from the entry's pooled output and size/crop extras.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sdgraph.nodes.sd.schedules import DiscreteSchedule
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Entry:
+    """One conditioning entry, prepared once for the whole sampling run."""
+
+    context: Tensor  # [1, T, D] on the compute device, in the UNet's dtype
+    extras: dict[str, Any]
+    area: tuple[int, int, int, int] | None = None  # (h, w, y, x) in latent units
+    strength: float = 1.0
+    mask: Tensor | None = None  # [1 or B, 1, h, w] float32 on the device
+    added: dict[str, Tensor] | None = None  # SDXL added_cond_kwargs for the full batch
+    control: Any = None
+
+    @property
+    def plain(self) -> bool:
+        return self.area is None and self.mask is None
+
+
+@dataclass
+class _Batched:
+    """The constant inputs of the batched [uncond; cond] (or cond-only) UNet call."""
+
+    context: Tensor
+    added: dict[str, Tensor] | None
+    entries: list[Entry] = field(default_factory=list)
+
+
+class SDDenoiser:
+    """`denoise(x, sigma) -> denoised` for a DiffusionModel with positive/negative conditioning and a cfg scale."""
+
+    def __init__(self, model: Any, positive: Sequence[Sequence[Any]], negative: Sequence[Sequence[Any]],
+                 cfg: float, latent: Tensor, manager: Any = None) -> None:
+        self.model = model
+        self.manager = manager
+        self.unet = model.unet(manager)
+        self.device = torch.device(model.compute_device(manager))
+        self.dtype = model.dtype(manager)
+        self.schedule = DiscreteSchedule(model.alphas_cumprod)
+        self.v_prediction = model.prediction_type == "v_prediction"
+        self.cfg = float(cfg)
+        self.batch, _, self.height, self.width = latent.shape
+        self.positive = [self._entry(c) for c in positive]
+        self.negative = [self._entry(c) for c in negative] if self.guided else []
+        if not self.positive:
+            raise ValueError("sampling needs at least one positive conditioning entry")
+        self.batched = self._plan_batched()
+        self.calls = 0  # UNet evaluations, for tests and benchmarks
+
+    @property
+    def guided(self) -> bool:
+        return not math.isclose(self.cfg, 1.0)
+
+    # ---- preparation ----------------------------------------------------------------------------------------
+
+    def _entry(self, pair: Sequence[Any]) -> Entry:
+        cond, extras = pair[0], dict(pair[1]) if len(pair) > 1 and pair[1] else {}
+        entry = Entry(context=cond.to(self.device, self.dtype), extras=extras,
+                      area=tuple(extras["area"]) if extras.get("area") is not None else None,
+                      strength=float(extras.get("strength", 1.0)), control=extras.get("control"))
+        if extras.get("mask") is not None:
+            entry.mask = _resize_mask(extras["mask"], self.height, self.width).to(self.device)
+        if getattr(self.model, "is_sdxl", False) and extras.get("pooled_output") is not None:
+            entry.added = self.model.sdxl_added_cond(extras["pooled_output"], extras, (self.height, self.width),
+                                                     self.batch, self.device, self.dtype)
+        return entry
+
+    def _plan_batched(self) -> _Batched | None:
+        """One UNet call per step when each side is a single plain entry and the contexts can be stacked."""
+        sides = [self.negative, self.positive] if self.guided and self.negative else [self.positive]
+        if any(len(side) != 1 or not side[0].plain for side in sides):
+            return None
+        entries = [side[0] for side in sides]
+        contexts = _same_length([e.context for e in entries])
+        if contexts is None:
+            return None
+        context = torch.cat([c.expand(self.batch, -1, -1) for c in contexts])
+        added = None
+        if all(e.added is not None for e in entries):
+            added = {k: torch.cat([e.added[k] for e in entries]) for k in entries[0].added}
+        return _Batched(context=context, added=added, entries=entries)
+
+    # ---- evaluation -----------------------------------------------------------------------------------------
+
+    def timestep(self, sigma: float) -> float:
+        return self.schedule.timestep(sigma)
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
+        t = torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32)
+        x_in = (x * c_in).to(self.dtype)
+        if self.batched is not None:
+            eps = self._batched_eps(x_in, t, sigma)
+        else:
+            eps = self._general_eps(x_in, t, sigma)
+        return self._denoised(x, eps, sigma, c_in)
+
+    def _denoised(self, x: Tensor, out: Tensor, sigma: float, c_in: float) -> Tensor:
+        out = out.to(x.dtype)
+        if self.v_prediction:
+            return torch.add(x * (c_in * c_in), out, alpha=-sigma * c_in)
+        return torch.add(x, out, alpha=-sigma)
+
+    def _batched_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
+        plan = self.batched
+        halves = len(plan.entries)
+        x_batch = torch.cat([x_in] * halves) if halves > 1 else x_in
+        control = self._control_kwargs(plan.entries, x_in, t, plan.context, sigma)
+        out = self._unet(x_batch, t, plan.context, plan.added, control)
+        if halves == 1:
+            return out
+        uncond, cond = out.chunk(2)
+        return torch.lerp(uncond, cond, self.cfg)  # uncond + cfg * (cond - uncond) in one kernel
+
+    def _general_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
+        cond = self._side_eps(self.positive, x_in, t, sigma)
+        if not self.negative:
+            return cond
+        uncond = self._side_eps(self.negative, x_in, t, sigma)
+        return uncond + (cond - uncond) * self.cfg
+
+    def _side_eps(self, entries: list[Entry], x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
+        """The weighted average of the entries' predictions, each on its own area."""
+        total = torch.zeros(x_in.shape, device=self.device, dtype=torch.float32)
+        weight = torch.zeros((x_in.shape[0], 1, *x_in.shape[2:]), device=self.device, dtype=torch.float32)
+        for entry in entries:
+            y0, y1, x0, x1 = _area_box(entry.area, self.height, self.width)
+            crop = x_in[:, :, y0:y1, x0:x1]
+            context = entry.context.expand(crop.shape[0], -1, -1)
+            control = self._control_kwargs([entry], crop, t, context, sigma)
+            out = self._unet(crop, t, context, entry.added, control).float()
+            w = torch.full((crop.shape[0], 1, y1 - y0, x1 - x0), entry.strength, device=self.device)
+            if entry.mask is not None:
+                w = w * entry.mask[:, :, y0:y1, x0:x1]
+            total[:, :, y0:y1, x0:x1] += out * w
+            weight[:, :, y0:y1, x0:x1] += w
+        return total / weight.clamp_min(1e-8)
+
+    def _unet(self, x: Tensor, t: Tensor, context: Tensor, added: dict[str, Tensor] | None,
+              control: dict[str, Any]) -> Tensor:
+        self.calls += 1
+        kwargs: dict[str, Any] = dict(control)
+        if added is not None:
+            kwargs["added_cond_kwargs"] = added
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+
+    def _control_kwargs(self, entries: list[Entry], x_in: Tensor, t: Tensor, context: Tensor,
+                        sigma: float) -> dict[str, Any]:
+        """ControlNet residuals for a call that stacks `entries` (each over x_in's batch), summed over chains."""
+        if all(e.control is None for e in entries):
+            return {}
+        from sdgraph.nodes.sd.control import control_residuals  # noqa: PLC0415 - only ControlNet workflows need it
+
+        percent = self.schedule.sigma_to_percent(sigma)
+        per_entry = []
+        contexts = context.chunk(len(entries))
+        for entry, ctx in zip(entries, contexts):
+            per_entry.append(control_residuals(entry.control, x_in, t, ctx, percent) if entry.control else {})
+        return _stack_residuals(per_entry)
+
+
+def _stack_residuals(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate per-entry residuals along the batch; an entry without active control contributes zeros."""
+    template = next((p for p in parts if p), None)
+    if template is None:
+        return {}
+    down = template["down_block_additional_residuals"]
+    mid = template["mid_block_additional_residual"]
+    downs = [p["down_block_additional_residuals"] if p else [torch.zeros_like(r) for r in down] for p in parts]
+    mids = [p["mid_block_additional_residual"] if p else torch.zeros_like(mid) for p in parts]
+    if len(parts) == 1:
+        return parts[0]
+    return {"down_block_additional_residuals": [torch.cat(rs) for rs in zip(*downs)],
+            "mid_block_additional_residual": torch.cat(mids)}
+
+
+def _same_length(contexts: list[Tensor]) -> list[Tensor] | None:
+    """Contexts of equal token count, repeating shorter ones when the lengths divide their least common
+    multiple (repeating all keys and values leaves cross-attention unchanged); None when they cannot be."""
+    lengths = [c.shape[1] for c in contexts]
+    if len(set(lengths)) == 1:
+        return contexts
+    target = math.lcm(*lengths)
+    if target > 4 * max(lengths) or len({c.shape[2] for c in contexts}) != 1:
+        return None
+    return [c.repeat(1, target // c.shape[1], 1) for c in contexts]
+
+
+def _area_box(area: tuple[int, int, int, int] | None, height: int, width: int) -> tuple[int, int, int, int]:
+    if area is None:
+        return 0, height, 0, width
+    h, w, y, x = (int(v) for v in area)
+    y0, x0 = min(max(y, 0), height - 1), min(max(x, 0), width - 1)
+    return y0, min(y0 + max(h, 1), height), x0, min(x0 + max(w, 1), width)
+
+
+def _resize_mask(mask: Tensor, height: int, width: int) -> Tensor:
+    """A mask of any of the shapes [H, W], [B, H, W], [B, 1, H, W] as [B, 1, height, width] float32."""
+    m = mask.float()
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    if m.shape[-2:] != (height, width):
+        m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
+    return m

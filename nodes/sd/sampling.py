@@ -1,0 +1,179 @@
+"""KSampler and KSamplerAdvanced: denoise a latent with a model, conditioning, a sampler and a sigma schedule.
+
+Inputs, their order and the step semantics are ComfyUI's, so exported API workflows run unchanged:
+
+- KSampler with denoise < 1 computes the schedule for int(steps / denoise) steps and keeps its last `steps`;
+- KSamplerAdvanced keeps steps [start_at_step, end_at_step) of a `steps`-step schedule, ends at sigma 0 unless
+  return_with_leftover_noise is enabled, and adds no noise when add_noise is disabled.
+
+Noise comes from seeded CPU generators (see `noise`). When sampling starts at the top of the schedule, the noise is
+scaled by sqrt(1 + sigma_0^2) (unit variance in the model's variance-preserving input, like the diffusers pipelines
+and ComfyUI at sigma_max); part-way in (img2img, later KSamplerAdvanced stages) by sigma_0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from sdgraph.context import NodeContext
+from sdgraph.node import Combo, Float, Input, Int, Node, Output
+from sdgraph.types import CONDITIONING, LATENT, MODEL
+
+from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
+from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
+from sdgraph.nodes.sd.noise import initial_noise, to_device
+from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
+from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, DiscreteSchedule, compute_sigmas
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass
+class Plan:
+    """The sigmas to sample and whether they start at the top of the full schedule."""
+
+    sigmas: torch.Tensor  # float64 CPU
+    from_start: bool
+
+
+def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, start_step: int | None = None,
+                last_step: int | None = None, force_full_denoise: bool = False) -> Plan:
+    """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule."""
+    schedule = DiscreteSchedule(model.alphas_cumprod)
+    from_start = True
+    if denoise is None or denoise > 0.9999:
+        sigmas = compute_sigmas(schedule, scheduler, steps)
+    elif denoise <= 0.0:
+        sigmas = torch.zeros(0, dtype=torch.float64)
+    else:
+        total = int(steps / denoise)
+        sigmas = compute_sigmas(schedule, scheduler, total)[-(steps + 1):]
+        from_start = total == steps
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[:last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0.0
+    if start_step is not None and start_step > 0:
+        sigmas = sigmas[start_step:] if start_step < len(sigmas) - 1 else sigmas[:0]
+        from_start = False
+    return Plan(sigmas, from_start)
+
+
+def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, Any], *, seed: int, cfg: float,
+                  sampler_name: str, plan: Plan, add_noise: bool = True, manager: Any = None,
+                  on_step: Callable[[Step, int], None] | None = None,
+                  noise_sampler: NoiseSampler | None = None) -> dict[str, Any]:
+    """Sample a LATENT; returns a new LATENT dict (CPU float32 samples, other keys kept)."""
+    samples = latent["samples"]
+    if len(plan.sigmas) < 2:
+        return dict(latent)
+    noise, seeded = initial_noise(seed, samples, latent.get("batch_index"))
+    device = torch.device(model.compute_device(manager))
+    with torch.inference_mode():
+        clean = samples.to(device=device, dtype=torch.float32)
+        sigma_0 = float(plan.sigmas[0])
+        x = clean
+        if add_noise:
+            scale = math.sqrt(1.0 + sigma_0 ** 2) if plan.from_start else sigma_0
+            x = torch.add(clean, to_device(noise, device), alpha=scale)
+        denoiser = SDDenoiser(model, positive, negative, cfg, samples, manager)
+        denoise: DenoiseFn = denoiser
+        mask = latent.get("noise_mask")
+        if mask is not None:
+            mask = _resize_mask(mask, *samples.shape[-2:]).to(device)
+            denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)
+        total = len(plan.sigmas) - 1
+        callback = (lambda step: on_step(step, total)) if on_step is not None else None
+        out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback,
+                                        noise_sampler=noise_sampler or seeded.sampler(x))
+        if mask is not None and float(plan.sigmas[-1]) == 0.0:
+            out = torch.lerp(clean, out, mask)
+        result = out.float().cpu()
+    return {**latent, "samples": result}
+
+
+def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> DenoiseFn:
+    """Keep the unmasked region on the original latent's trajectory: renoise it to sigma before each call and
+    replace the model's estimate there by the original latent."""
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        known = torch.add(clean, noise, alpha=sigma)
+        return torch.lerp(clean, inner(torch.lerp(known, x, mask), sigma), mask)
+
+    return denoise
+
+
+def step_reporter(ctx: NodeContext, model: Any) -> Callable[[Step, int], None]:
+    """Progress (and interrupt check) after every step, with a latent preview when the settings ask for one."""
+    previews = previews_enabled(ctx.services.settings)
+    sdxl = bool(getattr(model, "is_sdxl", False))
+
+    def report(step: Step, total: int) -> None:
+        preview = jpeg_preview(step.denoised, sdxl) if previews else None
+        ctx.progress(step.i + 1, total, preview)
+
+    return report
+
+
+# ---- nodes --------------------------------------------------------------------------------------------------
+
+
+def _shared_inputs() -> dict[str, Any]:
+    return {
+        "steps": Int("steps", 20, min=1, max=10000),
+        "cfg": Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        "sampler_name": Combo("sampler_name", SAMPLER_NAMES),
+        "scheduler": Combo("scheduler", SCHEDULER_NAMES),
+        "positive": Input("positive", CONDITIONING),
+        "negative": Input("negative", CONDITIONING),
+        "latent_image": Input("latent_image", LATENT),
+    }
+
+
+_S = _shared_inputs()
+
+
+class KSampler(Node):
+    """Denoise a latent: txt2img from an empty latent, img2img with denoise below 1."""
+
+    category = "sampling"
+    inputs = [Input("model", MODEL), Int("seed", 0, min=0, max=SEED_MAX, control_after_generate=True),
+              _S["steps"], _S["cfg"], _S["sampler_name"], _S["scheduler"], _S["positive"], _S["negative"],
+              _S["latent_image"], Float("denoise", 1.0, min=0.0, max=1.0, step=0.01)]
+    outputs = [Output(LATENT)]
+
+    def run(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+            positive: list, negative: list, latent_image: dict, denoise: float = 1.0) -> tuple[dict]:
+        plan = plan_sigmas(model, scheduler, steps, denoise)
+        return (sample_latent(model, positive, negative, latent_image, seed=seed, cfg=cfg,
+                              sampler_name=sampler_name, plan=plan, manager=self.ctx.models,
+                              on_step=step_reporter(self.ctx, model)),)
+
+
+class KSamplerAdvanced(Node):
+    """Run part of a schedule: steps [start_at_step, end_at_step), optionally without adding noise or keeping
+    the leftover noise, to chain samplers (base + refiner, hires passes)."""
+
+    category = "sampling"
+    inputs = [Input("model", MODEL), Combo("add_noise", ["enable", "disable"]),
+              Int("noise_seed", 0, min=0, max=SEED_MAX, control_after_generate=True),
+              _S["steps"], _S["cfg"], _S["sampler_name"], _S["scheduler"], _S["positive"], _S["negative"],
+              _S["latent_image"], Int("start_at_step", 0, min=0, max=10000),
+              Int("end_at_step", 10000, min=0, max=10000),
+              Combo("return_with_leftover_noise", ["disable", "enable"])]
+    outputs = [Output(LATENT)]
+
+    def run(self, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float, sampler_name: str,
+            scheduler: str, positive: list, negative: list, latent_image: dict, start_at_step: int,
+            end_at_step: int, return_with_leftover_noise: str) -> tuple[dict]:
+        plan = plan_sigmas(model, scheduler, steps, 1.0, start_at_step, end_at_step,
+                           force_full_denoise=return_with_leftover_noise != "enable")
+        return (sample_latent(model, positive, negative, latent_image, seed=noise_seed, cfg=cfg,
+                              sampler_name=sampler_name, plan=plan, add_noise=add_noise == "enable",
+                              manager=self.ctx.models, on_step=step_reporter(self.ctx, model)),)
+
+
+NODES = [KSampler, KSamplerAdvanced]

@@ -1,0 +1,190 @@
+"""Sigma schedules by the names node-graph users know, computed from a model's training noise schedule.
+
+A schedule is a descending list of `steps + 1` noise levels (sigmas, in the variance-exploding parametrisation
+sigma = sqrt((1 - alpha_bar) / alpha_bar)) ending in 0. `DiscreteSchedule` maps sigmas to the model's training
+timesteps and back (log-sigma interpolation, so fractional timesteps are allowed).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable
+
+import torch
+
+
+class DiscreteSchedule:
+    """The 1000 training noise levels of a discrete-time diffusion model and the sigma <-> timestep maps."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        ab = alphas_cumprod.detach().to("cpu", torch.float64)
+        self.sigmas = ((1.0 - ab) / ab).sqrt()  # ascending with the timestep
+        self.log_sigmas: list[float] = self.sigmas.log().tolist()
+        self.sigma_min = float(self.sigmas[0])
+        self.sigma_max = float(self.sigmas[-1])
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.log_sigmas)
+
+    def sigma(self, t: float) -> float:
+        """The sigma at a (possibly fractional) timestep, interpolated in log-sigma."""
+        t = min(max(float(t), 0.0), self.num_timesteps - 1.0)
+        low = int(math.floor(t))
+        high = min(low + 1, self.num_timesteps - 1)
+        w = t - low
+        return math.exp((1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high])
+
+    def timestep(self, sigma: float) -> float:
+        """The (fractional) timestep whose sigma is `sigma`, by log-sigma interpolation; clamped to the range."""
+        log_sigma = math.log(max(float(sigma), 1e-12))
+        ls = self.log_sigmas
+        high = bisect.bisect_left(ls, log_sigma)
+        if high <= 0:
+            return 0.0
+        if high >= len(ls):
+            return float(len(ls) - 1)
+        low = high - 1
+        return low + (log_sigma - ls[low]) / (ls[high] - ls[low])
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's percent of the sampling process (0 = start) as the sigma where it is reached."""
+        if percent <= 0.0:
+            return float("inf")
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma((1.0 - percent) * (self.num_timesteps - 1))
+
+    def sigma_to_percent(self, sigma: float) -> float:
+        return 1.0 - self.timestep(sigma) / (self.num_timesteps - 1)
+
+
+# ---- schedules: (schedule, steps) -> sigmas [steps + 1], float64, last 0 ------------------------------------
+
+
+def _finish(sigmas: list[float], append_zero: bool = True) -> torch.Tensor:
+    return torch.tensor(sigmas + ([0.0] if append_zero else []), dtype=torch.float64)
+
+
+def _timestep_spaced(s: DiscreteSchedule, steps: int, drop_last: bool) -> torch.Tensor:
+    start, end = s.timestep(s.sigma_max), s.timestep(s.sigma_min)
+    if drop_last:  # sgm_uniform: steps + 1 points, the last one (t = 0) replaced by sigma 0
+        timesteps = torch.linspace(start, end, steps + 1, dtype=torch.float64)[:-1]
+        return _finish([s.sigma(t) for t in timesteps.tolist()])
+    if math.isclose(s.sigma(end), 0.0, abs_tol=1e-5):  # zero terminal SNR: sigma(end) is already 0
+        timesteps = torch.linspace(start, end, steps + 1, dtype=torch.float64)
+        return _finish([s.sigma(t) for t in timesteps.tolist()], append_zero=False)
+    timesteps = torch.linspace(start, end, steps, dtype=torch.float64)
+    return _finish([s.sigma(t) for t in timesteps.tolist()])
+
+
+def normal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """Timesteps evenly spaced from the last training timestep to the first (diffusers' "linspace")."""
+    return _timestep_spaced(s, steps, drop_last=False)
+
+
+def sgm_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """`steps + 1` evenly spaced timesteps with the last one replaced by sigma 0 (the SGM/SDXL-Turbo spacing)."""
+    return _timestep_spaced(s, steps, drop_last=True)
+
+
+def simple(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """Every (1000 / steps)-th training sigma, counted down from the top, truncating the stride."""
+    n = s.num_timesteps
+    stride = n / steps
+    return _finish([float(s.sigmas[n - 1 - int(i * stride)]) for i in range(steps)])
+
+
+def ddim_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """DDIM's "leading" timesteps with offset 1: 1, 1 + k, 1 + 2k, ... (k = 1000 // steps), reversed."""
+    n = s.num_timesteps
+    stride = max(n // steps, 1)
+    picked = [float(s.sigmas[t]) for t in range(1, n, stride)]
+    return _finish(picked[::-1])
+
+
+def karras(s: DiscreteSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5: sigmas evenly spaced in sigma^(1/rho)."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = s.sigma_min ** (1 / rho), s.sigma_max ** (1 / rho)
+    return _finish(((hi + ramp * (lo - hi)) ** rho).tolist())
+
+
+def exponential(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """Sigmas evenly spaced in log-sigma from sigma_max to sigma_min."""
+    logs = torch.linspace(math.log(s.sigma_max), math.log(s.sigma_min), steps, dtype=torch.float64)
+    return _finish(logs.exp().tolist())
+
+
+def beta(s: DiscreteSchedule, steps: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
+    """Timesteps at the quantiles of a Beta(0.6, 0.6) distribution (Lee et al. 2024), denser at both ends."""
+    total = s.num_timesteps - 1
+    quantiles = [1.0 - i / steps for i in range(steps)]
+    picked: list[float] = []
+    last = -1
+    for q in quantiles:
+        t = int(round(_beta_ppf(q, alpha, beta_) * total))
+        if t != last:
+            picked.append(float(s.sigmas[t]))
+        last = t
+    return _finish(picked)
+
+
+def kl_optimal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """The KL-optimal schedule (Sabour et al. 2024): evenly spaced in arctan(sigma)."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    angles = ramp * math.atan(s.sigma_min) + (1 - ramp) * math.atan(s.sigma_max)
+    return _finish(angles.tan().tolist())
+
+
+def _beta_ppf(q: float, a: float, b: float) -> float:
+    """Inverse CDF of Beta(a, b); scipy's when installed, else bisection on a numerically integrated CDF."""
+    try:
+        from scipy.special import betaincinv
+    except ImportError:  # pragma: no cover - scipy is present wherever diffusers' LMS scheduler works
+        return _bisect(lambda x: _beta_cdf(x, a, b), q)
+    return float(betaincinv(a, b, q))
+
+
+def _beta_cdf(x: float, a: float, b: float, n: int = 4096) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > 0.5:  # integrate on the smooth half only: I_x(a, b) = 1 - I_{1-x}(b, a)
+        return 1.0 - _beta_cdf(1.0 - x, b, a, n)
+    # substitute s = u^(1/a) so that s^(a-1) ds = du / a has no singularity at 0
+    u = torch.linspace(0.0, x ** a, n + 1, dtype=torch.float64)
+    f = (1.0 - u ** (1.0 / a)) ** (b - 1.0) / a
+    partial = torch.trapezoid(f, u)
+    return float(partial / math.exp(math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)))
+
+
+def _bisect(f: Callable[[float], float], target: float, iters: int = 60) -> float:
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+SCHEDULES: dict[str, Callable[[DiscreteSchedule, int], torch.Tensor]] = {
+    "normal": normal,
+    "karras": karras,
+    "exponential": exponential,
+    "sgm_uniform": sgm_uniform,
+    "simple": simple,
+    "ddim_uniform": ddim_uniform,
+    "beta": beta,
+    "kl_optimal": kl_optimal,
+}
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULES)
+
+
+def compute_sigmas(schedule: DiscreteSchedule, name: str, steps: int) -> torch.Tensor:
+    """The float64 CPU sigmas [steps + 1] of the named schedule (fewer when a schedule merges duplicates)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+    if steps <= 0:
+        return torch.zeros(0, dtype=torch.float64)
+    return SCHEDULES[name](schedule, steps)
