@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sdgraph.paths import safe_join
 from sdgraph.server import images
@@ -155,7 +156,8 @@ async def _read_form(request: web.Request, limit: int) -> tuple[Spooled | None, 
                 fields[part.name or ""] = await _field(part)
         else:
             raise ApiError(400, "invalid_upload", f"more than {MAX_PARTS} form parts")
-    except (ValueError, AssertionError, RuntimeError, LookupError, UnicodeError) as exc:
+    except (ValueError, AssertionError, RuntimeError, LookupError, UnicodeError, TypeError,
+            HttpProcessingError) as exc:
         if upload is not None:
             upload.file.close()
         raise ApiError(400, "invalid_upload", f"malformed multipart body: {exc}") from None

@@ -20,7 +20,7 @@ def pixel_limit() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
-def open_image(source: Path | IO[bytes], *, required: bool = True) -> Image.Image | None:
+def open_image(source: Any, *, required: bool = True) -> Image.Image | None:
     """Open an image lazily (header only), refusing one with more pixels than Pillow's limit.
 
     With required=False a file that is not an image gives None (uploads may be other media).
@@ -91,10 +91,29 @@ def render(path: Path, channel: str, preview: str | None) -> tuple[bytes, str]:
     return buffer.getvalue(), content_type
 
 
+class _Borrowed:
+    """A file handed to Pillow without letting it close the file (the caller still owns it)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def read(self, *args: Any) -> bytes:
+        return self._file.read(*args)
+
+    def seek(self, *args: Any) -> int:
+        return self._file.seek(*args)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        pass
+
+
 def check_upload(file: IO[bytes]) -> None:
     """Refuse an uploaded image whose header announces a decompression bomb; other media pass through."""
     file.seek(0)
-    image = open_image(file, required=False)
+    image = open_image(_Borrowed(file), required=False)
     if image is not None:
         image.close()
     file.seek(0)
@@ -104,7 +123,7 @@ def apply_mask(original: Path, mask: IO[bytes]) -> bytes:
     """The original image with the mask's alpha as its alpha channel, as PNG (the mask editor's upload)."""
     mask.seek(0)
     base = open_image(original)
-    painted = open_image(mask)
+    painted = open_image(_Borrowed(mask))
     assert base is not None and painted is not None
     with base, painted:
         rgba = ImageOps.exif_transpose(_load(base)).convert("RGBA")

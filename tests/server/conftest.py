@@ -87,6 +87,23 @@ async def receive_until_done(ws: ClientWebSocketResponse, prompt_id: str,
             return seen
 
 
+async def raw_request(harness: Harness, method: str, target: str, headers: dict[str, str] | None = None,
+                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request written byte for byte (no client-side URL normalisation): (status, headers, body)."""
+    port = harness.client.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = {"Host": f"127.0.0.1:{port}", "Connection": "close", "Content-Length": str(len(body)), **(headers or {})}
+    lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in head.items()), "", ""]
+    writer.write("\r\n".join(lines).encode("latin-1") + body)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    header_blob, _, payload = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = header_blob.decode("latin-1").split("\r\n")
+    parsed = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines if ":" in line)}
+    return int(status_line.split()[1]), parsed, payload
+
+
 def for_prompt(events: list[tuple[str, Any]], prompt_id: str) -> list[tuple[str, Any]]:
     return [(t, d) for t, d in events if t not in ("status", "binary") and d.get("prompt_id") == prompt_id]
 
