@@ -1,6 +1,6 @@
 """Fixtures for the editor's end-to-end tests: a running server, Debian's headless Chromium, and a fresh page.
 
-Server: `sdgraph serve` in a subprocess (a fresh --base-dir each session). SDGRAPH_BROWSER_SERVER=stub uses
+Server: `sdgraph serve` (python -m sdgraph.server) in a subprocess (a fresh --base-dir each session). SDGRAPH_BROWSER_SERVER=stub uses
 tests/browser/stub_server.py instead (fake nodes, no model), =URL uses a server that is already running.
 Browser: /usr/bin/chromium (or $CHROMIUM), never a downloaded build.
 """
@@ -48,9 +48,9 @@ def _server_command(port: int, base: Path) -> list[str]:
         import sdgraph.server  # noqa: F401
     except ImportError:
         pytest.skip("sdgraph.server is not available (set SDGRAPH_BROWSER_SERVER=stub to test the editor alone)")
-    help_text = subprocess.run([sys.executable, "-m", "sdgraph.cli", "serve", "--help"],
-                               capture_output=True, text=True).stdout
-    cmd = [sys.executable, "-m", "sdgraph.cli", "serve", "--port", str(port), "--base-dir", str(base)]
+    # `python -m sdgraph.server` is `sdgraph serve`
+    cmd = [sys.executable, "-m", "sdgraph.server", "--port", str(port), "--base-dir", str(base)]
+    help_text = subprocess.run(cmd[:3] + ["--help"], capture_output=True, text=True).stdout
     if "--preview" in help_text:
         cmd.append("--preview")
     return cmd
@@ -96,9 +96,8 @@ def object_info(server):
 @pytest.fixture(scope="session")
 def model_ready(object_info):
     """Skip unless the diffusion nodes are installed and the server sees a checkpoint."""
-    loader = object_info.get("CheckpointLoaderSimple")
-    if loader is None:
-        pytest.skip("the server has no CheckpointLoaderSimple node yet (diffusion nodes not installed)")
+    require_nodes(object_info, TXT2IMG)
+    loader = object_info.get("CheckpointLoaderSimple") or object_info["CheckpointLoader"]
     choices = loader["input"]["required"]["ckpt_name"][0]
     if not choices:
         pytest.skip("the server lists no checkpoint (the tiny model sdgraph-tiny is missing)")
@@ -111,6 +110,28 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+# The same node under sdgraph's and ComfyUI's names: the editor shows whichever the server lists first.
+ALIASES = [("CheckpointLoaderSimple", "CheckpointLoader"), ("CLIPTextEncode", "TextEncode"),
+           ("EmptyLatentImage", "EmptyLatent")]
+
+
+def names(class_type: str) -> tuple[str, ...]:
+    return next((group for group in ALIASES if class_type in group), (class_type,))
+
+
+def selector(attr: str, class_type: str, within: str = "") -> str:
+    return ", ".join(f'{within} [{attr}="{n}"]'.strip() for n in names(class_type))
+
+
+TXT2IMG = ["CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"]
+
+
+def require_nodes(object_info: dict, needed: list[str]):
+    missing = [n for n in needed if not any(a in object_info for a in names(n))]
+    if missing:
+        pytest.skip(f"the server lacks the node classes {', '.join(missing)}")
 
 
 class Page:
@@ -130,7 +151,7 @@ class Page:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
     def node(self, type_: str, nth: int = 0):
-        return self.page.locator(f'[data-node-type="{type_}"]').nth(nth)
+        return self.page.locator(selector("data-node-type", type_)).nth(nth)
 
     def node_id(self, type_: str, nth: int = 0) -> str:
         return self.node(type_, nth).get_attribute("data-node-id")
@@ -157,7 +178,7 @@ class Page:
         """Drag a palette entry onto the canvas; x, y are relative to the canvas's top-left corner."""
         self.page.fill("#palette-search", "")
         box = self.page.locator("#canvas").bounding_box()
-        self.drag(self.page.locator(f'#palette [data-palette-item="{type_}"]').first, (box["x"] + x, box["y"] + y))
+        self.drag(self.page.locator(selector("data-palette-item", type_, "#palette")).first, (box["x"] + x, box["y"] + y))
 
     def links(self) -> list[dict]:
         return self.page.evaluate("""() => [...document.querySelectorAll('svg.wires path[data-link-id]')]

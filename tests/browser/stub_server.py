@@ -108,6 +108,7 @@ class Stub:
         self.history: dict = {}
         self.number = 0
         self.running = None
+        self.seen: set[str] = set()
 
     async def send(self, client_id, type_, data):
         ws = self.sockets.get(client_id)
@@ -118,9 +119,14 @@ class Stub:
         entry = [self.number, prompt_id, prompt, {"client_id": client_id, **extra}, []]
         self.running = entry
         await self.send(client_id, "execution_start", {"prompt_id": prompt_id})
-        await self.send(client_id, "execution_cached", {"nodes": [], "prompt_id": prompt_id})
+        keys = {node_id: json.dumps(entry, sort_keys=True) for node_id, entry in prompt.items()}
+        cached = [n for n, key in keys.items() if key in self.seen and prompt[n]["class_type"] != "SaveImage"]
+        self.seen.update(keys.values())
+        await self.send(client_id, "execution_cached", {"nodes": cached, "prompt_id": prompt_id})
         outputs = {}
         for node_id, node_entry in prompt.items():
+            if node_id in cached:
+                continue
             await self.send(client_id, "executing", {"node": node_id, "prompt_id": prompt_id})
             if node_entry["class_type"] == "KSampler":
                 steps = min(int(node_entry["inputs"].get("steps", 5)), 10)

@@ -87,7 +87,8 @@ export class Editor {
     e.preventDefault();
     const r = this.root.getBoundingClientRect();
     const px = e.clientX - r.left, py = e.clientY - r.top;
-    const zoom = Math.min(3, Math.max(0.2, this.view.zoom * Math.pow(1.0015, -e.deltaY)));
+    const dy = e.deltaY * (e.deltaMode === 1 ? 33 : e.deltaMode === 2 ? 800 : 1); // Firefox scrolls by lines
+    const zoom = Math.min(3, Math.max(0.2, this.view.zoom * Math.pow(1.0015, -dy)));
     const k = zoom / this.view.zoom;
     this.view = { zoom, x: px - (px - this.view.x) * k, y: py - (py - this.view.y) * k };
     this.applyView();
@@ -128,10 +129,23 @@ export class Editor {
 
   // ---- editing
   addNode(type, pos) {
-    const node = this.graph.addNode(type, pos || this.center());
+    const node = this.graph.addNode(type, pos || this.freeSpot(this.center()));
     this.select([node.id]);
     this.commit();
     return node;
+  }
+
+  // A point near `pos` where a new node (about 260 x 220) overlaps none: step right past whatever is in the way.
+  freeSpot([x, y]) {
+    for (let i = 0; i < 40; i++) {
+      const hit = [...this.nodeEls].find(([id, el]) => {
+        const p = this.graph.nodes.get(id).pos;
+        return x < p[0] + el.offsetWidth + 20 && p[0] < x + 260 && y < p[1] + el.offsetHeight + 20 && p[1] < y + 220;
+      });
+      if (!hit) break;
+      x = this.graph.nodes.get(hit[0]).pos[0] + hit[1].offsetWidth + 30;
+    }
+    return [x, y];
   }
 
   select(ids, add = false) {

@@ -55,6 +55,17 @@ export function defaultValue(input) {
   return '';
 }
 
+// Servers list a node under several names (sdgraph's and ComfyUI's): map each name to the first-listed twin.
+export function primaryNames(defs) {
+  const seen = new Map(), out = {};
+  for (const [name, def] of Object.entries(defs)) {
+    const key = JSON.stringify([def.display_name, def.category, def.description, def.input, def.output, def.output_name]);
+    if (!seen.has(key)) seen.set(key, name);
+    out[name] = seen.get(key);
+  }
+  return out;
+}
+
 export class Graph {
   constructor(defs = {}) {
     this.defs = defs;

@@ -1,6 +1,6 @@
 // The editor app: wires the graph, the canvas, the palette, the server and the files together.
 import { api, connect } from './api.js';
-import { Graph, detectFormat, fromLitegraph, describeInputs } from './graph.js';
+import { Graph, detectFormat, fromLitegraph, describeInputs, primaryNames } from './graph.js';
 import { Editor } from './canvas.js';
 import { pngText } from './png.js';
 import { QueuePanel } from './panel.js';
@@ -26,9 +26,9 @@ const DEFAULT_LINKS = [['ckpt', 'MODEL', 'sampler'], ['ckpt', 'CLIP', 'pos'], ['
 
 function loadDefault() {
   graph.clear();
-  const ids = {};
+  const ids = {}, primary = primaryNames(graph.defs);
   for (const [key, names, pos, values] of DEFAULT_NODES) {
-    const type = names.find(n => graph.defs[n]);
+    const type = primary[names.find(n => graph.defs[n])];
     if (!type) continue;
     const node = graph.addNode(type, pos);
     ids[key] = node.id;

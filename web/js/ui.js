@@ -1,5 +1,6 @@
 // Small pieces of UI: messages, menus, overlays (help, image viewer), the node palette and the search popup.
 import { h } from './widgets.js';
+import { primaryNames } from './graph.js';
 
 export function toast(message, kind = 'info', ms = 4000) {
   const box = document.getElementById('toasts');
@@ -66,9 +67,9 @@ export function showImage(urls, index = 0) {
 // ---- node search, shared by the palette and the double-click popup
 export function searchNodes(defs, query) {
   const words = query.toLowerCase().split(/\s+/).filter(Boolean);
-  const hits = [];
+  const hits = [], primary = primaryNames(defs);
   for (const [name, def] of Object.entries(defs)) {
-    if (def.deprecated) continue;
+    if (def.deprecated || primary[name] !== name) continue;
     const title = (def.display_name || name).toLowerCase();
     const hay = `${title} ${name.toLowerCase()} ${(def.category || '').toLowerCase()} ${(def.description || '').toLowerCase()}`;
     if (!words.every(w => hay.includes(w))) continue;
@@ -115,8 +116,10 @@ export function buildPalette(el, defs, pick) {
       list.replaceChildren(...(hits.length ? hits.map(n => paletteItem(defs, n, startDrag)) : [h('p', { class: 'muted', text: 'No node matches.' })]));
       return;
     }
-    const groups = {};
-    for (const [name, def] of Object.entries(defs)) if (!def.deprecated) (groups[def.category || 'other'] ||= []).push(name);
+    const groups = {}, primary = primaryNames(defs);
+    for (const [name, def] of Object.entries(defs)) {
+      if (!def.deprecated && primary[name] === name) (groups[def.category || 'other'] ||= []).push(name);
+    }
     list.replaceChildren(...Object.keys(groups).sort().map(cat => h('details', { open: true },
       h('summary', { text: cat }),
       groups[cat].sort((a, b) => (defs[a].display_name || a).localeCompare(defs[b].display_name || b))
