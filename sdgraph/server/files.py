@@ -190,6 +190,14 @@ def _write_temp(directory: Path, upload: Spooled) -> Path:
 
 def store_upload(root: Path, subfolder: str, upload: Spooled, overwrite: bool) -> str:
     """Write the upload under root/subfolder and return the name it got. Blocking."""
+    try:
+        return _store(root, subfolder, upload, overwrite)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        raise ApiError(409, "name_clash", f"cannot store {upload.filename!r} in {subfolder or '.'!r}: a file and "
+                                          f"a folder clash ({exc.strerror})") from None
+
+
+def _store(root: Path, subfolder: str, upload: Spooled, overwrite: bool) -> str:
     directory = safe_join(root, subfolder)
     directory.mkdir(parents=True, exist_ok=True)
     directory = safe_join(root, subfolder)  # again: nothing created above may lead out

@@ -11,22 +11,13 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from sdgraph.context import Services
 from sdgraph.execute import Executor
-from sdgraph.paths import Dirs
-from sdgraph.registry import Registry
 from sdgraph.server import ServerConfig, create_app
 from sdgraph.server.state import STATE, ServerState
 from tests.server import nodes
+from tests.server.nodes import make_executor
 
 TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
-
-
-def make_executor(base: Path, models: Any = None) -> Executor:
-    registry = Registry()
-    registry.add_native(nodes.NODES, "server-tests")
-    assert not registry.problems, registry.problems
-    return Executor(registry, Services(dirs=Dirs(base=base, extra_model_roots=[]), models=models))
 
 
 @dataclass

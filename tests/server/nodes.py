@@ -1,11 +1,17 @@
-"""Small pure-Python nodes for server tests (no torch). Also loadable as a custom_nodes pack (NODES)."""
+"""Small pure-Python nodes for server tests and the load benchmark (no torch), and an executor over them."""
 from __future__ import annotations
 
 import io
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
+from sdgraph.context import Services
+from sdgraph.execute import Executor
 from sdgraph.node import Float, Input, Int, Node, NodeOutput, Output, String
+from sdgraph.paths import Dirs
+from sdgraph.registry import Registry
 
 INT = "INT"
 GATES: dict[str, threading.Event] = {}
@@ -111,6 +117,14 @@ class Previewer(Node):
 
 
 NODES = [Number, Add, Show, Slow, Gate, Fail, OutOfMemory, Exit, Previewer]
+
+
+def make_executor(base: Path, models: Any = None) -> Executor:
+    """An executor over these nodes only, with its directories under `base`."""
+    registry = Registry()
+    registry.add_native(NODES, "server-tests")
+    assert not registry.problems, registry.problems
+    return Executor(registry, Services(dirs=Dirs(base=base, extra_model_roots=[]), models=models))
 
 
 def chain(value: int = 1, *, middle: str | None = None, **middle_inputs: object) -> dict:

@@ -172,8 +172,9 @@ def multipart(content: bytes, filename: str, **fields: str) -> tuple[bytes, str]
     boundary = "sdgraphboundary7MA4YWxk"
     filename = filename.replace("\\", "\\\\").replace('"', '\\"')  # a quoted-string, nothing else escaped
     parts = [(f'Content-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-              "Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogateescape") + content]
-    parts += [f'Content-Disposition: form-data; name="{k}"\r\n\r\n{v}'.encode() for k, v in fields.items()]
+              "Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogatepass") + content]
+    parts += [f'Content-Disposition: form-data; name="{k}"\r\n\r\n{v}'.encode("utf-8", "surrogatepass")
+              for k, v in fields.items()]
     body = b"".join(f"--{boundary}\r\n".encode() + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
