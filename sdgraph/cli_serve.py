@@ -41,7 +41,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("serve", help="run the HTTP and WebSocket server (ComfyUI-compatible API)",
                                    description="Serve the API, the queue and the browser editor.")
-    return add_serve_arguments(parser)
+    add_serve_arguments(parser)
+    parser.set_defaults(handler=serve)  # the CLI calls args.handler(args)
+    return parser
 
 
 def serve(args: argparse.Namespace, executor: Any = None) -> int:

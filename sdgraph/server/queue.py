@@ -60,6 +60,11 @@ class DuplicatePrompt(ValueError):
 
 
 class PromptStore:
+    """Pending and running prompts in memory (one lock), mirrored to SQLite with the history (another lock).
+
+    Two locks keep the HTTP side from waiting on a worker's database write just to read the queue.
+    """
+
     def __init__(self, path: Path | str, max_history: int = 10000) -> None:
         self.path = Path(path)
         self.max_history = max_history
@@ -69,6 +74,7 @@ class PromptStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db_lock = threading.Lock()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pending: dict[str, QueueItem] = {}
@@ -77,24 +83,24 @@ class PromptStore:
         self._closed = False
         self.counter = 0
         self.seq = 0
+        self.finished = 0
         self._load()
 
     # ---- start-up ---------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        with self._lock:
-            self._db.execute("UPDATE prompts SET state='pending' WHERE state='running'")
-            rows = self._db.execute(
-                "SELECT prompt_id, number, seq, client_id, prompt, extra_data, outputs_to_execute "
-                "FROM prompts WHERE state='pending'").fetchall()
-            for pid, number, seq, client_id, prompt, extra, outs in rows:
-                item = QueueItem(pid, number, seq, json.loads(prompt), json.loads(extra), json.loads(outs),
-                                 client_id)
-                self._pending[pid] = item
-                self._heap.append((number, seq, pid))
-            heapq.heapify(self._heap)
-            self.counter = self._meta("counter")
-            self.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM prompts").fetchone()[0]
+        self._db.execute("UPDATE prompts SET state='pending' WHERE state='running'")
+        rows = self._db.execute(
+            "SELECT prompt_id, number, seq, client_id, prompt, extra_data, outputs_to_execute "
+            "FROM prompts WHERE state='pending'").fetchall()
+        for pid, number, seq, client_id, prompt, extra, outs in rows:
+            item = QueueItem(pid, number, seq, json.loads(prompt), json.loads(extra), json.loads(outs), client_id)
+            self._pending[pid] = item
+            self._heap.append((number, seq, pid))
+        heapq.heapify(self._heap)
+        self.counter = self._meta("counter")
+        self.finished = self._meta("finished")
+        self.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM prompts").fetchone()[0]
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -107,54 +113,62 @@ class PromptStore:
             workflow: Any = None, report: Any = None) -> QueueItem:
         """Queue a validated prompt; returns its item (with the number it was given)."""
         with self._lock:
-            if prompt_id in self._pending or prompt_id in self._running or self._exists(prompt_id):
+            if prompt_id in self._pending or prompt_id in self._running:
                 raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted")
             if number is None:
                 number = -self.counter if front else self.counter
                 self.counter += 1
             self.seq += 1
+            counter = self.counter
             item = QueueItem(prompt_id, float(number), self.seq, prompt, extra_data, outputs, client_id,
                              workflow, report)
-            with self._db:
-                self._db.execute(
-                    "INSERT INTO prompts(prompt_id, number, seq, state, client_id, prompt, extra_data, "
-                    "outputs_to_execute) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
-                    (prompt_id, item.number, item.seq, client_id, _dumps(prompt), _dumps(extra_data),
-                     _dumps(outputs)))
-                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('counter', ?)", (self.counter,))
+        with self._db_lock:
+            try:
+                with self._db:
+                    self._db.execute(
+                        "INSERT INTO prompts(prompt_id, number, seq, state, client_id, prompt, extra_data, "
+                        "outputs_to_execute) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+                        (prompt_id, item.number, item.seq, client_id, _dumps(prompt), _dumps(extra_data),
+                         _dumps(outputs)))
+                    self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('counter', ?)", (counter,))
+            except sqlite3.IntegrityError:
+                raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted") from None
+        with self._lock:
             self._pending[prompt_id] = item
             heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
             self._changed.notify_all()
-            return item
-
-    def _exists(self, prompt_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM prompts WHERE prompt_id=?", (prompt_id,)).fetchone() is not None
+        return item
 
     def take(self, timeout: float | None = None) -> QueueItem | None:
         """The next pending prompt, now running; None after `timeout` seconds or when closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while True:
-                while self._heap:
-                    _, _, pid = heapq.heappop(self._heap)
-                    item = self._pending.pop(pid, None)
-                    if item is None:
-                        continue  # deleted while pending
-                    self._db.execute("UPDATE prompts SET state='running' WHERE prompt_id=?", (pid,))
+            item = self._next(deadline)
+        if item is not None:
+            with self._db_lock:
+                self._db.execute("UPDATE prompts SET state='running' WHERE prompt_id=?", (item.prompt_id,))
+        return item
+
+    def _next(self, deadline: float | None) -> QueueItem | None:
+        while True:
+            while self._heap:
+                _, _, pid = heapq.heappop(self._heap)
+                item = self._pending.pop(pid, None)
+                if item is not None:  # else: deleted while pending
                     self._running[pid] = item
                     return item
-                if self._closed:
-                    return None
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
+            if self._closed:
+                return None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self._changed.wait(remaining)
 
     def finish(self, prompt_id: str, result: dict[str, Any]) -> None:
         """Move a running prompt into the history with its outputs and status."""
-        with self._lock:
-            self._running.pop(prompt_id, None)
-            finished = self._meta("finished") + 1
+        with self._db_lock:
+            self.finished += 1
+            finished = self.finished
             with self._db:
                 self._db.execute("UPDATE prompts SET state='done', result=?, finished=? WHERE prompt_id=?",
                                  (_dumps(result), finished, prompt_id))
@@ -162,36 +176,41 @@ class PromptStore:
                 if self.max_history > 0:
                     self._db.execute(
                         "DELETE FROM prompts WHERE state='done' AND finished <= ?", (finished - self.max_history,))
+        with self._lock:
+            self._running.pop(prompt_id, None)
             self._changed.notify_all()
 
     def requeue(self, prompt_id: str) -> None:
         """Put a running prompt back at its place in the queue (used when shutting down mid-run)."""
+        with self._db_lock:
+            self._db.execute("UPDATE prompts SET state='pending' WHERE prompt_id=? AND state='running'",
+                             (prompt_id,))
         with self._lock:
             item = self._running.pop(prompt_id, None)
-            if item is None:
-                return
-            self._db.execute("UPDATE prompts SET state='pending' WHERE prompt_id=?", (prompt_id,))
-            self._pending[prompt_id] = item
-            heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
+            if item is not None:
+                self._pending[prompt_id] = item
+                heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
             self._changed.notify_all()
 
     def delete_pending(self, prompt_ids: list[str]) -> int:
         with self._lock:
             gone = [pid for pid in prompt_ids if self._pending.pop(pid, None) is not None]
-            with self._db:
-                self._db.executemany("DELETE FROM prompts WHERE prompt_id=? AND state='pending'",
-                                     [(pid,) for pid in gone])
             self._changed.notify_all()
-            return len(gone)
+        with self._db_lock, self._db:
+            self._db.executemany("DELETE FROM prompts WHERE prompt_id=? AND state='pending'",
+                                 [(pid,) for pid in gone])
+        return len(gone)
 
     def clear_pending(self) -> int:
         with self._lock:
-            count = len(self._pending)
+            gone = list(self._pending)
             self._pending.clear()
             self._heap.clear()
-            self._db.execute("DELETE FROM prompts WHERE state='pending'")
             self._changed.notify_all()
-            return count
+        with self._db_lock, self._db:
+            self._db.executemany("DELETE FROM prompts WHERE prompt_id=? AND state='pending'",
+                                 [(pid,) for pid in gone])
+        return len(gone)
 
     def snapshot(self) -> tuple[list[QueueItem], list[QueueItem]]:
         """(running, pending), pending in the order they will run."""
@@ -222,7 +241,7 @@ class PromptStore:
 
     def history(self, max_items: int | None = None, offset: int = -1) -> dict[str, Any]:
         """Finished prompts, oldest first. Without an offset, `max_items` gives the most recent ones."""
-        with self._lock:
+        with self._db_lock:
             total = self._db.execute("SELECT COUNT(*) FROM prompts WHERE state='done'").fetchone()[0]
             if offset < 0:
                 offset = max(0, total - max_items) if max_items is not None else 0
@@ -233,23 +252,23 @@ class PromptStore:
         return dict(_history_entry(row) for row in rows)
 
     def history_item(self, prompt_id: str) -> dict[str, Any]:
-        with self._lock:
+        with self._db_lock:
             rows = self._db.execute(
                 "SELECT prompt_id, number, prompt, extra_data, outputs_to_execute, result FROM prompts "
                 "WHERE state='done' AND prompt_id=?", (prompt_id,)).fetchall()
         return dict(_history_entry(row) for row in rows)
 
     def delete_history(self, prompt_ids: list[str]) -> None:
-        with self._lock, self._db:
+        with self._db_lock, self._db:
             self._db.executemany("DELETE FROM prompts WHERE prompt_id=? AND state='done'",
                                  [(pid,) for pid in prompt_ids])
 
     def clear_history(self) -> None:
-        with self._lock:
+        with self._db_lock:
             self._db.execute("DELETE FROM prompts WHERE state='done'")
 
     def history_count(self) -> int:
-        with self._lock:
+        with self._db_lock:
             return self._db.execute("SELECT COUNT(*) FROM prompts WHERE state='done'").fetchone()[0]
 
     # ---- life cycle -------------------------------------------------------------------------------------
@@ -261,7 +280,7 @@ class PromptStore:
             self._changed.notify_all()
 
     def close_db(self) -> None:
-        with self._lock:
+        with self._db_lock:
             self._db.close()
 
 

@@ -12,7 +12,9 @@ import io
 import json
 import logging
 import struct
+import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,6 +28,7 @@ OUTBOX_LIMIT = 4096
 MAX_CLIENT_ID = 128
 
 Frame = str | bytes
+STATUS = object()  # stands for "the current status", computed when it is sent
 
 
 def text_frame(event: str, data: dict[str, Any]) -> str:
@@ -59,6 +62,11 @@ class Hub:
         self.status = status  # the current status payload: {"status": {"exec_info": {...}}}
         self.clients: dict[str, _Client] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Frames from other threads wait here; one loop wake-up delivers all that arrived meanwhile.
+        self._inbox: deque[tuple[Any, str | None]] = deque()
+        self._inbox_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._status_scheduled = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -82,26 +90,46 @@ class Hub:
             log.warning("websocket client %s is not reading; closing it", sid)
             self._drop(sid, client)
 
-    def send_status(self, sid: str | None = None) -> None:
-        self.send(text_frame("status", self.status()), sid)
+    def send_status(self) -> None:
+        """Broadcast the queue status; several changes within one loop iteration send it once."""
+        if not self._status_scheduled and self.loop is not None:
+            self._status_scheduled = True
+            self.loop.call_soon(self._flush_status)
+
+    def _flush_status(self) -> None:
+        self._status_scheduled = False
+        self.send(text_frame("status", self.status()))
 
     # ---- sending (any thread) ---------------------------------------------------------------------------
 
-    def post(self, frame: Frame, sid: str | None = None) -> None:
+    def post(self, frame: Any, sid: str | None = None) -> None:
+        """Thread-safe `send`; `STATUS` as the frame broadcasts the status."""
         loop = self.loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self.send, frame, sid)
-            except RuntimeError:
-                pass  # the loop closed between the check and the call: shutting down
+        if loop is None or loop.is_closed():
+            return
+        with self._inbox_lock:
+            self._inbox.append((frame, sid))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:
+            pass  # the loop closed meanwhile: shutting down
 
     def post_status(self) -> None:
-        loop = self.loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self.send_status)
-            except RuntimeError:
-                pass
+        self.post(STATUS)
+
+    def _drain(self) -> None:
+        with self._inbox_lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._drain_scheduled = False
+        for frame, sid in items:
+            if frame is STATUS:
+                self.send_status()
+            else:
+                self.send(frame, sid)
 
     # ---- connections ------------------------------------------------------------------------------------
 
@@ -109,7 +137,8 @@ class Hub:
         sid = request.query.get("clientId") or uuid.uuid4().hex
         if len(sid) > MAX_CLIENT_ID or not sid.isprintable():
             raise web.HTTPBadRequest(text="clientId must be at most 128 printable characters")
-        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
+        # No per-message compression: frames are small JSON or already-compressed images, and latency matters.
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20, compress=False)
         await ws.prepare(request)
         old = self.clients.pop(sid, None)
         if old is not None:
@@ -136,10 +165,15 @@ class Hub:
         try:
             while True:
                 frame = await client.outbox.get()
-                if isinstance(frame, str):
-                    await ws.send_str(frame)
-                else:
-                    await ws.send_bytes(frame)
+                while True:
+                    if isinstance(frame, str):
+                        await ws.send_str(frame)
+                    else:
+                        await ws.send_bytes(frame)
+                    try:
+                        frame = client.outbox.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - a vanished client: its handler cleans up

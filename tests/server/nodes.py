@@ -58,6 +58,20 @@ class Slow(Node):
         return (value,)
 
 
+class Spin(Node):
+    """Keeps the CPU (and the GIL) busy for a while: the worst case for the HTTP side's latency."""
+
+    inputs = [Input("value", INT), Float("seconds", 0.05, min=0, max=60)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int, seconds: float) -> tuple:
+        deadline = time.perf_counter() + seconds
+        count = 0
+        while time.perf_counter() < deadline:
+            count += 1
+        return (value,)
+
+
 class Gate(Node):
     """Blocks until the named gate opens (tests hold the worker here), checking for interrupts."""
 
@@ -116,7 +130,7 @@ class Previewer(Node):
         return (value,)
 
 
-NODES = [Number, Add, Show, Slow, Gate, Fail, OutOfMemory, Exit, Previewer]
+NODES = [Number, Add, Show, Slow, Spin, Gate, Fail, OutOfMemory, Exit, Previewer]
 
 
 def make_executor(base: Path, models: Any = None) -> Executor:

@@ -232,3 +232,28 @@ async def test_html_and_svg_are_never_inline(server: Harness) -> None:
     assert resp.status == 200
     resp = await server.client.get("/view", params={"filename": "x.svg", "type": "input"})
     assert resp.headers["Content-Disposition"].startswith("attachment")
+
+
+def test_load_image_refuses_paths_leading_out(tmp_path) -> None:
+    """The diffusion pack's LoadImage, validated the way POST /prompt does (skipped where it is not installed)."""
+    from sdgraph.context import Services
+    from sdgraph.execute import Executor
+    from sdgraph.paths import Dirs
+    from sdgraph.plugins import build_registry
+
+    registry = build_registry(plugins=False)
+    if "LoadImage" not in registry:
+        pytest.skip("the LoadImage node is not installed")
+    dirs = Dirs(base=tmp_path / "base", extra_model_roots=[])
+    dirs.input.mkdir(parents=True)
+    (dirs.input / "ok.png").write_bytes(png_bytes())
+    (tmp_path / "secret.png").write_bytes(png_bytes())
+    os.symlink(tmp_path / "secret.png", dirs.input / "link.png")
+    executor = Executor(registry, Services(dirs=dirs))
+    for name in ("../secret.png", str(tmp_path / "secret.png"), "..\\secret.png", "ok.png\x00", "link.png"):
+        prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                  "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+        assert not executor.validate(prompt).ok, name
+    good = {"1": {"class_type": "LoadImage", "inputs": {"image": "ok.png"}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    assert executor.validate(good).ok
