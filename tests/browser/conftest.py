@@ -57,11 +57,24 @@ def _server_command(port: int, base: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def server_base(server_process):
+    """The server's --base-dir (models/, input/, output/), when this session started the server."""
+    if server_process[1] is None:
+        pytest.skip("the server's directory is unknown (SDGRAPH_BROWSER_SERVER is a URL)")
+    return server_process[1]
+
+
+@pytest.fixture(scope="session")
+def server(server_process):
     """The base URL of a running server."""
+    return server_process[0]
+
+
+@pytest.fixture(scope="session")
+def server_process(tmp_path_factory):
     choice = os.environ.get("SDGRAPH_BROWSER_SERVER", "")
     if choice.startswith("http"):
-        yield choice.rstrip("/")
+        yield choice.rstrip("/"), None
         return
     base = tmp_path_factory.mktemp("sdgraph-user")
     port = _free_port()
@@ -79,7 +92,7 @@ def server(tmp_path_factory):
                 log.close()
                 pytest.fail(f"the server did not start:\n{(base / 'server.log').read_text()[-3000:]}")
             time.sleep(0.3)
-    yield url
+    yield url, base
     proc.terminate()
     try:
         proc.wait(10)

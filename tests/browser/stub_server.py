@@ -35,8 +35,10 @@ def node(name, display, category, required, output=(), names=None, optional=None
 
 def object_info(input_dir: Path) -> dict:
     images = sorted(p.name for p in input_dir.iterdir() if p.is_file())
+    models = input_dir.parent / "models" / "checkpoints"
+    checkpoints = sorted(p.name for p in models.iterdir()) if models.is_dir() else []
     nodes = [
-        node("CheckpointLoaderSimple", "Load Checkpoint", "loaders", {"ckpt_name": [["sdgraph-tiny"], {}]},
+        node("CheckpointLoaderSimple", "Load Checkpoint", "loaders", {"ckpt_name": [["sdgraph-tiny", *checkpoints], {}]},
              ["MODEL", "CLIP", "VAE"]),
         node("CLIPTextEncode", "CLIP Text Encode (Prompt)", "conditioning",
              {"text": ["STRING", {"multiline": True}], "clip": ["CLIP", {}]}, ["CONDITIONING"]),
@@ -128,6 +130,17 @@ class Stub:
             if node_id in cached:
                 continue
             await self.send(client_id, "executing", {"node": node_id, "prompt_id": prompt_id})
+            if node_entry["class_type"] == "CheckpointLoaderSimple":
+                name = node_entry["inputs"]["ckpt_name"]
+                if name != "sdgraph-tiny":
+                    exc = ValueError(f"{name} is not a checkpoint")
+                    await self.send(client_id, "execution_error", {
+                        "prompt_id": prompt_id, "node_id": node_id, "node_type": "CheckpointLoaderSimple",
+                        "exception_message": str(exc), "exception_type": type(exc).__name__, "traceback": []})
+                    self.history[prompt_id] = {"prompt": entry, "outputs": {},
+                                               "status": {"status_str": "error", "completed": False, "messages": []}}
+                    self.running = None
+                    return
             if node_entry["class_type"] == "KSampler":
                 steps = min(int(node_entry["inputs"].get("steps", 5)), 10)
                 for step in range(1, steps + 1):

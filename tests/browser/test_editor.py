@@ -372,3 +372,88 @@ def test_first_load_is_small(browser, server):
     web = Path(__file__).resolve().parents[2] / "web"
     lines = sum(len(p.read_text().splitlines()) for p in web.rglob("*") if p.is_file())
     assert lines < 3000, f"web/ has {lines} lines"
+
+
+def test_run_error_names_the_node_and_the_message(editor, object_info, server_base):
+    """A checkpoint file that is not a checkpoint fails at run time, in the loader: the node and message show."""
+    require_nodes(object_info, ["CheckpointLoaderSimple", "VAEDecode", "EmptyLatentImage", "PreviewImage"])
+    (server_base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (server_base / "models" / "checkpoints" / "broken.safetensors").write_bytes(b"not a checkpoint" * 8)
+    page = editor.page
+    page.reload()
+    page.wait_for_selector("body.ready")
+    page.click("#btn-clear")
+    editor.add_by_drag("CheckpointLoaderSimple", 40, 60)
+    editor.add_by_drag("EmptyLatentImage", 40, 330)
+    editor.add_by_drag("VAEDecode", 380, 60)
+    editor.add_by_drag("PreviewImage", 700, 60)
+    editor.wire("CheckpointLoaderSimple", 2, "VAEDecode", "vae")
+    editor.wire("EmptyLatentImage", 0, "VAEDecode", "samples")
+    editor.wire("VAEDecode", 0, "PreviewImage", "images")
+    loader = editor.node("CheckpointLoaderSimple")
+    loader.locator('[data-widget="ckpt_name"]').select_option("broken.safetensors")
+    loader_id = loader.get_attribute("data-node-id")
+    page.click("#btn-queue")
+    page.wait_for_selector(f'[data-node-id="{loader_id}"].has-error', timeout=60_000)
+    toast = page.locator(".toast.error", has_text="Run failed").inner_text()
+    assert f"#{loader_id}" in toast
+    assert loader.locator(".node-errors").inner_text().strip()
+    assert page.locator(".node.has-error").count() == 1
+    page.wait_for_function("() => document.querySelector('#status').textContent === 'Failed'")
+    editor.shot("15-run-error")
+
+
+def test_save_open_and_export_files(editor, tmp_path):
+    page = editor.page
+    count, links = page.locator(".node").count(), len(editor.links())
+    with page.expect_download() as download:
+        page.click("#btn-save")
+    saved = tmp_path / "workflow.json"
+    download.value.save_as(saved)
+    data = json.loads(saved.read_text())
+    assert data["format"] == "sdgraph-editor" and len(data["nodes"]) == count and len(data["links"]) == links
+    with page.expect_download() as download:
+        page.click("#btn-export")
+    exported = tmp_path / "api.json"
+    download.value.save_as(exported)
+    api = json.loads(exported.read_text())
+    assert len(api) == count and all("class_type" in v and "inputs" in v for v in api.values())
+    page.click("#btn-clear")
+    assert page.locator(".node").count() == 0
+    page.set_input_files("#file-input", str(saved))
+    page.wait_for_selector(".toast:has-text('Opened workflow.json')")
+    assert page.locator(".node").count() == count and len(editor.links()) == links
+    page.click("#btn-clear")
+    page.set_input_files("#file-input", str(exported))  # the API format opens too, laid out automatically
+    page.wait_for_selector(".toast:has-text('Opened api.json')")
+    assert page.locator(".node").count() == count and len(editor.links()) == links
+    page.click("#btn-clear")
+    page.click("#btn-default")
+    assert page.locator(".node").count() == count
+
+
+def test_graph_rules_in_the_page(editor):
+    """The editor's type rules and format conversions, run in the browser."""
+    result = editor.page.evaluate("""async () => {
+        const g = await import('./js/graph.js');
+        const defs = await (await fetch('object_info')).json();
+        const graph = new g.Graph(defs);
+        graph.load(JSON.parse(localStorage.getItem('sdgraph.workflow')));
+        const api = graph.toApi();
+        const back = new g.Graph(defs);
+        back.loadApi(JSON.parse(JSON.stringify(api)));
+        const lite = g.fromLitegraph({nodes: [
+            {id: 3, type: 'KSampler', pos: [0, 0], widgets_values: [42, 'fixed', 9, 7.5, 'euler', 'normal', 1],
+             inputs: [{name: 'model', link: null}]}], links: []}, defs);
+        return {
+            star: g.typesMatch('*', 'LATENT'), union: g.typesMatch('IMAGE', 'MASK,IMAGE'), no: g.typesMatch('IMAGE', 'LATENT'),
+            roundTrip: JSON.stringify(back.toApi()) === JSON.stringify(api),
+            lite: lite.nodes[0].widgets, liteControl: lite.nodes[0].control_after_generate,
+            formats: [g.detectFormat(graph.serialize()), g.detectFormat(api), g.detectFormat({nodes: [{type: 'X'}]}), g.detectFormat({a: 1})],
+        };
+    }""")
+    assert result["star"] and result["union"] and not result["no"]
+    assert result["roundTrip"]
+    assert result["lite"] == {"seed": 42, "steps": 9, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1}
+    assert result["liteControl"] == {"seed": "fixed"}
+    assert result["formats"] == ["editor", "api", "litegraph", None]

@@ -8,7 +8,7 @@ import { toast, showMenu, closeMenu, closeOverlay, showHelp, showImage, buildPal
 
 const STORE = 'sdgraph.workflow';
 const $ = sel => document.querySelector(sel);
-let editor, graph, panel, pointer = null, lastPreview = null;
+let editor, graph, panel, pointer = null, lastPreview = null, failed = false;
 
 // The default txt2img workflow, linked by socket type so it fits either node naming.
 const DEFAULT_NODES = [
@@ -155,14 +155,14 @@ function onEvent(type, data) {
       panel.refresh();
       break;
     }
-    case 'execution_start': editor.clearRun(); setStatus('Running'); break;
+    case 'execution_start': failed = false; editor.clearRun(); setStatus('Running'); break;
     case 'execution_cached': editor.setRun({ cached: new Set((data.nodes || []).map(String)) }); break;
     case 'executing': {
       const id = data.node == null ? null : String(data.node);
       if (run.running) { delete run.progress[run.running]; delete run.preview[run.running]; }
       editor.setRun({ running: id });
       if (id) setStatus(`Running ${graph.nodes.has(id) ? graph.title(graph.nodes.get(id)) : id}`);
-      else setStatus('Finished');
+      else setStatus(failed ? 'Failed' : 'Finished');
       break;
     }
     case 'progress': {
@@ -183,6 +183,7 @@ function onEvent(type, data) {
       const id = String(data.node_id);
       const title = graph.nodes.has(id) ? graph.title(graph.nodes.get(id)) : data.node_type || id;
       const msg = `${data.exception_type ? data.exception_type + ': ' : ''}${data.exception_message || 'failed'}`;
+      failed = true;
       editor.clearRun();
       editor.setRun({ errors: { [id]: { messages: [msg], inputs: {} } } });
       setStatus('Failed');
@@ -221,7 +222,7 @@ function nodeMenu(node, x, y) {
 function onKey(e) {
   const mod = e.ctrlKey || e.metaKey;
   const key = e.key.toLowerCase();
-  if (mod && key === 'enter') { e.preventDefault(); queue(); return; }
+  if (mod && key === 'enter') { e.preventDefault(); document.activeElement?.blur?.(); queue(); return; }
   if (e.key === 'Escape') { closeMenu(); if (!closeOverlay()) editor.select([]); return; }
   if (e.target.closest('input, textarea, select, [contenteditable]')) return;
   const actions = {
