@@ -130,7 +130,7 @@ def _call_with_known(func: Any, literals: dict[str, Any]) -> Any:
 def _fingerprinter(cls: type):
     if not hasattr(cls, "IS_CHANGED"):
         return None
-    return lambda literals: _call_with_known(cls.IS_CHANGED, literals)
+    return lambda literals, dirs: _call_with_known(cls.IS_CHANGED, literals)
 
 
 def _validator(cls: type):
@@ -140,4 +140,4 @@ def _validator(cls: type):
         return None, frozenset()
     params = inspect.signature(func).parameters
     custom = frozenset(n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    return (lambda literals: _call_with_known(func, literals)), custom
+    return (lambda literals, dirs: _call_with_known(func, literals)), custom

@@ -127,12 +127,13 @@ class _Run:
     def _signatures(self, plan: list[str]) -> dict[str, str]:
         keys: dict[str, str] = {}
         prepared = self.report.prepared
+        dirs = self.executor.services.dirs
         for node_id in plan:
             node = prepared[node_id]
             fingerprint = None
             if node.node.fingerprint is not None:
                 try:
-                    fingerprint = node.node.fingerprint(node.literals)
+                    fingerprint = node.node.fingerprint(node.literals, dirs)
                 except Exception as exc:
                     raise NodeError(node_id, node.node.class_type, exc) from exc
             keys[node_id] = node_signature(node, fingerprint, keys)

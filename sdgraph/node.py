@@ -44,8 +44,8 @@ class NodeDef:
 
     spec: NodeSpec
     invoke: Callable[[dict[str, Any], NodeContext], Any]
-    fingerprint: Callable[[dict[str, Any]], Any] | None = None
-    validate: Callable[[dict[str, Any]], Any] | None = None
+    fingerprint: Callable[[dict[str, Any], Dirs], Any] | None = None
+    validate: Callable[[dict[str, Any], Dirs], Any] | None = None
     custom_validated: frozenset[str] = frozenset()
     pack: str = "builtin"
     cls: Any = field(default=None, compare=False)
@@ -138,12 +138,15 @@ class Node:
         raise NotImplementedError
 
     @classmethod
-    def fingerprint(cls, **literals: Any) -> Any:
-        """A value standing for outside state the output depends on (a file's hash); None if there is none."""
+    def fingerprint(cls, dirs: Dirs, **literals: Any) -> Any:
+        """A value standing for outside state the output depends on (a file's hash); None if there is none.
+
+        Called before each run with the directory layout and the node's literal inputs.
+        """
         return None
 
     @classmethod
-    def validate_inputs(cls, **literals: Any) -> str | None:
+    def validate_inputs(cls, dirs: Dirs, **literals: Any) -> str | None:
         """Extra checks on literal inputs: return a message to reject them, None to accept."""
         return None
 
@@ -180,8 +183,8 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
     return NodeDef(
         spec=spec,
         invoke=invoke,
-        fingerprint=(lambda literals: cls.fingerprint(**literals)) if overrides_fp else None,
-        validate=(lambda literals: cls.validate_inputs(**literals)) if overrides_val else None,
+        fingerprint=(lambda literals, dirs: cls.fingerprint(dirs, **literals)) if overrides_fp else None,
+        validate=(lambda literals, dirs: cls.validate_inputs(dirs, **literals)) if overrides_val else None,
         pack=pack,
         cls=cls,
     )

@@ -193,13 +193,13 @@ def _check_node(defs: dict[str, NodeDef | None], workflow: Workflow, node_id: st
         if issue is not None:
             errors.append(issue)
     if node_def.validate is not None and not errors:
-        errors.extend(_custom_check(node_def, literals))
+        errors.extend(_custom_check(node_def, literals, dirs or Dirs()))
     return PreparedNode(node_id, node_def, literals, node_links), errors
 
 
-def _custom_check(node_def: NodeDef, literals: dict[str, Any]) -> list[dict[str, Any]]:
+def _custom_check(node_def: NodeDef, literals: dict[str, Any], dirs: Dirs) -> list[dict[str, Any]]:
     try:
-        verdict = node_def.validate(literals)  # type: ignore[misc]
+        verdict = node_def.validate(literals, dirs)  # type: ignore[misc]
     except Exception as exc:  # a plugin's validator must not take validation down
         verdict = f"{type(exc).__name__}: {exc}"
     if verdict is None or verdict is True:

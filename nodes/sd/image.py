@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
+from sdgraph.paths import Dirs
 from sdgraph.node import Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
 from sdgraph.nodes.sd.image_files import (
-    current_dirs, file_sha256, input_images, input_path, png_metadata, read_channel, read_image, save_pngs,
+    file_sha256, input_images, input_path, png_metadata, read_channel, read_image, save_pngs,
 )
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
@@ -27,13 +28,13 @@ class LoadImage(Node):
         return read_image(input_path(self.ctx.dirs, image))
 
     @classmethod
-    def fingerprint(cls, image: str = "", **_: Any) -> str:
-        return file_sha256(input_path(current_dirs(), image))
+    def fingerprint(cls, dirs: Dirs, image: str = "", **_: Any) -> str:
+        return file_sha256(input_path(dirs, image))
 
     @classmethod
-    def validate_inputs(cls, image: str = "", **_: Any) -> str | None:
+    def validate_inputs(cls, dirs: Dirs, image: str = "", **_: Any) -> str | None:
         try:
-            path = input_path(current_dirs(), image)
+            path = input_path(dirs, image)
         except ValueError as exc:
             return str(exc)
         return None if path.is_file() else f"Invalid image file: {image}"
@@ -50,8 +51,8 @@ class LoadImageMask(Node):
         return (read_channel(input_path(self.ctx.dirs, image), channel),)
 
     @classmethod
-    def fingerprint(cls, image: str = "", **_: Any) -> str:
-        return file_sha256(input_path(current_dirs(), image))
+    def fingerprint(cls, dirs: Dirs, image: str = "", **_: Any) -> str:
+        return file_sha256(input_path(dirs, image))
 
 
 def _scale(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:

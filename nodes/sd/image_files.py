@@ -16,21 +16,11 @@ from sdgraph.paths import Dirs, safe_join
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
-# The Dirs last used to list input files. Node fingerprints receive only literal inputs, so LoadImage's content
-# hash resolves its file against the directories the same run validated with (see the lead's note in the report).
-_last_dirs: list[Dirs] = []
-
-
 def input_images(dirs: Dirs) -> list[str]:
     """Image files at the top of the input directory (the LoadImage combo)."""
-    _last_dirs[:] = [dirs]
     if not dirs.input.is_dir():
         return []
     return sorted(p.name for p in dirs.input.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def current_dirs() -> Dirs:
-    return _last_dirs[0] if _last_dirs else Dirs()
 
 
 def input_path(dirs: Dirs, name: str) -> Path:

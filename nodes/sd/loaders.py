@@ -1,7 +1,7 @@
 """Loader nodes: checkpoints, VAEs, ControlNets, LoRAs, and the CLIP layer to stop at."""
 from __future__ import annotations
 
-from sdgraph.node import Combo, Float, Input, Int, Node, Output, models_in
+from sdgraph.node import Combo, Float, Input, Int, Node, Output, String, models_in
 from sdgraph.nodes.sd.common import manager_of, model_path
 from sdgraph.nodes.sd.loading import load_checkpoint, load_controlnet, load_vae
 from sdgraph.nodes.sd.lora import apply_lora, read_lora
@@ -14,10 +14,14 @@ class CheckpointLoader(Node):
 
     category = "loaders"
     aliases = ("CheckpointLoaderSimple",)
-    inputs = [Combo("ckpt_name", models_in("checkpoints"), tooltip="a file or diffusers folder in models/checkpoints")]
+    inputs = [
+        Combo("ckpt_name", models_in("checkpoints"), tooltip="a file or diffusers folder in models/checkpoints"),
+        # ComfyUI's legacy CheckpointLoader also takes a config file; the architecture is detected here instead.
+        String("config_name", "", optional=True, tooltip="ignored: the architecture is read from the weights"),
+    ]
     outputs = [Output(MODEL), Output(CLIP), Output(VAE)]
 
-    def run(self, ckpt_name: str) -> tuple:
+    def run(self, ckpt_name: str, config_name: str = "") -> tuple:
         return load_checkpoint(model_path(self.ctx, "checkpoints", ckpt_name), manager_of(self.ctx))
 
 

@@ -76,7 +76,7 @@ class Outside(Node):
     outputs = [Output(INT)]
 
     @classmethod
-    def fingerprint(cls, name: str) -> Any:
+    def fingerprint(cls, dirs: Any, name: str) -> Any:
         return OUTSIDE_STATE["version"]
 
     def run(self, name: str) -> tuple:
@@ -118,7 +118,7 @@ class Even(Node):
     outputs = [Output(INT)]
 
     @classmethod
-    def validate_inputs(cls, value: int) -> str | None:
+    def validate_inputs(cls, dirs: Any, value: int) -> str | None:
         return None if value % 2 == 0 else f"value must be even, got {value}"
 
     def run(self, value: int) -> tuple:

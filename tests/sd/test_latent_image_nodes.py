@@ -69,7 +69,7 @@ def test_load_image_mask_fingerprint_and_safety(ctx):
     assert mask.shape == (1, 16, 16) and float(mask[0, 0, 0]) == 1.0 and float(mask[0, 15, 0]) == 0.0
     (red,) = call(image_nodes.LoadImageMask, ctx, image="alpha.png", channel="red")
     assert torch.all(red == 1.0)
-    assert image_nodes.LoadImage.fingerprint(image="alpha.png") == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert image_nodes.LoadImage.fingerprint(ctx.dirs, image="alpha.png") == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(UnsafePath):
         call(image_nodes.LoadImage, ctx, image="../models/vae/tiny-vae.safetensors")
 
