@@ -54,6 +54,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (robust to a busy machine, unlike latencies)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -68,8 +74,9 @@ class Server:
         self.log_path = base / "server.log"
         base.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "w")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--base-dir", str(base), "--port", str(self.port),
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        command = os.environ.get("SDGRAPH_BENCH_SERVER_MODULE", module).split()
+        self.proc = subprocess.Popen([sys.executable, "-m", *command, "--base-dir", str(base), "--port", str(self.port),
                                       *extra], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -182,7 +189,7 @@ async def load(args: argparse.Namespace, results: dict[str, Any]) -> None:
             stop, samples_queue, samples_prompt = asyncio.Event(), [], []
             probes = [asyncio.ensure_future(probe(session, url, "/queue", stop, samples_queue)),
                       asyncio.ensure_future(probe(session, url, "/prompt", stop, samples_prompt))]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), cpu_seconds(server.proc.pid)
 
             async def client(i: int) -> list[str]:
                 ids = []
@@ -195,6 +202,7 @@ async def load(args: argparse.Namespace, results: dict[str, Any]) -> None:
             outcomes = await asyncio.gather(*(listeners[i // per_client].wait_for(pid)
                                               for i, pid in enumerate(submitted)))
             elapsed = time.perf_counter() - start
+            cpu_per_prompt = (cpu_seconds(server.proc.pid) - cpu_start) / len(submitted) * 1000
             stop.set()
             await asyncio.gather(*probes)
             async with session.get(f"{url}/history") as resp:
@@ -203,11 +211,13 @@ async def load(args: argparse.Namespace, results: dict[str, Any]) -> None:
             lost = len(submitted) - len(ok)
             results["load"] = {"prompts": len(submitted), "clients": args.clients, "in_history_ok": len(ok),
                                "lost": lost, "seconds": elapsed, "prompts_per_s": len(submitted) / elapsed,
+                               "server_cpu_ms_per_prompt": cpu_per_prompt,
                                "events_success": sum(1 for kind, _ in outcomes if kind == "execution_success"),
                                "get_queue_ms": summary(samples_queue), "get_prompt_ms": summary(samples_prompt)}
             print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
             print(f"load: {len(submitted)} prompts from {args.clients} clients in {elapsed:.2f} s "
-                  f"({len(submitted) / elapsed:.0f}/s); in history as success: {len(ok)}; lost: {lost}")
+                  f"({len(submitted) / elapsed:.0f}/s); in history as success: {len(ok)}; lost: {lost}; "
+                  f"server CPU {cpu_per_prompt:.2f} ms per prompt (all threads, probes included)")
             print("  " + latency_line("GET /queue while busy", samples_queue))
             print("  " + latency_line("GET /prompt while busy", samples_prompt))
 

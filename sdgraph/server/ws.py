@@ -165,7 +165,7 @@ class Hub:
         try:
             while True:
                 frame = await client.outbox.get()
-                while True:
+                while True:  # everything already queued goes out before waiting again
                     if isinstance(frame, str):
                         await ws.send_str(frame)
                     else:
