@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 8188
+# The worker thread and the HTTP loop share the GIL. A node that computes in Python holds it for up to the switch
+# interval at a time (5 ms by default); 2 ms keeps HTTP latency low while a prompt runs, at no cost to a trivial
+# prompt's overhead (measured by bench/server_load.py).
+SWITCH_INTERVAL_S = 0.002
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -54,6 +58,7 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
     from sdgraph.server import ServerConfig, create_app  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     config = ServerConfig(
         listen=args.listen, port=args.port, token=args.token or None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -45,10 +45,17 @@ def create_app(executors: Executor | Sequence[Executor], config: ServerConfig | 
     ]
     for method, path, handler in table:
         for prefix in ("", "/api"):
-            app.router.add_route(method, prefix + path, handler)
+            _add(app, method, prefix + path, handler)
     for method, path, handler in static.ROUTES:  # the editor last: its catch-all must not shadow the API
-        app.router.add_route(method, path, handler)
+        _add(app, method, path, handler)
     return app
+
+
+def _add(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    if method == "GET" and not path.endswith("/ws"):
+        app.router.add_get(path, handler)  # HEAD too
+    else:
+        app.router.add_route(method, path, handler)
 
 
 async def _start(app: web.Application) -> None:

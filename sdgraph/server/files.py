@@ -242,7 +242,8 @@ async def _upload(request: web.Request, mask: bool) -> web.Response:
             upload = await _masked(state.dirs, fields.get("original_ref"), upload)
         else:
             await asyncio.to_thread(images.check_upload, upload.file)
-        name = await asyncio.to_thread(store_upload, root, subfolder, upload, _flag(fields.get("overwrite")))
+        overwrite = _flag(fields.get("overwrite")) and kind != "output"  # outputs are never overwritten
+        name = await asyncio.to_thread(store_upload, root, subfolder, upload, overwrite)
     finally:
         upload.file.close()
     return web.json_response({"name": name, "subfolder": subfolder, "type": kind})

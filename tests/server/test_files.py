@@ -30,6 +30,10 @@ async def test_upload_dedup_clash_overwrite(server: Harness) -> None:
     replaced = await (await upload(server, blue, "pic.png", overwrite="true")).json()
     assert replaced["name"] == "pic.png" and (inputs / "pic.png").read_bytes() == blue
     assert sorted(p.name for p in inputs.iterdir()) == ["pic (1).png", "pic.png"]  # no temp files left
+    # Outputs are never overwritten, whatever the flag says.
+    assert (await (await upload(server, red, "out.png", type="output")).json())["name"] == "out.png"
+    kept = await (await upload(server, blue, "out.png", type="output", overwrite="true")).json()
+    assert kept["name"] == "out (1).png" and (server.base / "output" / "out.png").read_bytes() == red
 
 
 async def test_upload_subfolder_and_type(server: Harness) -> None:

@@ -112,5 +112,7 @@ async def test_openapi_and_index(server: Harness) -> None:
     assert page.status == 200 and "text/html" in page.headers["Content-Type"]
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert (await server.client.head("/")).status == 200
+    assert (await server.client.head("/api/queue")).status == 200
     features = await (await server.client.get("/features")).json()
     assert features["max_upload_size"] == 100 * 1024 * 1024
