@@ -1,0 +1,272 @@
+"""KSampler and KSamplerAdvanced on a tiny random UNet: every sampler x scheduler runs, seeds reproduce, progress
+and interrupts, previews, img2img, ComfyUI's step semantics, inpainting masks, batching of the guidance."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from sampling_support import TinyModel, conditioning, empty_latent, text, tiny_unet
+from sdgraph.context import Interrupted, InterruptFlag, NodeContext, Services
+from sdgraph.node import define
+from sdgraph.registry import Registry
+from sdgraph.nodes.sd import sampling
+from sdgraph.nodes.sd.denoiser import SDDenoiser
+from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, get_sampler
+from sdgraph.nodes.sd.noise import initial_noise
+from sdgraph.nodes.sd.sampling import KSampler, KSamplerAdvanced, plan_sigmas
+from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, DiscreteSchedule, compute_sigmas
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from threads; on a shared CPU they only spin
+    yield TinyModel(tiny_unet())
+    torch.set_num_threads(threads)
+
+
+class Recorder:
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.events: list[tuple[int, int, Any]] = []
+        self.flag = InterruptFlag()
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, value: int, total: int, preview: Any) -> None:
+        self.events.append((value, total, preview))
+        if value == self.interrupt_at:
+            self.flag.set()
+
+
+def run_node(cls: type, inputs: dict[str, Any], recorder: Recorder | None = None,
+             settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    recorder = recorder or Recorder()
+    ctx = NodeContext(node_id="3", prompt_id="p", services=Services(settings=settings or {}),
+                      interrupt=recorder.flag, on_progress=recorder)
+    return define(cls, "sd-sampling").invoke(inputs, ctx)[0]
+
+
+def ksampler(model: Any, **overrides: Any) -> dict[str, Any]:
+    inputs = dict(model=model, seed=1, steps=4, cfg=6.0, sampler_name="euler", scheduler="normal",
+                  positive=conditioning(1), negative=conditioning(2), latent_image=empty_latent(), denoise=1.0)
+    inputs.update(overrides)
+    return inputs
+
+
+def advanced(model: Any, **overrides: Any) -> dict[str, Any]:
+    inputs = dict(model=model, add_noise="enable", noise_seed=1, steps=10, cfg=6.0, sampler_name="euler",
+                  scheduler="normal", positive=conditioning(1), negative=conditioning(2),
+                  latent_image=empty_latent(), start_at_step=0, end_at_step=10000,
+                  return_with_leftover_noise="disable")
+    inputs.update(overrides)
+    return inputs
+
+
+class CallCounter:
+    """Counts UNet calls and their batch sizes through a forward pre-hook."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.batches: list[int] = []
+        self.handle = unet.register_forward_pre_hook(lambda m, args: self.batches.append(args[0].shape[0]))
+
+    def __enter__(self) -> "CallCounter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+
+# ---- every sampler x scheduler ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_and_scheduler_runs(model: Any, sampler: str, scheduler: str) -> None:
+    latent = empty_latent()
+    out = run_node(KSampler, ksampler(model, steps=3, sampler_name=sampler, scheduler=scheduler,
+                                      latent_image=latent))["samples"]
+    assert out.shape == latent["samples"].shape and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert torch.isfinite(out).all()
+    assert 0 < out.abs().max() < 1e3
+
+
+def test_nodes_register_with_comfyui_inputs_in_order() -> None:
+    registry = Registry()
+    registry.add_native(sampling.NODES, "sd-sampling")
+    assert not registry.problems
+    info = registry.describe()
+    assert list(info["KSampler"]["input"]["required"]) == [
+        "model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image",
+        "denoise"]
+    assert list(info["KSamplerAdvanced"]["input"]["required"]) == [
+        "model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+        "latent_image", "start_at_step", "end_at_step", "return_with_leftover_noise"]
+    assert info["KSampler"]["output"] == ["LATENT"]
+    for name in ("euler", "dpmpp_2m_sde_gpu", "dpmpp_sde_gpu", "uni_pc", "lcm", "ddim", "ddpm"):
+        assert name in info["KSampler"]["input"]["required"]["sampler_name"][0]
+        get_sampler(name)
+
+
+# ---- seeds and noise ----------------------------------------------------------------------------------------
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(model: Any) -> None:
+    first = run_node(KSampler, ksampler(model, seed=7, sampler_name="euler_ancestral"))["samples"]
+    again = run_node(KSampler, ksampler(model, seed=7, sampler_name="euler_ancestral"))["samples"]
+    other = run_node(KSampler, ksampler(model, seed=8, sampler_name="euler_ancestral"))["samples"]
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 0.1
+
+
+def test_batch_items_have_their_own_reproducible_noise(model: Any) -> None:
+    noise3, _ = initial_noise(5, torch.zeros(3, 4, 8, 8))
+    noise1, _ = initial_noise(7, torch.zeros(1, 4, 8, 8))
+    assert torch.equal(noise3[2], noise1[0])  # item i of seed s is item 0 of seed s + i
+    assert torch.equal(initial_noise(5, torch.zeros(2, 4, 8, 8))[0], noise3[:2])
+    pair = run_node(KSampler, ksampler(model, seed=5, sampler_name="dpmpp_2m_sde",
+                                       latent_image=empty_latent(batch=2)))["samples"]
+    single = run_node(KSampler, ksampler(model, seed=6, sampler_name="dpmpp_2m_sde"))["samples"]
+    torch.testing.assert_close(pair[1:], single, atol=1e-4, rtol=1e-4)  # ancestral noise per item too
+
+
+def test_batch_index_picks_the_items_noise(model: Any) -> None:
+    latent = {"samples": torch.zeros(1, 4, 8, 8), "batch_index": [3]}
+    noise, _ = initial_noise(10, latent["samples"], latent["batch_index"])
+    assert torch.equal(noise, initial_noise(13, latent["samples"])[0])
+
+
+# ---- progress, interrupt, preview ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_progress_every_step(model: Any, sampler: str) -> None:
+    recorder = Recorder()
+    run_node(KSampler, ksampler(model, steps=5, sampler_name=sampler), recorder)
+    assert [(v, t) for v, t, _ in recorder.events] == [(i, 5) for i in range(1, 6)]
+    assert all(p is None for _, _, p in recorder.events)  # previews are off unless a setting asks
+
+
+def test_interrupt_stops_between_steps(model: Any) -> None:
+    recorder = Recorder(interrupt_at=2)
+    with CallCounter(model.module) as calls, pytest.raises(Interrupted):
+        run_node(KSampler, ksampler(model, steps=10), recorder)
+    assert len(recorder.events) == 2 and len(calls.batches) == 3  # the step running when asked finishes
+
+
+def test_latent_preview_when_the_setting_asks(model: Any) -> None:
+    recorder = Recorder()
+    run_node(KSampler, ksampler(model, steps=3), recorder, settings={"preview": "latent2rgb"})
+    previews = [p for _, _, p in recorder.events]
+    assert len(previews) == 3
+    for kind, data in previews:
+        assert kind == "JPEG" and data[:2] == b"\xff\xd8"
+
+
+# ---- img2img and ComfyUI's step semantics -------------------------------------------------------------------
+
+
+def _structured_latent() -> dict[str, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8), indexing="ij")
+    pattern = torch.stack([xx, yy, xx * yy, xx - yy]) * 2.0
+    return {"samples": pattern[None].clone()}
+
+
+def test_img2img_denoise_below_one_keeps_structure(model: Any) -> None:
+    source = _structured_latent()
+    distance = {}
+    for denoise in (0.3, 1.0):
+        out = run_node(KSampler, ksampler(model, steps=10, latent_image=source, denoise=denoise))["samples"]
+        distance[denoise] = (out - source["samples"]).abs().mean().item()
+    assert distance[0.3] < 0.5 * distance[1.0]
+
+
+def test_denoise_samples_the_tail_of_a_longer_schedule(model: Any) -> None:
+    plan = plan_sigmas(model, "karras", 10, denoise=0.5)
+    full = compute_sigmas(DiscreteSchedule(model.alphas_cumprod), "karras", 20)
+    assert torch.equal(plan.sigmas, full[-11:]) and not plan.from_start
+    assert len(plan_sigmas(model, "karras", 10, denoise=0.0).sigmas) == 0
+
+
+def test_denoise_zero_returns_the_input(model: Any) -> None:
+    source = _structured_latent()
+    out = run_node(KSampler, ksampler(model, latent_image=source, denoise=0.0))
+    assert torch.equal(out["samples"], source["samples"])
+
+
+def test_advanced_two_stages_equal_one_run(model: Any) -> None:
+    whole = run_node(KSamplerAdvanced, advanced(model))["samples"]
+    first = run_node(KSamplerAdvanced, advanced(model, end_at_step=4, return_with_leftover_noise="enable"))
+    second = run_node(KSamplerAdvanced, advanced(model, add_noise="disable", start_at_step=4, latent_image=first))
+    torch.testing.assert_close(second["samples"], whole, atol=1e-4, rtol=1e-4)
+    assert (first["samples"] - whole).abs().max() > 0.1  # the first stage still carries noise
+
+
+def test_advanced_step_window(model: Any) -> None:
+    plan = plan_sigmas(model, "normal", 10, 1.0, start_step=2, last_step=6, force_full_denoise=True)
+    full = compute_sigmas(DiscreteSchedule(model.alphas_cumprod), "normal", 10)
+    assert torch.equal(plan.sigmas[:-1], full[2:6]) and plan.sigmas[-1] == 0 and not plan.from_start
+    leftover = plan_sigmas(model, "normal", 10, 1.0, start_step=2, last_step=6, force_full_denoise=False)
+    assert torch.equal(leftover.sigmas, full[2:7])
+    source = _structured_latent()
+    out = run_node(KSamplerAdvanced, advanced(model, start_at_step=10, latent_image=source))
+    assert torch.equal(out["samples"], source["samples"])
+
+
+def test_advanced_without_noise_starts_from_the_latent(model: Any) -> None:
+    source = _structured_latent()
+    out = run_node(KSamplerAdvanced, advanced(model, add_noise="disable", start_at_step=9, latent_image=source))
+    assert (out["samples"] - source["samples"]).abs().mean() < 0.5
+
+
+# ---- inpainting, guidance batching, several entries, SDXL ---------------------------------------------------
+
+
+def test_noise_mask_keeps_the_unmasked_latent(model: Any) -> None:
+    source = _structured_latent()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1.0
+    out = run_node(KSampler, ksampler(model, latent_image={**source, "noise_mask": mask}))
+    assert torch.equal(out["samples"][..., :4], source["samples"][..., :4])
+    assert (out["samples"][..., 4:] - source["samples"][..., 4:]).abs().mean() > 0.1
+    assert "noise_mask" in out
+
+
+def test_guidance_is_one_batched_unet_call_per_step(model: Any) -> None:
+    with CallCounter(model.module) as guided:
+        run_node(KSampler, ksampler(model, steps=4, latent_image=empty_latent(batch=2)))
+    assert guided.batches == [4] * 4  # [uncond; cond] x 2 items
+    with CallCounter(model.module) as unguided:
+        run_node(KSampler, ksampler(model, steps=4, cfg=1.0))
+    assert unguided.batches == [1] * 4  # cfg 1 skips the negative
+
+
+def test_prompts_of_different_lengths_still_batch_and_match(model: Any) -> None:
+    positive = [[text(1), {}]]
+    negative = [[torch.cat([text(2), text(3)], dim=1), {}]]  # 154 tokens, as a long prompt gives
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    denoiser = SDDenoiser(model, positive, negative, 5.0, latent)
+    assert denoiser.batched is not None
+    batched = denoiser(latent * 3, 3.0)
+    denoiser.batched = None
+    torch.testing.assert_close(batched, denoiser(latent * 3, 3.0), atol=1e-4, rtol=1e-4)
+
+
+def test_area_and_several_entries(model: Any) -> None:
+    plain = run_node(KSampler, ksampler(model))["samples"]
+    positive = [[text(1), {}], [text(5), {"area": (4, 4, 0, 0), "strength": 2.0}]]
+    combined = run_node(KSampler, ksampler(model, positive=positive))["samples"]
+    assert torch.isfinite(combined).all()
+    assert (combined - plain).abs().max() > 1e-3
+
+
+def test_sdxl_added_conditioning(model: Any) -> None:
+    unet = tiny_unet(addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=32 + 6 * 8)
+    sdxl = TinyModel(unet, is_sdxl=True)
+    pooled = {"pooled_output": torch.randn(1, 32, generator=torch.Generator().manual_seed(3))}
+    small = run_node(KSampler, ksampler(sdxl, positive=conditioning(1, **pooled),
+                                        negative=conditioning(2, **pooled)))["samples"]
+    large = run_node(KSampler, ksampler(sdxl, positive=conditioning(1, **pooled, width=2048, height=2048),
+                                        negative=conditioning(2, **pooled)))["samples"]
+    assert torch.isfinite(small).all() and (small - large).abs().max() > 1e-4
