@@ -183,7 +183,8 @@ class SDDenoiser:
         per_entry = []
         contexts = context.chunk(len(entries))
         for entry, ctx in zip(entries, contexts):
-            per_entry.append(control_residuals(entry.control, x_in, t, ctx, percent) if entry.control else {})
+            per_entry.append(control_residuals(entry.control, x_in, t, ctx, percent, manager=self.manager,
+                                               added_cond_kwargs=entry.added) if entry.control else {})
         return _stack_residuals(per_entry)
 
 

@@ -270,3 +270,32 @@ def test_sdxl_added_conditioning(model: Any) -> None:
     large = run_node(KSampler, ksampler(sdxl, positive=conditioning(1, **pooled, width=2048, height=2048),
                                         negative=conditioning(2, **pooled)))["samples"]
     assert torch.isfinite(small).all() and (small - large).abs().max() > 1e-4
+
+
+def test_controlnet_residuals_follow_strength_and_percent_window(model: Any) -> None:
+    from diffusers import ControlNetModel
+
+    from sdgraph.nodes.sd.model_objects import ControlHint
+
+    net = ControlNetModel.from_unet(model.module, conditioning_embedding_out_channels=(16, 16, 16, 16)).eval()
+    torch.manual_seed(4)
+    for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:  # zero convolutions start at zero
+        torch.nn.init.normal_(block.weight, std=0.1)
+
+    class Wrapper:
+        def module(self, manager: Any = None) -> torch.nn.Module:
+            return net
+
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+
+    def sample(**hint: Any) -> torch.Tensor:
+        control = ControlHint(controlnet=Wrapper(), image=image, **hint)
+        return run_node(KSampler, ksampler(model, positive=conditioning(1, control=control),
+                                           negative=conditioning(2, control=control)))["samples"]
+
+    plain = run_node(KSampler, ksampler(model))["samples"]
+    assert torch.equal(sample(strength=0.0), plain)
+    assert torch.equal(sample(strength=1.0, start_percent=0.5, end_percent=0.6), plain)  # no step in the window
+    controlled = sample(strength=1.0)
+    assert (controlled - plain).abs().max() > 1e-2
+    assert not torch.equal(sample(strength=1.0, end_percent=0.2), controlled)  # only the first step controlled
