@@ -120,9 +120,10 @@ function setStatus(text) { $('#status').textContent = text; }
 async function queue() {
   if (!graph.nodes.size) return toast('The canvas is empty: add some nodes first.', 'error');
   editor.setRun({ errors: {} });
+  setStatus('Queuing…');
   try {
     const res = await api.queuePrompt(graph.toApi(), graph.serialize());
-    setStatus(`Queued #${res.number ?? ''}`.trim());
+    if ($('#status').textContent === 'Queuing…') setStatus(`Queued #${res.number ?? ''}`.trim()); // events may come first
     if (graph.applyControlAfterRun()) editor.commit();
   } catch (e) {
     const data = e.data || {};
