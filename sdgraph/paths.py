@@ -59,17 +59,12 @@ class Dirs:
         return [self.models / folder, *(root / folder for root in self.extra_model_roots)]
 
     def list_models(self, folder: str) -> list[str]:
-        """Model names in a folder: files with a model extension and diffusers-format directories."""
+        """Model names in a folder: files with a model extension, and diffusers-format directories (whose
+        own files and subfolders are parts of one model, not models of their own)."""
         names: set[str] = set()
         for root in self.model_roots(folder):
-            if not root.is_dir():
-                continue
-            for entry in root.rglob("*"):
-                rel = entry.relative_to(root).as_posix()
-                if entry.is_file() and entry.suffix in MODEL_EXTENSIONS and not _inside_model_dir(entry, root):
-                    names.add(rel)
-                elif entry.is_dir() and _is_model_dir(entry):
-                    names.add(rel)
+            if root.is_dir():
+                names.update(_models_under(root, root))
         return sorted(names)
 
     def find_model(self, folder: str, name: str) -> Path:
@@ -85,8 +80,17 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "config.json").is_file()
 
 
-def _inside_model_dir(file: Path, root: Path) -> bool:
-    return any(_is_model_dir(parent) for parent in file.parents if parent != root and root in parent.parents)
+def _models_under(directory: Path, root: Path) -> list[str]:
+    found = []
+    for entry in sorted(directory.iterdir()):
+        if entry.is_dir():
+            if _is_model_dir(entry):
+                found.append(entry.relative_to(root).as_posix())
+            else:
+                found.extend(_models_under(entry, root))
+        elif entry.suffix in MODEL_EXTENSIONS:
+            found.append(entry.relative_to(root).as_posix())
+    return found
 
 
 def safe_join(root: Path, *parts: str) -> Path:

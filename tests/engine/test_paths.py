@@ -1,0 +1,38 @@
+"""Directory layout: model listing, and client paths kept inside their directory."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sdgraph.paths import Dirs, UnsafePath, safe_join
+
+
+def test_model_listing_treats_a_diffusers_folder_as_one_model(tmp_path):
+    dirs = Dirs(base=tmp_path, extra_model_roots=[])
+    ckpts = dirs.models / "checkpoints"
+    (ckpts / "tiny" / "unet").mkdir(parents=True)
+    (ckpts / "tiny" / "model_index.json").write_text("{}")
+    (ckpts / "tiny" / "unet" / "config.json").write_text("{}")
+    (ckpts / "tiny" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (ckpts / "sd15.safetensors").write_bytes(b"")
+    (ckpts / "sub").mkdir()
+    (ckpts / "sub" / "other.ckpt").write_bytes(b"")
+    (ckpts / "notes.txt").write_text("")
+    assert dirs.list_models("checkpoints") == ["sd15.safetensors", "sub/other.ckpt", "tiny"]
+    assert dirs.find_model("checkpoints", "tiny") == (ckpts / "tiny").resolve()
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../x", "/etc/passwd", "a\\\\b", "a\\x00b", "C:x"])
+def test_safe_join_refuses_escapes(tmp_path, bad):
+    with pytest.raises(UnsafePath):
+        safe_join(tmp_path, bad.encode().decode("unicode_escape"))
+
+
+def test_safe_join_refuses_symlinks_that_lead_out(tmp_path):
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    os.symlink(tmp_path, inside / "up")
+    with pytest.raises(UnsafePath):
+        safe_join(inside, "up/secret")
+    assert safe_join(inside, "sub/file.png") == (inside / "sub" / "file.png").resolve()
