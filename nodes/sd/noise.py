@@ -21,9 +21,8 @@ class SeededNoise:
     """One CPU generator per batch item; draws are [B, ...] float32 CPU tensors."""
 
     def __init__(self, seed: int, batch: int, batch_index: Sequence[int] | None = None) -> None:
-        indices = list(batch_index) if batch_index is not None else list(range(batch))
-        if len(indices) != batch:
-            indices = [indices[i % len(indices)] + (i // len(indices)) * len(indices) for i in range(batch)]
+        usable = batch_index is not None and len(batch_index) == batch
+        indices = list(batch_index) if usable else list(range(batch))
         self.generators = [torch.Generator("cpu").manual_seed((int(seed) + int(k)) % _SEED_SPACE)
                            for k in indices]
 

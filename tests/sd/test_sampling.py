@@ -299,3 +299,13 @@ def test_controlnet_residuals_follow_strength_and_percent_window(model: Any) -> 
     controlled = sample(strength=1.0)
     assert (controlled - plain).abs().max() > 1e-2
     assert not torch.equal(sample(strength=1.0, end_percent=0.2), controlled)  # only the first step controlled
+
+
+def test_a_model_under_the_model_manager_samples_the_same(model: Any) -> None:
+    from sdgraph.models import ModelManager
+    from sdgraph.nodes.sd.model_objects import DiffusionModel
+
+    manager = ModelManager("cpu")
+    managed = DiffusionModel(slot=manager.manage(tiny_unet(), "unet", role="unet"))
+    expected = run_node(KSampler, ksampler(model, sampler_name="dpmpp_2m"))["samples"]
+    assert torch.equal(run_node(KSampler, ksampler(managed, sampler_name="dpmpp_2m"))["samples"], expected)
