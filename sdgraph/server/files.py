@@ -225,7 +225,10 @@ def _store(root: Path, subfolder: str, upload: Spooled, overwrite: bool) -> str:
 
 
 def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    text = (value or "").strip().lower()
+    if text not in ("", "1", "true", "0", "false"):
+        raise ApiError(400, "invalid_field", f"overwrite must be true, false, 1 or 0, got {text[:20]!r}")
+    return text in ("1", "true")
 
 
 async def _upload(request: web.Request, mask: bool) -> web.Response:

@@ -4,14 +4,16 @@ All of them block: call them off the event loop.
 """
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable, TypeVar
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from sdgraph.server.errors import ApiError
 
+Result = TypeVar("Result")
 PREVIEW_FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
                    "png": ("PNG", "image/png")}
 
@@ -29,10 +31,10 @@ def open_image(source: Any, *, required: bool = True) -> Image.Image | None:
         image = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise ApiError(413, "image_too_large", str(exc)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's format plugins raise all sorts on malformed data
         if not required:
             return None
-        raise ApiError(400, "not_an_image", f"not a readable image: {exc}") from None
+        raise ApiError(400, "not_an_image", f"not a readable image: {type(exc).__name__}: {exc}") from None
     limit = pixel_limit()
     width, height = image.size
     if limit is not None and width * height > limit:
@@ -44,8 +46,10 @@ def open_image(source: Any, *, required: bool = True) -> Image.Image | None:
 def _load(image: Image.Image) -> Image.Image:
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ApiError(400, "not_an_image", f"the image data is damaged: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ApiError(400, "not_an_image", f"the image data is damaged: {type(exc).__name__}: {exc}") from None
     return image
 
 
@@ -68,6 +72,23 @@ def parse_preview(value: str) -> tuple[str, str, int]:
     return found[0], found[1], quality
 
 
+def _guarded(function: Callable[..., Result]) -> Callable[..., Result]:
+    """Turn Pillow's failure on an odd image (exotic mode, damaged data) into a 400, never a 500."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Result:
+        try:
+            return function(*args, **kwargs)
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ApiError(400, "not_an_image", f"could not process the image: {type(exc).__name__}: {exc}") \
+                from None
+
+    return wrapper
+
+
+@_guarded
 def render(path: Path, channel: str, preview: str | None) -> tuple[bytes, str]:
     """An image file as the client asked for it: one channel set (rgb, a, rgba) and/or a compressed preview."""
     fmt, content_type, quality = parse_preview(preview) if preview else ("PNG", "image/png", 0)
@@ -97,14 +118,8 @@ class _Borrowed:
     def __init__(self, file: IO[bytes]) -> None:
         self._file = file
 
-    def read(self, *args: Any) -> bytes:
-        return self._file.read(*args)
-
-    def seek(self, *args: Any) -> int:
-        return self._file.seek(*args)
-
-    def tell(self) -> int:
-        return self._file.tell()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)  # read, readline, seek, tell, ...
 
     def close(self) -> None:
         pass
@@ -119,6 +134,7 @@ def check_upload(file: IO[bytes]) -> None:
     file.seek(0)
 
 
+@_guarded
 def apply_mask(original: Path, mask: IO[bytes]) -> bytes:
     """The original image with the mask's alpha as its alpha channel, as PNG (the mask editor's upload)."""
     mask.seek(0)

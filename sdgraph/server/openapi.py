@@ -55,19 +55,21 @@ def _schemas() -> dict[str, Any]:
         "node_errors": OBJECT}}
     out["PromptReply"] = {"type": "object", "required": ["prompt_id", "number", "node_errors"], "properties": {
         "prompt_id": {"type": "string"}, "number": {"type": "number"}, "node_errors": OBJECT}}
-    out["Upload"] = {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"},
-        "subfolder": {"type": "string"}, "type": {"type": "string", "enum": ["input", "temp", "output"]},
-        "overwrite": {"type": "string", "enum": ["true", "false", "1", "0"]},
-        "original_ref": {"type": "string", "description": "mask uploads: JSON {filename, subfolder, type}"}}}
+    upload = {"image": {"type": "string", "format": "binary"},
+              "subfolder": {"type": "string"}, "type": {"type": "string", "enum": ["input", "temp", "output"]},
+              "overwrite": {"type": "string", "enum": ["true", "false", "1", "0"]}}
+    out["Upload"] = {"type": "object", "required": ["image"], "properties": upload}
+    out["MaskUpload"] = {"type": "object", "required": ["image", "original_ref"], "properties": {
+        **upload, "original_ref": {"type": "string", "contentMediaType": "application/json",
+                                   "description": "JSON {filename, subfolder, type} of the image the mask is for"}}}
     out["UploadReply"] = {"type": "object", "properties": {
         "name": {"type": "string"}, "subfolder": {"type": "string"}, "type": {"type": "string"}}}
     return json.loads(json.dumps(out).replace('"#/$defs/', '"#/components/schemas/'))
 
 
-def _upload(summary: str) -> dict[str, Any]:
+def _upload(summary: str, schema: str) -> dict[str, Any]:
     return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/Upload"}}}},
+        "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}},
         "responses": {"200": _json({"$ref": "#/components/schemas/UploadReply"}), **_errors(400, 403, 404, 409, 413)}}}
 
 
@@ -88,8 +90,9 @@ def build() -> dict[str, Any]:
                                 "responses": {"200": _json(OBJECT), **_errors(400)}}},
         "/history": {
             "get": {"summary": "finished prompts, oldest first", "parameters": [
-                _query("max_items", {"type": "integer", "minimum": 0}, "the most recent N unless offset is given"),
-                _query("offset", {"type": "integer", "minimum": -1})],
+                _query("max_items", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                       "the most recent N unless offset is given"),
+                _query("offset", {"type": "integer", "minimum": -1, "maximum": 2**31 - 1})],
                 "responses": {"200": _json(OBJECT), **_errors(400)}},
             "post": {"summary": "clear the history or delete entries", "requestBody": _body("QueueAction"),
                      "responses": {"200": _json(OBJECT), **_errors(400, 413)}}},
@@ -99,17 +102,18 @@ def build() -> dict[str, Any]:
         "/object_info/{node_class}": {"get": {"summary": "one node class", "parameters": [_path("node_class")],
                                               "responses": {"200": _json(OBJECT)}}},
         "/view": {"get": {"summary": "a file from output, input or temp", "parameters": [
-            _query("filename", {"type": "string"}, required=True),
+            _query("filename", {"type": "string", "minLength": 1}, required=True),
             _query("subfolder", {"type": "string"}),
             _query("type", {"type": "string", "enum": ["output", "input", "temp"]}),
             _query("preview", {"type": "string"}, "webp;90, jpeg;80 or png"),
             _query("channel", {"type": "string", "enum": ["rgba", "rgb", "a"]})],
             "responses": {"200": {"description": "the file"}, **_errors(400, 403, 404, 413)}}},
-        "/upload/image": _upload("upload an image into input (or temp/output)"),
-        "/upload/mask": _upload("upload a mask; its alpha is applied to original_ref"),
+        "/upload/image": _upload("upload an image into input (or temp/output)", "Upload"),
+        "/upload/mask": _upload("upload a mask; its alpha is applied to original_ref", "MaskUpload"),
         "/system_stats": {"get": {"summary": "system and devices", "responses": {"200": _json(OBJECT)}}},
         "/models": {"get": {"summary": "model folders", "responses": {"200": _json({"type": "array"})}}},
-        "/models/{folder}": {"get": {"summary": "models in a folder", "parameters": [_path("folder")],
+        "/models/{folder}": {"get": {"summary": "models in a folder", "parameters": [
+            {**_path("folder"), "schema": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"}}],
                                      "responses": {"200": _json({"type": "array"}), **_errors(400, 404)}}},
         "/embeddings": {"get": {"summary": "embedding names", "responses": {"200": _json({"type": "array"})}}},
         "/free": {"post": {"summary": "unload models and/or free memory between prompts",

@@ -15,6 +15,7 @@ from sdgraph.server.state import state_of
 from sdgraph.workflow import WorkflowFormatError, parse_workflow
 
 log = logging.getLogger("sdgraph.server")
+MAX_QUERY_INT = 2**31 - 1
 
 
 async def post_prompt(request: web.Request) -> web.Response:
@@ -76,14 +77,14 @@ async def post_interrupt(request: web.Request) -> web.Response:
 
 def _int_query(request: web.Request, name: str, default: int | None, minimum: int) -> int | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
         raise ApiError(400, "invalid_query", f"{name} must be an integer, got {raw[:40]!r}") from None
-    if value < minimum:
-        raise ApiError(400, "invalid_query", f"{name} must be at least {minimum}")
+    if not minimum <= value <= MAX_QUERY_INT:
+        raise ApiError(400, "invalid_query", f"{name} must be between {minimum} and {MAX_QUERY_INT}")
     return value
 
 

@@ -11,7 +11,7 @@ ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 class PromptRequest(BaseModel):
     """POST /prompt: queue an API-format workflow."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     prompt: dict[str, Any] = Field(description="API-format workflow: nodes by id")
     client_id: str | None = Field(default=None, max_length=128,
@@ -25,15 +25,21 @@ class PromptRequest(BaseModel):
 class QueueAction(BaseModel):
     """POST /queue and POST /history: clear everything and/or delete some prompt ids."""
 
+    model_config = ConfigDict(strict=True)
+
     clear: bool = False
     delete: list[str] = Field(default_factory=list, max_length=10000)
 
 
 class InterruptRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     prompt_id: str | None = Field(default=None, max_length=128,
                                   description="interrupt only if this prompt is the one running")
 
 
 class FreeRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     unload_models: bool = False
     free_memory: bool = False

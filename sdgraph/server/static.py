@@ -54,5 +54,6 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/", index),
-    ("GET", "/{path:.+}", asset),
+    # Only names with an extension: an API path (/free, /queue) never falls through to the editor's files.
+    ("GET", r"/{path:.+\.[A-Za-z0-9]+}", asset),
 ]
