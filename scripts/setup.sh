@@ -19,3 +19,7 @@ if [ "${1:-}" = "test" ]; then
 else
   "$PY" -m pip install -q -e .
 fi
+
+# The example workflows read their input pictures from the input directory.
+mkdir -p "${SDGRAPH_HOME:-user}/input"
+cp -n workflows/input/*.png "${SDGRAPH_HOME:-user}/input/" 2>/dev/null || true
