@@ -113,23 +113,6 @@ def test_a_prompt_running_at_a_crash_goes_back_to_pending(tmp_path) -> None:
     assert reopened.put("d", chain(4), {}, ["3"]).number == 3
 
 
-def test_a_prompt_running_at_a_crash_goes_back_to_pending(tmp_path) -> None:
-    from sdgraph.server.queue import PromptStore
-
-    store = PromptStore(tmp_path / "q.sqlite3")
-    store.put("a", chain(1), {}, ["3"])
-    store.put("b", chain(2), {}, ["3"])
-    store.put("c", chain(3), {}, ["3"], front=True)
-    assert store.take(0).prompt_id == "c"
-    store.finish("c", {"outputs": {}, "status": {"status_str": "success"}})
-    assert store.take(0).prompt_id == "a"  # running when the process "dies": never finished, never closed
-    reopened = PromptStore(tmp_path / "q.sqlite3")
-    running, pending = reopened.snapshot()
-    assert running == [] and [item.prompt_id for item in pending] == ["a", "b"]
-    assert list(reopened.history()) == ["c"]
-    assert reopened.put("d", chain(4), {}, ["3"]).number == 3
-
-
 async def test_history_is_bounded(make_server) -> None:
     server = await make_server(ServerConfig(max_history=3))
     for i in range(5):
