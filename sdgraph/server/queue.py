@@ -1,8 +1,9 @@
 """The prompt queue and the history, kept in SQLite (WAL) so that a restart loses neither.
 
-A prompt's row moves pending -> running -> done. Pending prompts are ordered by `number` (a `front` prompt gets a
-negative one), then by submission. On open, a prompt that was running when the process died goes back to
-pending. Every method is thread-safe: the HTTP side and the worker threads share one store.
+A prompt's row is 'pending' from submission until it finishes and becomes 'done' (a history entry); which one is
+running is known in memory only, so a prompt that was running when the process died is simply pending again on
+the next start. Pending prompts are ordered by `number` (a `front` prompt gets a negative one), then by
+submission. Every method is thread-safe: the HTTP side and the worker threads share one store.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ CREATE TABLE IF NOT EXISTS prompts (
 CREATE INDEX IF NOT EXISTS prompts_finished ON prompts(state, finished);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+TRIM_EVERY = 16  # finished prompts between trims of the history to max_history
 
 # Keys that may carry credentials for API nodes; never echoed back by /queue or /history.
 SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -89,7 +92,6 @@ class PromptStore:
     # ---- start-up ---------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        self._db.execute("UPDATE prompts SET state='pending' WHERE state='running'")
         rows = self._db.execute(
             "SELECT prompt_id, number, seq, client_id, prompt, extra_data, outputs_to_execute "
             "FROM prompts WHERE state='pending'").fetchall()
@@ -99,7 +101,7 @@ class PromptStore:
             self._heap.append((number, seq, pid))
         heapq.heapify(self._heap)
         self.counter = self._meta("counter")
-        self.finished = self._meta("finished")
+        self.finished = self._db.execute("SELECT COALESCE(MAX(finished), 0) FROM prompts").fetchone()[0]
         self.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM prompts").fetchone()[0]
 
     def _meta(self, key: str) -> int:
@@ -143,11 +145,7 @@ class PromptStore:
         """The next pending prompt, now running; None after `timeout` seconds or when closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            item = self._next(deadline)
-        if item is not None:
-            with self._db_lock:
-                self._db.execute("UPDATE prompts SET state='running' WHERE prompt_id=?", (item.prompt_id,))
-        return item
+            return self._next(deadline)  # the row stays 'pending' until it finishes: what a restart needs
 
     def _next(self, deadline: float | None) -> QueueItem | None:
         while True:
@@ -166,14 +164,14 @@ class PromptStore:
 
     def finish(self, prompt_id: str, result: dict[str, Any]) -> None:
         """Move a running prompt into the history with its outputs and status."""
+        text = _dumps(result)
         with self._db_lock:
             self.finished += 1
             finished = self.finished
             with self._db:
                 self._db.execute("UPDATE prompts SET state='done', result=?, finished=? WHERE prompt_id=?",
-                                 (_dumps(result), finished, prompt_id))
-                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('finished', ?)", (finished,))
-                if self.max_history > 0:
+                                 (text, finished, prompt_id))
+                if self.max_history > 0 and finished % TRIM_EVERY == 0:
                     self._db.execute(
                         "DELETE FROM prompts WHERE state='done' AND finished <= ?", (finished - self.max_history,))
         with self._lock:
@@ -182,9 +180,6 @@ class PromptStore:
 
     def requeue(self, prompt_id: str) -> None:
         """Put a running prompt back at its place in the queue (used when shutting down mid-run)."""
-        with self._db_lock:
-            self._db.execute("UPDATE prompts SET state='pending' WHERE prompt_id=? AND state='running'",
-                             (prompt_id,))
         with self._lock:
             item = self._running.pop(prompt_id, None)
             if item is not None:
@@ -242,6 +237,7 @@ class PromptStore:
     def history(self, max_items: int | None = None, offset: int = -1) -> dict[str, Any]:
         """Finished prompts, oldest first. Without an offset, `max_items` gives the most recent ones."""
         with self._db_lock:
+            self._trim()
             total = self._db.execute("SELECT COUNT(*) FROM prompts WHERE state='done'").fetchone()[0]
             if offset < 0:
                 offset = max(0, total - max_items) if max_items is not None else 0
@@ -250,6 +246,11 @@ class PromptStore:
                 "SELECT prompt_id, number, prompt, extra_data, outputs_to_execute, result FROM prompts "
                 "WHERE state='done' ORDER BY finished LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return dict(_history_entry(row) for row in rows)
+
+    def _trim(self) -> None:
+        if self.max_history > 0:
+            self._db.execute("DELETE FROM prompts WHERE state='done' AND finished <= ?",
+                             (self.finished - self.max_history,))
 
     def history_item(self, prompt_id: str) -> dict[str, Any]:
         with self._db_lock:

@@ -25,6 +25,7 @@ log = logging.getLogger("sdgraph.server")
 PREVIEW_IMAGE = 1
 FORMATS = {"JPEG": 1, "PNG": 2}
 OUTBOX_LIMIT = 4096
+STATUS_INTERVAL_S = 0.05
 MAX_CLIENT_ID = 128
 
 Frame = str | bytes
@@ -67,6 +68,7 @@ class Hub:
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
         self._status_scheduled = False
+        self._status_sent = float("-inf")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -91,13 +93,20 @@ class Hub:
             self._drop(sid, client)
 
     def send_status(self) -> None:
-        """Broadcast the queue status; several changes within one loop iteration send it once."""
-        if not self._status_scheduled and self.loop is not None:
-            self._status_scheduled = True
+        """Broadcast the queue status, at most every STATUS_INTERVAL_S: a burst of changes sends the latest once."""
+        if self._status_scheduled or self.loop is None:
+            return
+        self._status_scheduled = True
+        delay = self._status_sent + STATUS_INTERVAL_S - self.loop.time()
+        if delay > 0:
+            self.loop.call_later(delay, self._flush_status)
+        else:
             self.loop.call_soon(self._flush_status)
 
     def _flush_status(self) -> None:
         self._status_scheduled = False
+        if self.loop is not None:
+            self._status_sent = self.loop.time()
         self.send(text_frame("status", self.status()))
 
     # ---- sending (any thread) ---------------------------------------------------------------------------
