@@ -12,7 +12,8 @@ worker holds the GIL in a pure-Python loop, the worst case), and the overhead pe
 
 Soak: the real `python -m sdgraph.server` with its installed node packs runs the workflow N times (seeds
 changed each time so nothing is cached); the server's RSS is sampled as it goes. Without --workflow it uses
-workflows/*txt2img*.json if present, else the trivial graph on the test-node server.
+workflows/*txt2img*.json when the default model sdgraph-tiny exists, else the trivial graph on the test-node
+server.
 """
 from __future__ import annotations
 
@@ -263,9 +264,15 @@ def summary(samples: list[float]) -> dict[str, float]:
             "max": max(samples, default=float("nan")), "mean": statistics.mean(samples) if samples else float("nan")}
 
 
+TINY_MODEL = ROOT / "sdgraph" / "data" / "models" / "checkpoints" / "sdgraph-tiny"
+
+
 def default_workflow() -> Path | None:
+    """workflows/*txt2img*.json, when the default model it needs is there."""
     found = sorted((ROOT / "workflows").glob("*txt2img*.json")) if (ROOT / "workflows").is_dir() else []
-    return found[0] if found else None
+    if not found or not TINY_MODEL.exists():
+        return None
+    return found[0]
 
 
 def vary(prompt: dict[str, Any], i: int) -> dict[str, Any]:
@@ -283,7 +290,8 @@ async def soak(args: argparse.Namespace, results: dict[str, Any]) -> None:
     workflow_path = args.workflow or default_workflow()
     base = Path(tempfile.mkdtemp(prefix="sdgraph-soak-"))
     if workflow_path is None:
-        print("soak: no workflow given and none in workflows/; soaking the trivial graph on the test-node server")
+        print(f"soak: no --workflow, and no workflows/*txt2img*.json with {TINY_MODEL.relative_to(ROOT)}; "
+              "soaking the trivial graph on the test-node server")
         prompt, real = chain(0), False
     else:
         data = json.loads(Path(workflow_path).read_text())
