@@ -1,6 +1,6 @@
 """KSampler against a hand-written diffusers denoising loop: same UNet, scheduler, steps, cfg, side by side.
 
-    python bench/sampler_vs_diffusers.py                   # CPU: the tiny UNet (8x8) and a small one (16x16)
+    python bench/sampler_vs_diffusers.py                   # CPU: the tiny UNet (8x8), a small one (16x16), null
     python bench/sampler_vs_diffusers.py --device cuda     # GPU: SD 1.5's UNet (random weights), 512x512, fp16
 
 Runs alternate (ours, diffusers, ours, ...) so that load on a shared machine hits both alike; the figure is the
@@ -57,6 +57,18 @@ def import_sdgraph_nodes() -> None:
         sys.modules["sdgraph.nodes"] = sdgraph.nodes = importlib.import_module("nodes")  # type: ignore[attr-defined]
 
 
+class NullUNet(torch.nn.Module):
+    """A UNet stand-in that costs one multiply: what is left of a run is the sampling loop's own overhead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.full((1,), 0.5))
+
+    def forward(self, x: torch.Tensor, t: Any, encoder_hidden_states: Any = None, return_dict: bool = True,
+                **kwargs: Any) -> tuple[torch.Tensor]:
+        return (x * self.scale,)
+
+
 def unet_config(name: str) -> tuple[dict[str, Any], int]:
     """(UNet config, latent size) of a benchmark model."""
     if name == "tiny":
@@ -74,11 +86,14 @@ def build_model(name: str, device: torch.device, precision: str, latent: int | N
     from sdgraph.models import ModelManager
     from sdgraph.nodes.sd.model_objects import DiffusionModel
 
-    config, default_latent = unet_config(name)
+    if name == "null":
+        config, default_latent, unet = {"cross_attention_dim": 768}, 64, NullUNet().to(device)
+    else:
+        config, default_latent = unet_config(name)
+        torch.manual_seed(0)
+        with torch.device(device):  # initialise where it will run: SD 1.5's 860M parameters init fast on a GPU
+            unet = UNet2DConditionModel(**config)
     latent = latent or default_latent
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise where it will run: SD 1.5's 860M parameters init fast on a GPU
-        unet = UNet2DConditionModel(**config)
     manager = ModelManager(device, precision=precision)
     model = DiffusionModel(slot=manager.manage(unet, f"bench-{name}", role="unet"), name=name)
     model.unet(manager)  # resident before timing, as after a first run
@@ -152,6 +167,7 @@ def bench_pair(model: Any, manager: Any, latent_size: int, text_dim: int, pair: 
     ratios = [a / b for a, b in zip(ours_t, ref_t)]
     return {"sampler": f"{pair[0]}/{pair[1]} vs {pair[2]}", "steps": steps,
             "ratio_median": statistics.median(ratios),
+            "ratio_of_medians": statistics.median(ours_t) / statistics.median(ref_t),
             "ours_s": statistics.median(ours_t), "diffusers_s": statistics.median(ref_t),
             "ours_it_s": steps / statistics.median(ours_t), "diffusers_it_s": steps / statistics.median(ref_t)}
 
@@ -159,21 +175,25 @@ def bench_pair(model: Any, manager: Any, latent_size: int, text_dim: int, pair: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default=None, help="comma-separated: tiny, small, sd15 (default by device)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated: tiny, small, sd15, null (a free UNet: the loops' own overhead)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--precision", default="auto", help="auto (fp32 on CPU, fp16 on GPU), fp32, fp16, bf16")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default 1 on the CPU: threads that wait for busy cores spin and "
+                             "swamp the timings on a shared machine; 0 keeps torch's default)")
     parser.add_argument("--latent", type=int, default=None, help="latent size (default: the model's own)")
     parser.add_argument("--check-devices", action="store_true",
                         help="also sample the tiny model on the CPU and on --device in fp32 and compare")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     import_sdgraph_nodes()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    names = (args.models or ("sd15" if device.type == "cuda" else "tiny,small")).split(",")
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    names = (args.models or ("sd15,null" if device.type == "cuda" else "tiny,small,null")).split(",")
     repeats = args.repeats or (10 if device.type == "cuda" else 7)
     results = []
     for name in names:
@@ -183,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                    "latent": latent_size, **bench_pair(model, manager, latent_size, text_dim, pair, args.steps,
                                                        repeats)}
             results.append(row)
-            print(f"{name:5s} {row['dtype']:8s} {row['sampler']:45s} ratio {row['ratio_median']:.3f}  "
-                  f"ours {row['ours_it_s']:7.2f} it/s  diffusers {row['diffusers_it_s']:7.2f} it/s", flush=True)
+            print(f"{name:5s} {row['dtype']:8s} {row['sampler']:45s} ratio {row['ratio_median']:.3f} "
+                  f"(of medians {row['ratio_of_medians']:.3f})  ours {row['ours_it_s']:7.2f} it/s  "
+                  f"diffusers {row['diffusers_it_s']:7.2f} it/s", flush=True)
         del model, manager
     if args.check_devices:
         results.append(check_devices(device))

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from sdgraph.nodes.sd.schedules import DiscreteSchedule
+from sdgraph.nodes.sd.schedules import schedule_of
 
 Tensor = torch.Tensor
 
@@ -63,7 +63,7 @@ class SDDenoiser:
         self.unet = model.unet(manager)
         self.device = torch.device(model.compute_device(manager))
         self.dtype = model.dtype(manager)
-        self.schedule = DiscreteSchedule(model.alphas_cumprod)
+        self.schedule = schedule_of(model.alphas_cumprod)
         self.v_prediction = model.prediction_type == "v_prediction"
         self.cfg = float(cfg)
         self.batch, _, self.height, self.width = latent.shape
@@ -112,8 +112,8 @@ class SDDenoiser:
     def timestep(self, sigma: float) -> float:
         return self.schedule.timestep(sigma)
 
-    @torch.inference_mode()
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """x0 estimated from x at noise level sigma (call it under torch.inference_mode(), as sampling does)."""
         c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
         t = torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32)
         x_in = (x * c_in).to(self.dtype)

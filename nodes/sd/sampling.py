@@ -26,7 +26,7 @@ from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
 from sdgraph.nodes.sd.noise import initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
-from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, DiscreteSchedule, compute_sigmas
+from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas, schedule_of
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -42,7 +42,7 @@ class Plan:
 def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, start_step: int | None = None,
                 last_step: int | None = None, force_full_denoise: bool = False) -> Plan:
     """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule."""
-    schedule = DiscreteSchedule(model.alphas_cumprod)
+    schedule = schedule_of(model.alphas_cumprod)
     from_start = True
     if denoise is None or denoise > 0.9999:
         sigmas = compute_sigmas(schedule, scheduler, steps)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import weakref
 from typing import Callable
 
 import torch
@@ -57,6 +58,21 @@ class DiscreteSchedule:
 
     def sigma_to_percent(self, sigma: float) -> float:
         return 1.0 - self.timestep(sigma) / (self.num_timesteps - 1)
+
+
+# keyed by id: tensors compare elementwise, so they cannot be dictionary keys themselves
+_CACHE: dict[int, tuple["weakref.ref[torch.Tensor]", DiscreteSchedule]] = {}
+
+
+def schedule_of(alphas_cumprod: torch.Tensor) -> DiscreteSchedule:
+    """The DiscreteSchedule of a model's alphas_cumprod, built once per tensor (it is never modified in place)."""
+    key = id(alphas_cumprod)
+    found = _CACHE.get(key)
+    if found is not None and found[0]() is alphas_cumprod:
+        return found[1]
+    schedule = DiscreteSchedule(alphas_cumprod)
+    _CACHE[key] = (weakref.ref(alphas_cumprod, lambda _ref, key=key: _CACHE.pop(key, None)), schedule)
+    return schedule
 
 
 # ---- schedules: (schedule, steps) -> sigmas [steps + 1], float64, last 0 ------------------------------------
