@@ -120,7 +120,8 @@ class _Run:
             self._failed(exc)
         else:
             self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
-            self.emit("executing", {"node": None, "display_node": None, "prompt_id": self.prompt_id})
+        # As in the ecosystem's protocol, "executing" with no node closes every run, whatever its outcome.
+        self.emit("executing", {"node": None, "display_node": None, "prompt_id": self.prompt_id})
         self.result.seconds = time.perf_counter() - start
         return self.result
 

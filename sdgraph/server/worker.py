@@ -99,16 +99,19 @@ class Worker:
             except Exception:  # noqa: BLE001 - presenting an event must never break the run
                 log.exception("worker %s: could not send %s", self.name, event)
 
+        closed_by_executor = True  # the executor ends every run it starts with "executing": null
         try:
             result = self.executor.run(item.workflow or item.prompt, prompt_id=item.prompt_id,
                                        listener=listener, extra_data=item.extra_data, report=item.report)
         except BaseException as exc:  # noqa: BLE001 - an engine failure becomes this prompt's error
             result = _engine_failure(item.prompt_id, exc)
             listener("execution_error", result.error or {})
+            closed_by_executor = False
         item.workflow = item.report = None
         if result.status == "invalid":
             listener("execution_error", _invalid_error(item.prompt_id, result))
-        if result.status != "success":
+            closed_by_executor = False
+        if not closed_by_executor:
             listener("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id})
         if self._stopping.is_set() and result.status == "interrupted":
             self.store.requeue(item.prompt_id)

@@ -86,6 +86,7 @@ def test_raising_node_names_itself_and_keeps_earlier_outputs(executor, recorder)
     assert any("boom" in line for line in error["traceback"])
     assert recorder.of("execution_error") == [error]
     assert "execution_success" not in recorder.names()
+    assert recorder.events[-1] == ("executing", {"node": None, "display_node": None, "prompt_id": result.prompt_id})
     # the engine keeps serving, and what ran before the failure is cached
     workflow["6"]["inputs"]["explode"] = False
     again = executor.run(workflow)
@@ -103,7 +104,7 @@ def test_interrupt_between_nodes(executor, recorder):
 
     result = executor.run(chain(), listener=on_event)
     assert result.status == "interrupted"
-    assert recorder.names()[-1] == "execution_interrupted"
+    assert recorder.names()[-2:] == ["execution_interrupted", "executing"]
     assert result.executed == ["1"]
     assert executor.run(chain()).ok  # the flag is cleared for the next run
 

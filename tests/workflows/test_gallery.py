@@ -1,0 +1,158 @@
+"""Every workflow in workflows/ runs headless on the committed tiny model, and its pictures mean what they should.
+
+Meaning is judged by the small classifier trained on the generated data (sdgraph.tiny.classifier), by colour
+masks, and by pixel comparisons, never by shapes of tensors alone.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdgraph.execute import Executor, RunResult
+from sdgraph.overrides import apply_override
+from sdgraph.runtime import RuntimeOptions, create_executor
+from sdgraph.tiny.classifier import images_to_tensor, load_classifier
+from sdgraph.tiny.shapes import COLOURS, ShapeLabels, render
+from sdgraph.workflow import load_workflow
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+
+
+@pytest.fixture(scope="module")
+def executor(tmp_path_factory) -> Executor:
+    base = tmp_path_factory.mktemp("gallery")
+    shutil.copytree(WORKFLOWS / "input", base / "input")
+    return create_executor(RuntimeOptions(base_dir=base, plugins=False))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()
+
+
+def run(executor: Executor, name: str, *overrides: str) -> tuple[RunResult, dict[str, np.ndarray]]:
+    """Run a gallery workflow; returns the result and the saved pictures by output node id."""
+    workflow = load_workflow(WORKFLOWS / f"{name}.json")
+    for text in overrides:
+        apply_override(workflow, text)
+    result = executor.run(workflow)
+    assert result.ok, json.dumps(result.error or result.validation.as_dict(), default=str)[:2000]
+    pictures = {}
+    for node_id, ui in result.outputs.items():
+        (image,) = ui["images"]
+        path = executor.services.dirs.of_type(image["type"]) / image["subfolder"] / image["filename"]
+        pictures[node_id] = np.asarray(Image.open(path).convert("RGB"))
+    return result, pictures
+
+
+def classify(classifier, picture: np.ndarray) -> dict[str, str]:
+    if picture.shape[0] != 64:
+        picture = np.asarray(Image.fromarray(picture).resize((64, 64), Image.BICUBIC))
+    predicted = classifier.predict(images_to_tensor(picture[None]))
+    return {name: values[0] for name, values in predicted.items()}
+
+
+def colour_mask(picture: np.ndarray, colour: str, background: str) -> np.ndarray:
+    pixels = picture.astype(np.float32)
+    to_fg = np.linalg.norm(pixels - np.array(COLOURS[colour], np.float32), axis=-1)
+    to_bg = np.linalg.norm(pixels - np.array(COLOURS[background], np.float32), axis=-1)
+    return to_fg < to_bg
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
+
+
+def test_txt2img(executor, classifier):
+    _, pictures = run(executor, "txt2img")
+    assert classify(classifier, pictures["9"]) | {"size": "large"} == {
+        "shape": "circle", "colour": "red", "background": "blue", "position": "centre", "size": "large"}
+
+
+def test_a_red_square_gives_a_red_square(executor, classifier):
+    _, pictures = run(executor, "txt2img", "positive.text=a red square")
+    seen = classify(classifier, pictures["9"])
+    assert (seen["shape"], seen["colour"]) == ("square", "red")
+
+
+def test_img2img_at_low_denoise_keeps_shape_and_position(executor, classifier):
+    _, pictures = run(executor, "img2img", "positive.text=a large blue square on the left, white background")
+    seen = classify(classifier, pictures["9"])
+    assert (seen["shape"], seen["position"]) == ("square", "left")
+    source = render(ShapeLabels("square", "red", "white", "left", "large")).mask > 127
+    assert iou(source, colour_mask(pictures["9"], "red", "white") | colour_mask(pictures["9"], "blue", "white")) > 0.6
+
+
+def test_inpaint_changes_only_the_masked_region(executor, classifier):
+    _, pictures = run(executor, "inpaint")
+    source = np.asarray(Image.open(WORKFLOWS / "input" / "inpaint_left.png").convert("RGB")).astype(np.float32)
+    out = pictures["9"].astype(np.float32)
+    keep = slice(44, 64)  # mask ends at x=36; grow_mask_by 2 plus the VAE's reach of one latent pixel (8 px)
+    outside = np.abs(out[:, keep] - source[:, keep]).mean()
+    inside = np.abs(out[:, :36] - source[:, :36]).mean()
+    assert outside < 8, outside  # within the tiny VAE's reconstruction error (0..255 scale)
+    assert inside > 3 * outside
+    assert colour_mask(pictures["9"], "blue", "white")[:, :36].sum() > 100  # something blue was painted
+
+
+def test_controlnet_follows_the_outline(executor):
+    _, pictures = run(executor, "controlnet")
+    outline = render(ShapeLabels("triangle", "green", "black", "top", "large")).mask > 127
+    assert iou(outline, colour_mask(pictures["9"], "green", "black")) >= 0.6
+
+
+def test_controlnet_moves_the_shape_where_the_outline_is(executor):
+    """The same prompt with another outline: the shape follows the drawing, not the prompt's position."""
+    _, pictures = run(executor, "controlnet", "positive.text=a large green triangle, black background")
+    outline = render(ShapeLabels("triangle", "green", "black", "top", "large")).mask > 127
+    assert iou(outline, colour_mask(pictures["9"], "green", "black")) >= 0.5
+
+
+def test_hires_fix_upscales_and_keeps_meaning(executor, classifier):
+    _, pictures = run(executor, "hires_fix")
+    assert pictures["9"].shape == (96, 96, 3)
+    seen = classify(classifier, pictures["9"])
+    assert (seen["shape"], seen["colour"]) == ("star", "yellow")
+
+
+def centre_is_hollow(picture: np.ndarray, colour: str, background: str) -> bool:
+    centre = picture[28:36, 28:36].reshape(-1, 3).astype(np.float32).mean(0)
+    return np.linalg.norm(centre - COLOURS[background]) < np.linalg.norm(centre - COLOURS[colour])
+
+
+def test_lora_at_strength_zero_changes_nothing_and_at_one_changes_the_style(executor):
+    _, plain = run(executor, "lora", "lora.strength_model=0", "lora.strength_clip=0")
+    _, without = run(executor, "txt2img", "positive.text=a large purple circle in the centre, white background",
+                     "sampler.seed=9")
+    assert np.array_equal(plain["9"], without["9"])
+    _, styled = run(executor, "lora")
+    assert not centre_is_hollow(plain["9"], "purple", "white")
+    assert centre_is_hollow(styled["9"], "purple", "white")
+
+
+def test_sweep(executor, classifier):
+    result, pictures = run(executor, "sweep")
+    expected = {"0": ("circle", "red"), "1": ("square", "blue"), "2": ("triangle", "green")}
+    assert len(pictures) == 6
+    for node_id, picture in pictures.items():
+        seen = classify(classifier, picture)
+        assert (seen["shape"], seen["colour"]) == expected[node_id[1]], node_id
+    again = executor.run(load_workflow(WORKFLOWS / "sweep.json"))
+    assert again.executed == []  # every output is cached
+
+
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde",
+            "dpmpp_sde", "ddim", "ddpm", "uni_pc"]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_makes_a_recognisable_picture(executor, classifier, sampler):
+    scheduler = "ddim_uniform" if sampler in ("ddim", "ddpm") else "karras" if "dpmpp" in sampler else "normal"
+    _, pictures = run(executor, "txt2img", f"sampler.sampler_name={sampler}", f"sampler.scheduler={scheduler}")
+    seen = classify(classifier, pictures["9"])
+    assert (seen["shape"], seen["colour"], seen["background"]) == ("circle", "red", "blue"), seen
