@@ -2,7 +2,7 @@
 
 - ``AutoencoderKL``: 64x64 RGB <-> 4x8x8 latents (three downsamplings, like SD's factor 8).
 - ``UNet2DConditionModel``: 8x8 latents, cross-attention on the text encoder's 64-wide hidden states.
-- ``CLIPTextModel``: 4 layers, hidden 64, the real CLIP vocabulary (49,408 tokens) and 77 positions.
+- ``CLIPTextModel``: 2 layers, hidden 64, the real CLIP vocabulary (49,408 tokens) and 77 positions.
 - ``ControlNetModel``: a copy of the UNet's encoder, conditioned on a 64x64 RGB outline image.
 - ``DDPMScheduler``: SD's scaled_linear schedule (beta 0.00085..0.012, 1,000 steps, epsilon prediction).
 - LoRA: rank-``LORA_RANK`` adapters on every UNet attention projection (to_q, to_k, to_v, to_out.0), saved
@@ -42,9 +42,9 @@ VAE_CONFIG: dict[str, Any] = {
     "latent_channels": LATENT_CHANNELS,
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [32, 64, 64, 64],
+    "block_out_channels": [8, 16, 32, 64],
     "layers_per_block": 1,
-    "norm_num_groups": 16,
+    "norm_num_groups": 8,
     "act_fn": "silu",
     "sample_size": IMAGE_SIZE,
     "scaling_factor": 1.0,  # replaced by 1/std of the trained latents, as SD does
@@ -57,9 +57,9 @@ UNET_CONFIG: dict[str, Any] = {
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "mid_block_type": "UNetMidBlock2DCrossAttn",
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [64, 128],
+    "block_out_channels": [32, 64],
     "layers_per_block": 1,
-    "norm_num_groups": 32,
+    "norm_num_groups": 8,
     "cross_attention_dim": TEXT_HIDDEN,
     "attention_head_dim": 4,  # diffusers' name for the number of heads
     "transformer_layers_per_block": 1,
@@ -70,7 +70,7 @@ TEXT_ENCODER_CONFIG: dict[str, Any] = {
     "vocab_size": VOCAB_SIZE,
     "hidden_size": TEXT_HIDDEN,
     "intermediate_size": 4 * TEXT_HIDDEN,
-    "num_hidden_layers": 4,
+    "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "max_position_embeddings": MAX_TOKENS,
     "hidden_act": "quick_gelu",

@@ -58,6 +58,11 @@ MIN_SNR_GAMMA = 5.0
 VAE_KL_WEIGHT = 1e-6
 STYLE_FRACTION_IN_VAE = 0.25  # share of outline-style pictures in VAE batches
 FULL_CAPTION_PROBABILITY = 0.5
+TEXT_ENCODER_TRAIN_FRACTION = 0.5
+VAE_LR = 2e-3
+UNET_LR = 1e-3
+CONTROLNET_LR = 1e-3
+LORA_LR = 2e-3
 LOG_EVERY_OVERRIDE: int | None = None  # set while calibrating, to keep the log quiet
 
 
@@ -83,10 +88,11 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # 2 shared CPU cores, torch 2.13, fp32.
+    # This machine's 2 CPU cores, torch 2.13, fp32, measured with --calibrate while other jobs shared the cores
+    # (on an idle machine the same plan runs faster: the step counts stay the same).
     "cpu": Profile(
-        images=6000, vae_batch=32, unet_batch=64, controlnet_batch=64, lora_batch=64, classifier_batch=64,
-        vae_step_s=1.6, unet_step_s=0.55, controlnet_step_s=0.6, lora_step_s=0.5, classifier_step_s=0.35,
+        images=6000, vae_batch=16, unet_batch=64, controlnet_batch=64, lora_batch=64, classifier_batch=64,
+        vae_step_s=1.61, unet_step_s=1.45, controlnet_step_s=3.1, lora_step_s=2.95, classifier_step_s=0.247,
         fixed_s=60.0,
     ),
     # One NVIDIA H200 (launch-bound at these sizes: big batches cost little more than small ones).
@@ -98,7 +104,7 @@ PROFILES: dict[str, Profile] = {
 }
 
 # Share of the training time (after fixed costs) each phase gets.
-TIME_SHARES = {"vae": 0.17, "unet": 0.58, "controlnet": 0.13, "lora": 0.08, "classifier": 0.04}
+TIME_SHARES = {"vae": 0.13, "unet": 0.54, "controlnet": 0.20, "lora": 0.10, "classifier": 0.03}
 
 
 @dataclass(frozen=True)
@@ -233,33 +239,68 @@ VARIANTS = [(size, position, background) for size in (False, True) for position 
 FULL_VARIANT = len(VARIANTS) - 1
 
 
-def tokenize_variants(dataset: ShapeDataset, tokenizer, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of every caption variant of every sample [N, 8, 77] and of the empty caption [77].
+@dataclass
+class Captions:
+    """Every distinct caption once (token ids [U, 77]), and for each sample the rows of its 8 variants [N, 8]."""
 
-    Unique captions are tokenized once (there are only a few thousand).
-    """
+    ids: torch.Tensor
+    rows: torch.Tensor
+    empty_row: int
+
+    def pick(self, index: torch.Tensor, drop: float, generator: torch.Generator) -> torch.Tensor:
+        """Caption rows for samples: the full caption or a random shorter variant; the empty one with prob drop."""
+        device = self.rows.device
+        batch = index.shape[0]
+        full = torch.rand(batch, generator=generator, device=device) < FULL_CAPTION_PROBABILITY
+        other = torch.randint(0, FULL_VARIANT, (batch,), generator=generator, device=device)
+        variant = torch.where(full, torch.full_like(other, FULL_VARIANT), other)
+        rows = self.rows[index, variant]
+        dropped = torch.rand(batch, generator=generator, device=device) < drop
+        return torch.where(dropped, torch.full_like(rows, self.empty_row), rows)
+
+
+def tokenize_captions(dataset: ShapeDataset, tokenizer, device: str) -> Captions:
     captions = [[make_caption(lab, size=s, position=p, background=b) for (s, p, b) in VARIANTS]
                 for lab in dataset.labels]
     unique = sorted({c for row in captions for c in row} | {""})
     ids = tokenizer(unique, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True,
                     return_tensors="pt").input_ids
     row_of = {caption: i for i, caption in enumerate(unique)}
-    index = torch.tensor([[row_of[c] for c in row] for row in captions])
-    return ids[index].to(device), ids[row_of[""]].to(device)
+    rows = torch.tensor([[row_of[c] for c in row] for row in captions])
+    return Captions(ids=ids.to(device), rows=rows.to(device), empty_row=row_of[""])
 
 
-def pick_tokens(
-    variants: torch.Tensor, empty: torch.Tensor, index: torch.Tensor, drop: float, generator: torch.Generator
-) -> torch.Tensor:
-    """For each sample: the full caption or a random shorter variant, and the empty caption with prob ``drop``."""
-    device = variants.device
-    batch = index.shape[0]
-    full = torch.rand(batch, generator=generator, device=device) < FULL_CAPTION_PROBABILITY
-    other = torch.randint(0, FULL_VARIANT, (batch,), generator=generator, device=device)
-    variant = torch.where(full, torch.full_like(other, FULL_VARIANT), other)
-    tokens = variants[index, variant]
-    dropped = torch.rand(batch, generator=generator, device=device) < drop
-    return torch.where(dropped[:, None], empty[None, :], tokens)
+@torch.no_grad()
+def encode_all_captions(text_encoder: nn.Module, captions: Captions, batch: int = 1024) -> torch.Tensor:
+    """Hidden states [U, 77, 64] of every distinct caption, for phases where the text encoder is frozen."""
+    parts = [text_encoder(captions.ids[i : i + batch]).last_hidden_state for i in range(0, len(captions.ids), batch)]
+    return torch.cat(parts)
+
+
+class CompactTokenEmbedding(nn.Module):
+    """Stands in for the text encoder's 49,408-row token embedding while training.
+
+    Only the rows of tokens that occur in the captions are parameters, so a step updates a few dozen rows instead
+    of 3.2 M numbers; ``write_back`` puts them into the full table (all other rows keep their initial values).
+    """
+
+    def __init__(self, full: nn.Embedding, used: torch.Tensor) -> None:
+        super().__init__()
+        lookup = torch.zeros(full.num_embeddings, dtype=torch.long, device=full.weight.device)
+        lookup[used] = torch.arange(len(used), device=full.weight.device)
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.used = used
+        self.full_table = (full,)  # a tuple, so the full table's 3.2 M weights are not parameters of this module
+        self.weight = nn.Parameter(full.weight.detach()[used].clone())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(self.lookup[ids], self.weight)
+
+    @torch.no_grad()
+    def write_back(self) -> nn.Embedding:
+        full = self.full_table[0]
+        full.weight[self.used] = self.weight.detach()
+        return full
 
 
 # -------------------------------------------------------------------------------------------------------- phases
@@ -271,8 +312,8 @@ def train_vae(images: torch.Tensor, styles: torch.Tensor, plan: Plan) -> nn.Modu
     torch.manual_seed(plan.seed * 100 + 1)
     generator = torch.Generator(device=device).manual_seed(plan.seed * 100 + 1)
     vae = arch.build_vae().to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(plan.vae_steps, 100))
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(plan.vae_steps, 50))
     log = LossLog("vae", plan.vae_steps)
     n_style = int(plan.vae_batch * STYLE_FRACTION_IN_VAE)
     for step in range(1, plan.vae_steps + 1):
@@ -319,28 +360,40 @@ class Latents:
     scale: float
 
 
-def train_text_to_image(latents: Latents, tokens: torch.Tensor, empty: torch.Tensor, plan: Plan):
-    """UNet and text encoder jointly; returns both with their EMA weights loaded."""
+def train_text_to_image(latents: Latents, captions: Captions, plan: Plan):
+    """UNet and text encoder jointly; returns the UNet (EMA weights) and the text encoder.
+
+    The text encoder trains for the first TEXT_ENCODER_TRAIN_FRACTION of the steps; then it is frozen and the
+    hidden states of every distinct caption are computed once, which makes the remaining steps cheaper.
+    """
     device = plan.device
     torch.manual_seed(plan.seed * 100 + 2)
     generator = torch.Generator(device=device).manual_seed(plan.seed * 100 + 2)
     unet = arch.build_unet().to(device).train()
     text_encoder = arch.build_text_encoder().to(device).train()
+    compact = CompactTokenEmbedding(text_encoder.get_input_embeddings(), torch.unique(captions.ids))
+    text_encoder.set_input_embeddings(compact)
     alphas = noise_schedule(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    # No weight decay: most rows of the 49,408-token embedding never get a gradient and should stay as they are.
-    optimizer = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(plan.unet_steps, 200))
-    ema = EMA(params, decay=0.999 if plan.unet_steps > 5000 else 0.995)
+    optimizer = torch.optim.AdamW(params, lr=UNET_LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(plan.unet_steps, 100))
+    ema = EMA(unet.parameters(), decay=0.999 if plan.unet_steps > 5000 else 0.995)
     log = LossLog("unet+text", plan.unet_steps)
+    freeze_at = max(1, int(plan.unet_steps * TEXT_ENCODER_TRAIN_FRACTION))
+    cache: torch.Tensor | None = None
     count = len(latents.means)
     for step in range(1, plan.unet_steps + 1):
+        if step == freeze_at + 1:
+            text_encoder.set_input_embeddings(compact.write_back())
+            freeze(text_encoder)
+            cache = encode_all_captions(text_encoder, captions)
+            print(f"[unet+text] text encoder frozen after {freeze_at} steps", flush=True)
         index = torch.randint(0, count, (plan.unet_batch,), generator=generator, device=device)
         x0 = sample_latents(latents.means, latents.stds, index, latents.scale, generator)
-        ids = pick_tokens(tokens, empty, index, CFG_DROPOUT, generator)
+        rows = captions.pick(index, CFG_DROPOUT, generator)
         noise = sample_noise(x0.shape, generator, device)
         t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator, device=device)
-        hidden = text_encoder(ids).last_hidden_state
+        hidden = cache[rows] if cache is not None else text_encoder(captions.ids[rows]).last_hidden_state
         pred = unet(add_noise(x0, noise, t, alphas), t, hidden).sample
         loss = diffusion_loss(pred, noise, t, alphas)
         optimizer.zero_grad(set_to_none=True)
@@ -350,8 +403,11 @@ def train_text_to_image(latents: Latents, tokens: torch.Tensor, empty: torch.Ten
         schedule.step()
         ema.update()
         log.add(step, loss)
+    if cache is None:
+        text_encoder.set_input_embeddings(compact.write_back())
     ema.copy_to_model()
-    return unet.eval(), text_encoder.eval()
+    freeze(unet, text_encoder)
+    return unet, text_encoder
 
 
 def freeze(*modules: nn.Module) -> None:
@@ -360,26 +416,25 @@ def freeze(*modules: nn.Module) -> None:
         module.requires_grad_(False)
 
 
-def train_controlnet(unet, text_encoder, latents: Latents, outlines: torch.Tensor, tokens, empty, plan: Plan):
-    """ControlNet on the outline pictures; the UNet and text encoder stay frozen."""
+def train_controlnet(unet, text_hidden: torch.Tensor, latents: Latents, outlines: torch.Tensor, captions: Captions,
+                     plan: Plan):
+    """ControlNet on the outline pictures; the UNet and text encoder stay frozen (``text_hidden``: cached)."""
     device = plan.device
     torch.manual_seed(plan.seed * 100 + 3)
     generator = torch.Generator(device=device).manual_seed(plan.seed * 100 + 3)
-    freeze(unet, text_encoder)
+    freeze(unet)
     controlnet = arch.build_controlnet(unet).to(device).train()
     alphas = noise_schedule(device)
-    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=5e-4, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=CONTROLNET_LR, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(plan.controlnet_steps, 100))
     log = LossLog("controlnet", plan.controlnet_steps)
     for step in range(1, plan.controlnet_steps + 1):
         index = torch.randint(0, len(latents.means), (plan.controlnet_batch,), generator=generator, device=device)
         x0 = sample_latents(latents.means, latents.stds, index, latents.scale, generator)
-        ids = pick_tokens(tokens, empty, index, CONTROLNET_CAPTION_DROPOUT, generator)
+        hidden = text_hidden[captions.pick(index, CONTROLNET_CAPTION_DROPOUT, generator)]
         noise = sample_noise(x0.shape, generator, device)
         t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator, device=device)
         noisy = add_noise(x0, noise, t, alphas)
-        with torch.no_grad():
-            hidden = text_encoder(ids).last_hidden_state
         down, mid = controlnet(noisy, t, hidden, controlnet_cond=to_unit_range(outlines[index]), return_dict=False)
         pred = unet(noisy, t, hidden, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
@@ -393,28 +448,26 @@ def train_controlnet(unet, text_encoder, latents: Latents, outlines: torch.Tenso
     return controlnet.eval()
 
 
-def train_lora(unet, text_encoder, latents: Latents, tokens, empty, plan: Plan):
+def train_lora(unet, text_hidden: torch.Tensor, latents: Latents, captions: Captions, plan: Plan):
     """LoRA adapters on the UNet's attention, trained on outline-style latents with the ordinary captions."""
     device = plan.device
     torch.manual_seed(plan.seed * 100 + 4)
     generator = torch.Generator(device=device).manual_seed(plan.seed * 100 + 4)
-    freeze(unet, text_encoder)
+    freeze(unet)
     adapters = inject_lora(unet)
     params = [p for a in adapters.values() for p in (a.down.weight, a.up.weight)]
     for p in params:
         p.requires_grad_(True)
     alphas = noise_schedule(device)
-    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=LORA_LR, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(plan.lora_steps, 50))
     log = LossLog("lora", plan.lora_steps)
     for step in range(1, plan.lora_steps + 1):
         index = torch.randint(0, len(latents.style_means), (plan.lora_batch,), generator=generator, device=device)
         x0 = sample_latents(latents.style_means, latents.style_stds, index, latents.scale, generator)
-        ids = pick_tokens(tokens, empty, index, CFG_DROPOUT, generator)
+        hidden = text_hidden[captions.pick(index, CFG_DROPOUT, generator)]
         noise = sample_noise(x0.shape, generator, device)
         t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator, device=device)
-        with torch.no_grad():
-            hidden = text_encoder(ids).last_hidden_state
         pred = unet(add_noise(x0, noise, t, alphas), t, hidden).sample
         loss = diffusion_loss(pred, noise, t, alphas)
         optimizer.zero_grad(set_to_none=True)
@@ -438,6 +491,7 @@ def save_pipeline_folder(folder: Path, vae, unet, text_encoder, info: dict) -> N
     text_encoder.to("cpu", torch.float16).save_pretrained(folder / "text_encoder", safe_serialization=True)
     # Weights are stored in fp16 to keep the repo small; a config dtype of float32 makes transformers' default
     # ("auto") loading upcast them, as diffusers does for the other parts.
+    prefix_text_encoder_keys(folder / "text_encoder" / "model.safetensors")
     config_path = folder / "text_encoder" / "config.json"
     config = json.loads(config_path.read_text())
     config["dtype"] = "float32"
@@ -445,6 +499,16 @@ def save_pipeline_folder(folder: Path, vae, unet, text_encoder, info: dict) -> N
     arch.build_scheduler().save_pretrained(folder / "scheduler")
     shutil.copytree(arch.TOKENIZER_DIR, folder / "tokenizer", dirs_exist_ok=True)
     (folder / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def prefix_text_encoder_keys(path: Path) -> None:
+    """Store the text encoder under the key names of real SD checkpoints ("text_model.embeddings..."), which
+    every transformers version loads; transformers 5 saves them without the "text_model." prefix."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    renamed = {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in tensors.items()}
+    save_file(renamed, str(path), metadata={"format": "pt"})
 
 
 def replace_dir(source: Path, target: Path) -> None:
@@ -492,7 +556,7 @@ def calibrate(device: str, base: Profile) -> Profile:
     few, many = 5, 25
     dataset = generate_dataset(512, seed=0)
     images = torch.from_numpy(dataset.images).to(device)
-    tokens, empty = tokenize_variants(dataset, arch.load_tokenizer(), device)
+    captions = tokenize_captions(dataset, arch.load_tokenizer(), device)
     plan = make_plan(1.0, device, 0)
     plan = Plan(**{**asdict(plan), "vae_batch": base.vae_batch, "unet_batch": base.unet_batch,
                    "controlnet_batch": base.controlnet_batch, "lora_batch": base.lora_batch,
@@ -507,15 +571,16 @@ def calibrate(device: str, base: Profile) -> Profile:
     vae = arch.build_vae().to(device).eval()
     means, stds = encode_all(vae, images)
     latents = Latents(means, stds, means, stds, 1.0)
+    unet_cost = cost(lambda p: train_text_to_image(latents, captions, p), "unet_steps")
     unet, text_encoder = arch.build_unet().to(device), arch.build_text_encoder().to(device)
-    unet_cost = cost(lambda p: train_text_to_image(latents, tokens, empty, p), "unet_steps")
-    controlnet_cost = cost(lambda p: train_controlnet(unet, text_encoder, latents, images, tokens, empty, p),
+    hidden = encode_all_captions(text_encoder, captions)
+    controlnet_cost = cost(lambda p: train_controlnet(unet, hidden, latents, images, captions, p),
                            "controlnet_steps")
 
     def lora_run(p: Plan) -> None:
         from sdgraph.tiny.lora import remove_lora
 
-        remove_lora(unet, train_lora(unet, text_encoder, latents, tokens, empty, p))
+        remove_lora(unet, train_lora(unet, hidden, latents, captions, p))
 
     lora_cost = cost(lora_run, "lora_steps")
     classifier_cost = cost(lambda p: train_classifier(dataset, p.classifier_steps, p.classifier_batch, device,
@@ -540,7 +605,8 @@ def run(plan: Plan, out: Path) -> dict:
     images = torch.from_numpy(dataset.images).to(device)
     styles = torch.from_numpy(dataset.outline_styles).to(device)
     outlines = torch.from_numpy(dataset.outlines).to(device)
-    tokens, empty = tokenize_variants(dataset, arch.load_tokenizer(), device)
+    captions = tokenize_captions(dataset, arch.load_tokenizer(), device)
+    print(f"{len(captions.ids)} distinct captions", flush=True)
 
     vae = train_vae(images, styles, plan)
     means, stds = encode_all(vae, images)
@@ -550,9 +616,10 @@ def run(plan: Plan, out: Path) -> dict:
     latents = Latents(means, stds, style_means, style_stds, scale)
     print(f"latents {tuple(means.shape)}, scaling factor {scale:.4f} ({time.time() - started:.0f}s)", flush=True)
 
-    unet, text_encoder = train_text_to_image(latents, tokens, empty, plan)
-    controlnet = train_controlnet(unet, text_encoder, latents, outlines, tokens, empty, plan)
-    adapters = train_lora(unet, text_encoder, latents, tokens, empty, plan)
+    unet, text_encoder = train_text_to_image(latents, captions, plan)
+    text_hidden = encode_all_captions(text_encoder, captions)
+    controlnet = train_controlnet(unet, text_hidden, latents, outlines, captions, plan)
+    adapters = train_lora(unet, text_hidden, latents, captions, plan)
     classifier = train_classifier(dataset, plan.classifier_steps, plan.classifier_batch, device, plan.seed)
     held_out = accuracy(classifier, held_out_dataset(seed=plan.seed), device)
     print(f"classifier held-out accuracy: {held_out}", flush=True)
@@ -575,6 +642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=None,
                         help="time budget that sets the step counts (default: 55 on CPU, 7 on a GPU)")
     parser.add_argument("--images", type=int, default=None, help="dataset size (default: per device kind)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: results do not depend on the core count, and on a shared "
+                             "machine one thread is much faster than two competing ones)")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure this device's seconds per step first and plan with them (not reproducible "
                              "across machines: paste the printed profile into PROFILES to make it the default)")
@@ -583,6 +653,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
