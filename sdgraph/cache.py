@@ -23,8 +23,13 @@ class CachedOutput:
     nbytes: int = 0
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def sizeof(obj: Any, _depth: int = 0) -> int:
     """Bytes held by a value, counting array payloads (tensors, numpy) and containers; models report their own."""
+    if type(obj) in _SCALARS:
+        return 0
     own = getattr(obj, "cache_nbytes", None)
     if callable(own):
         return int(own())

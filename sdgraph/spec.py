@@ -91,6 +91,10 @@ class NodeSpec(BaseModel):
     def inputs_by_name(self) -> dict[str, InputSpec]:
         return {spec.name: spec for spec in self.inputs}
 
+    @cached_property
+    def has_hidden(self) -> bool:
+        return any(spec.section == "hidden" for spec in self.inputs)
+
     def describe(self, dirs: Dirs | None = None) -> dict[str, Any]:
         """This node in the `/object_info` shape that editors and API clients read."""
         sections: dict[str, dict[str, Any]] = {"required": {}, "optional": {}, "hidden": {}}
