@@ -107,7 +107,9 @@ def model_ready(object_info):
     return choices
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it is open, which
+# would break the asyncio tests that run after the browser tests in the same session.
+@pytest.fixture(scope="module")
 def browser():
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not Path(CHROMIUM).exists():
