@@ -166,8 +166,21 @@ class ClipModel:
         return dataclasses.replace(self, patches=tuple(tuple(p) for p in lists))
 
 
+class _SingleModule:
+    """A socket value backed by one managed module (`slot`), fetched to its device on demand."""
+
+    slot: "ManagedModule"
+
+    @property
+    def manager(self) -> "ModelManager":
+        return self.slot.manager
+
+    def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
+        return _manager(self.manager, manager).acquire(self.slot)
+
+
 @dataclass
-class VaeModel:
+class VaeModel(_SingleModule):
     """VAE: pixels [B,H,W,C] 0..1 <-> scaled latents [B,C,H/8,W/8]. The scaling factor lives here only."""
 
     slot: "ManagedModule"
@@ -176,13 +189,6 @@ class VaeModel:
     latent_channels: int = 4
     downscale: int = 8
     name: str = ""
-
-    @property
-    def manager(self) -> "ModelManager":
-        return self.slot.manager
-
-    def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
-        return _manager(self.manager, manager).acquire(self.slot)
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
@@ -204,18 +210,11 @@ class VaeModel:
 
 
 @dataclass
-class ControlNetModel:
+class ControlNetModel(_SingleModule):
     """CONTROL_NET: a diffusers ControlNetModel under the model manager."""
 
     slot: "ManagedModule"
     name: str = ""
-
-    @property
-    def manager(self) -> "ModelManager":
-        return self.slot.manager
-
-    def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
-        return _manager(self.manager, manager).acquire(self.slot)
 
 
 @dataclass
