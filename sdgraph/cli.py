@@ -69,12 +69,15 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     parser.add_argument("--lowvram", action="store_true", help="stream weights to the GPU as they are used")
     parser.add_argument("--no-cache", action="store_true", help="do not keep node outputs between runs")
+    parser.add_argument("--cache-lru", type=int, default=0, metavar="N",
+                        help="besides each node's latest output, keep N outputs of earlier runs (default 0)")
     parser.add_argument("--no-plugins", action="store_true", help="load only the built-in nodes")
     parser.add_argument("--preview", action="store_true", help="produce latent previews while sampling")
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(base_dir=args.base_dir, cpu=args.cpu, lowvram=args.lowvram, no_cache=args.no_cache,
+                          cache_lru=args.cache_lru,
                           plugins=not args.no_plugins, preview=getattr(args, "preview", False))
 
 

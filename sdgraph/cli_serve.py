@@ -36,6 +36,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--lowvram", action="store_true", help="stream weights to the GPU as they are needed")
     run.add_argument("--reserve-vram", type=float, default=1.0, metavar="GB", help="GPU memory left free")
     run.add_argument("--no-cache", action="store_true", help="do not keep node outputs between prompts")
+    run.add_argument("--cache-lru", type=int, default=0, metavar="N",
+                     help="besides each node's latest output, keep N outputs of earlier prompts (default 0)")
     run.add_argument("--no-plugins", action="store_true", help="load only the built-in node packs")
     run.add_argument("--preview", action="store_true", help="send latent previews while sampling")
     run.add_argument("--max-history", type=int, default=10000, help="finished prompts kept (default 10000)")
@@ -66,8 +68,8 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
     )
     config, generated = config.with_token_if_public()
     options = RuntimeOptions(base_dir=args.base_dir, plugins=not args.no_plugins, no_cache=args.no_cache,
-                             cpu=args.cpu, lowvram=args.lowvram, reserve_vram_gb=args.reserve_vram,
-                             preview=args.preview)
+                             cache_lru=args.cache_lru, cpu=args.cpu, lowvram=args.lowvram,
+                             reserve_vram_gb=args.reserve_vram, preview=args.preview)
     if executor is None:
         executor = create_executor(options)
     for problem in executor.registry.problems:

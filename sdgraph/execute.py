@@ -147,7 +147,7 @@ class _Run:
     def _step(self, node_id: str, key: str) -> None:
         self.executor.interrupt_flag.check()
         node = self.report.prepared[node_id]
-        hit = self.executor.cache.get(key)
+        hit = self.executor.cache.get(key, node_id)
         if hit is not None:
             self.values[node_id] = hit.values
             if hit.ui:
@@ -156,7 +156,7 @@ class _Run:
         self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
         values, ui = self._call(node)
         self.values[node_id] = values
-        self.executor.cache.put(key, CachedOutput(values, ui))
+        self.executor.cache.put(key, CachedOutput(values, ui), node_id)
         self.result.executed.append(node_id)
         if ui:
             self._executed(node_id, ui)

@@ -22,6 +22,7 @@ class RuntimeOptions(BaseModel):
     cache_entries: int = DEFAULT_MAX_ENTRIES
     cache_bytes: int = DEFAULT_MAX_BYTES
     no_cache: bool = False
+    cache_lru: int = 0  # outputs of earlier runs kept besides each node's latest (ComfyUI's --cache-lru)
     cpu: bool = False
     lowvram: bool = False
     reserve_vram_gb: float = 1.0
@@ -32,7 +33,7 @@ def create_executor(options: RuntimeOptions | None = None) -> Executor:
     options = options or RuntimeOptions()
     dirs = Dirs(base=(options.base_dir or default_base()).resolve())
     registry = build_registry(dirs.custom_nodes, plugins=options.plugins)
-    cache = OutputCache(0 if options.no_cache else options.cache_entries, options.cache_bytes)
+    cache = OutputCache(0 if options.no_cache else options.cache_entries, options.cache_bytes, options.cache_lru)
     services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview})
     return Executor(registry, services, cache)
 

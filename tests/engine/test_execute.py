@@ -151,6 +151,18 @@ def test_cache_is_bounded_by_entries(registry):
     assert len(executor.cache) == 2
 
 
+def test_default_policy_keeps_each_nodes_latest_output_only(registry):
+    executor = Executor(registry, cache=OutputCache(keep_older=0))
+    CALLS.clear()
+    for value in range(10, 20):  # like a new seed per prompt: node 1 changes, node 2 does not
+        workflow = chain()
+        workflow["1"]["inputs"]["value"] = value
+        assert executor.run(workflow).ok
+    assert len(executor.cache) == 4  # nodes 1-4, latest outputs only: no growth with the number of runs
+    assert CALLS["Add"] == 10
+    assert executor.run(workflow).executed == []  # the latest run is still fully cached
+
+
 def test_signatures_are_stable_across_processes(executor):
     import subprocess
     import sys
