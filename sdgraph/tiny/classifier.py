@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sdgraph.tiny.architecture import CLASSIFIER_FILE, MODELS_DIR
+from sdgraph.tiny.parallel import Team
 from sdgraph.tiny.shapes import ATTRIBUTES, ShapeDataset, generate_dataset
 
 FEATURE_DIM = 128
@@ -95,9 +96,12 @@ def train_classifier(
     device: str = "cpu",
     seed: int = 0,
     log_every: int = 200,
+    team: Team = Team(),
 ) -> TinyClassifier:
+    """Train on ``team.size`` workers (each takes its share of every batch), or alone."""
     torch.manual_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(team.seed(seed))
+    batch_size = team.share(batch_size)
     model = TinyClassifier().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=max(steps, 1), pct_start=0.1)
@@ -111,10 +115,11 @@ def train_classifier(
         loss = sum(F.cross_entropy(logits[name], labels[name][index]) for name in logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        team.average_gradients(model.parameters())
         optimizer.step()
         schedule.step()
         running += float(loss.detach())
-        if step % log_every == 0 or step == steps:
+        if team.leader and (step % log_every == 0 or step == steps):
             count = log_every if step % log_every == 0 else step % log_every
             print(f"[classifier] step {step}/{steps} loss {running / count:.4f} ({time.time() - start:.0f}s)")
             running = 0.0

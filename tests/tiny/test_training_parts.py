@@ -106,3 +106,14 @@ def test_lora_file_round_trip_on_a_unet(tmp_path) -> None:
         merged = unet(sample, t, hidden).sample
     assert torch.allclose(merged, adapted, atol=2e-2)  # fp16 file
     assert not torch.allclose(merged, plain, atol=1e-3)
+
+
+def test_reconstruction_loss_weighs_the_shape_more_than_the_background() -> None:
+    picture = torch.full((1, 3, 16, 16), -1.0)
+    picture[:, 0, 6:10, 6:10] = 1.0  # a red square on black
+    wrong_shape = picture.clone()
+    wrong_shape[:, 0, 6:7, 6:10] = -1.0  # four shape pixels lost
+    wrong_background = picture.clone()
+    wrong_background[:, 0, 0:1, 12:16] = 1.0  # four background pixels wrong
+    assert train.reconstruction_loss(picture, picture) == 0
+    assert train.reconstruction_loss(wrong_shape, picture) > 3 * train.reconstruction_loss(wrong_background, picture)
