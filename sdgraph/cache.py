@@ -79,7 +79,7 @@ class OutputCache:
         if entry is not None:
             self._entries.move_to_end(key)
             self._touch(key, node_id)
-            self._evict()
+            self._trim_older()  # a hit adds nothing, so only the bound on older outputs can be crossed
         return entry
 
     def put(self, key: str, entry: CachedOutput, node_id: str | None = None) -> None:
@@ -118,6 +118,9 @@ class OutputCache:
     def _evict(self) -> None:
         while self._entries and (len(self._entries) > self.max_entries or self.total_bytes > self.max_bytes):
             self._remove(next(iter(self._entries)))
+        self._trim_older()
+
+    def _trim_older(self) -> None:
         while self.keep_older is not None and len(self._older) > self.keep_older:
             self._remove(next(iter(self._older)))
 

@@ -11,7 +11,6 @@ Results depend on the seed and on the number of workers, never on the machine's 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,16 +58,6 @@ class Team:
             param.grad = flat[offset : offset + count].view_as(grad)
             offset += count
 
-    def mean(self, value: float) -> float:
-        """The mean of a number over the workers (for logging)."""
-        if self.size == 1:
-            return value
-        import torch.distributed as dist
-
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor)
-        return float(tensor) / self.size
-
 
 def run_team(size: int, work: Callable[..., Any], *args: Any) -> Any:
     """Run ``work(team, *args)`` on ``size`` processes and return rank 0's result (in-process when size is 1)."""
@@ -86,7 +75,6 @@ def _worker(rank: int, size: int, folder: str, work: Callable[..., Any], args: t
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=size)
     try:
         result = work(Team(rank, size), *args)

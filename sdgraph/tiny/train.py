@@ -94,8 +94,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # This machine's 2 CPU cores, torch 2.13, fp32, one thread, measured while no other job ran (a shared machine
-    # runs the same plan, the same step counts, more slowly).
+    # This machine's 2 CPU cores, torch 2.13, fp32, two one-thread workers, measured with --calibrate (the VAE's
+    # cost by a separate 10- and 50-step run). A busier or slower machine runs the same plan, the same step counts,
+    # more slowly: the committed run took 55.9 minutes.
     "cpu": Profile(
         images=6000, vae_batch=16, unet_batch=64, controlnet_batch=64, lora_batch=64, classifier_batch=64,
         vae_step_s=0.226, unet_step_s=0.38, controlnet_step_s=0.534, lora_step_s=0.31, classifier_step_s=0.118,
