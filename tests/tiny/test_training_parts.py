@@ -9,7 +9,7 @@ from torch import nn
 from sdgraph.tiny import architecture as arch
 from sdgraph.tiny import train
 from sdgraph.tiny.lora import LoRALinear, inject_lora, lora_state_dict, merge_lora_file, remove_lora, save_lora
-from sdgraph.tiny.shapes import generate_dataset
+from sdgraph.tiny.shapes import ATTRIBUTES, POSITION_PHRASES, generate_dataset
 
 torch.set_num_threads(1)
 
@@ -45,6 +45,37 @@ def test_caption_rows_are_the_samples_own_variants(captions: train.Captions) -> 
     assert set(dropped.tolist()) == {captions.empty_row}
     empty_ids = captions.ids[captions.empty_row].tolist()
     assert empty_ids[:2] == [arch.BOS_TOKEN_ID, arch.EOS_TOKEN_ID] and len(empty_ids) == 77
+
+
+def test_captions_record_which_attributes_they_name(captions: train.Captions) -> None:
+    assert train.named_attributes("a large red circle on the left, blue background") == [
+        ATTRIBUTES[name].index(value) for name, value in
+        (("shape", "circle"), ("colour", "red"), ("background", "blue"), ("position", "left"), ("size", "large"))]
+    assert train.named_attributes("a red square") == [
+        ATTRIBUTES["shape"].index("square"), ATTRIBUTES["colour"].index("red"), len(ATTRIBUTES["background"]),
+        len(ATTRIBUTES["position"]), len(ATTRIBUTES["size"])]
+    assert captions.named[captions.empty_row].tolist() == [len(values) for values in ATTRIBUTES.values()]
+
+
+def test_caption_heads_teach_the_text_encoder_to_tell_positions_apart() -> None:
+    torch.manual_seed(0)
+    tokenizer = arch.load_tokenizer()
+    prompts = [f"a red circle {phrase}" for phrase in POSITION_PHRASES.values()]
+    ids = tokenizer(prompts, padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    named = torch.tensor([train.named_attributes(p) for p in prompts])
+    encoder, heads = arch.build_text_encoder(), train.CaptionHeads()
+    optimizer = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = heads.loss(encoder(ids).last_hidden_state, named)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    pooled = encoder(ids).last_hidden_state.mean(dim=1)
+    position = heads.heads[list(ATTRIBUTES).index("position")](pooled).argmax(dim=1)
+    assert position.tolist() == [ATTRIBUTES["position"].index(p) for p in POSITION_PHRASES]
+    assert loss.item() < first / 4
 
 
 def test_compact_token_embedding_writes_back_only_used_rows() -> None:
