@@ -1,4 +1,4 @@
-"""Image nodes: load images and masks from the input directory, scale, save and preview PNGs."""
+"""Image nodes: load images and masks from the input directory, scale, composite, save and preview PNGs."""
 from __future__ import annotations
 
 import secrets
@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from sdgraph.paths import Dirs
-from sdgraph.node import Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
+from sdgraph.node import Boolean, Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
 from sdgraph.nodes.sd.image_files import (
     file_sha256, input_images, input_path, png_metadata, read_channel, read_image, save_pngs,
 )
@@ -90,6 +90,49 @@ class ImageScaleBy(Node):
         return (_scale(image, round(w * scale_by), round(h * scale_by), upscale_method, "disabled"),)
 
 
+def _to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeat a batch cyclically to ``batch`` items (a batch of one is broadcast)."""
+    return tensor[torch.arange(batch) % tensor.shape[0]]
+
+
+def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask: torch.Tensor | None
+              ) -> torch.Tensor:
+    """``source`` pasted onto ``destination`` with its top-left corner at (x, y), clipped to the destination;
+    ``mask`` (1 = source, 0 = destination; resized to the source) blends the two."""
+    batch, height, width = destination.shape[:3]
+    source = _to_batch(source, batch)
+    if mask is None:
+        mask = torch.ones(source.shape[:3])
+    mask = mask.reshape(-1, *mask.shape[-2:]).to(source)
+    if mask.shape[-2:] != source.shape[1:3]:
+        mask = torch.nn.functional.interpolate(mask[:, None], size=source.shape[1:3], mode="bilinear")[:, 0]
+    mask = _to_batch(mask, batch)[..., None]
+    h, w = min(source.shape[1], height - y), min(source.shape[2], width - x)
+    out = destination.clone()
+    if h > 0 and w > 0:
+        region = out[:, y:y + h, x:x + w]
+        out[:, y:y + h, x:x + w] = mask[:, :h, :w] * source[:, :h, :w] + (1 - mask[:, :h, :w]) * region
+    return out
+
+
+class ImageCompositeMasked(Node):
+    """Paste an image onto another at (x, y); with a mask, only where the mask is set (inpainting's paste-back)."""
+
+    category = "image"
+    inputs = [Input("destination", IMAGE), Input("source", IMAGE),
+              Int("x", 0, min=0, max=MAX_RESOLUTION, step=1), Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
+              Boolean("resize_source", False), Input("mask", MASK, optional=True)]
+    outputs = [Output(IMAGE)]
+
+    def run(self, destination: torch.Tensor, source: torch.Tensor, x: int, y: int, resize_source: bool,
+            mask: torch.Tensor | None = None) -> tuple:
+        if source.shape[-1] != destination.shape[-1]:
+            raise ValueError(f"source has {source.shape[-1]} channels, destination {destination.shape[-1]}")
+        if resize_source:
+            source = _scale(source, destination.shape[2], destination.shape[1], "bilinear", "disabled")
+        return (composite(destination, source, x, y, mask),)
+
+
 class SaveImage(Node):
     """Save images as PNG in the output directory (never overwriting), with the workflow embedded."""
 
@@ -121,4 +164,4 @@ class PreviewImage(Node):
         return NodeOutput(ui={"images": records})
 
 
-NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, SaveImage, PreviewImage]
+NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage]

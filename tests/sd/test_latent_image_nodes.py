@@ -56,6 +56,25 @@ def test_image_scale(ctx, method):
     assert by.shape == (2, 16, 24, 3)
 
 
+def test_image_composite_masked_pastes_only_where_the_mask_is(ctx):
+    destination, source = torch.zeros(2, 16, 16, 3), torch.ones(1, 8, 8, 3)
+    (plain,) = call(image_nodes.ImageCompositeMasked, ctx, destination=destination, source=source, x=12, y=4,
+                    resize_source=False)
+    assert plain.shape == (2, 16, 16, 3) and plain[:, 4:12, 12:].eq(1).all() and plain.sum() == 2 * 8 * 4 * 3
+    assert not destination.any()  # the input is not changed in place
+    mask = torch.zeros(16, 16)
+    mask[:, :5] = 1
+    (masked,) = call(image_nodes.ImageCompositeMasked, ctx, destination=destination, source=torch.ones(1, 16, 16, 3),
+                     x=0, y=0, resize_source=False, mask=mask)
+    assert masked[..., :5, :].eq(1).all() and not masked[..., 5:, :].any()
+    (resized,) = call(image_nodes.ImageCompositeMasked, ctx, destination=destination, source=source, x=0, y=0,
+                      resize_source=True)
+    assert resized.eq(1).all()
+    with pytest.raises(ValueError, match="channels"):
+        call(image_nodes.ImageCompositeMasked, ctx, destination=destination, source=torch.ones(1, 8, 8, 4), x=0,
+             y=0, resize_source=False)
+
+
 def test_load_image_mask_fingerprint_and_safety(ctx):
     rgba = np.zeros((16, 16, 4), dtype=np.uint8)
     rgba[..., 0] = 255
