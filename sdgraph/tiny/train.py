@@ -12,8 +12,10 @@ the same kind of device trains the same models.  The phases:
    The scaling factor is 1/std of the latents, as in SD.
 3. Text encoder (a small CLIPTextModel) and UNet jointly: epsilon prediction, SD's scaled_linear schedule,
    10% empty captions for classifier-free guidance, captions with random parts left out (so "a red square" is
-   understood), min-SNR loss weights, a little offset noise, EMA weights.
-4. ControlNet on the outline image, with the UNet and text encoder frozen.
+   understood), min-SNR loss weights, a little offset noise, EMA weights.  While the text encoder trains, small
+   caption heads read every attribute back from it (``CaptionHeads``), so position words stay distinct.
+4. ControlNet on the outline image, with the UNet and text encoder frozen; most captions leave the position
+   out, so the place comes from the outline.
 5. LoRA (rank 8, every attention projection of the UNet) on the outline-style pictures with the ordinary
    captions, base frozen: at strength 1 shapes are drawn as outlines.
 6. The attribute classifier (``sdgraph.tiny.classifier``) on the rendered pictures.
