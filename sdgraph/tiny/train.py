@@ -100,9 +100,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # This machine's 2 CPU cores, torch 2.13, fp32, two one-thread workers: seconds per step measured over a whole
-    # 55-minute run (the UNet's is the mean over its text-encoder and frozen-encoder halves). A busier or slower
-    # machine runs the same plan, the same step counts, more slowly.
+    # This machine's 2 CPU cores, torch 2.13, fp32, two one-thread workers: seconds per step over a whole run on a
+    # slow day (a 55-minute plan that took 60.6 minutes; the UNet's is the mean over its text-encoder and
+    # frozen-encoder halves). A busier or slower machine runs the same plan, the same step counts, more slowly.
     "cpu": Profile(
         images=6000, vae_batch=16, unet_batch=64, controlnet_batch=64, lora_batch=64, classifier_batch=64,
         vae_step_s=0.305, unet_step_s=0.457, controlnet_step_s=0.503, lora_step_s=0.224, classifier_step_s=0.112,
@@ -525,7 +525,8 @@ def train_controlnet(team: Team, unet, text_hidden: torch.Tensor, latents: Laten
     for step in range(1, plan.controlnet_steps + 1):
         index = torch.randint(0, len(latents.means), (team.share(plan.controlnet_batch),), generator=generator, device=device)
         x0 = sample_latents(latents.means, latents.stds, index, latents.scale, generator)
-        hidden = text_hidden[captions.pick(index, CONTROLNET_CAPTION_DROPOUT, generator, CONTROLNET_STRIP_POSITION)]
+        rows = captions.pick(index, CONTROLNET_CAPTION_DROPOUT, generator, CONTROLNET_STRIP_POSITION)
+        hidden = text_hidden[rows]
         noise = sample_noise(x0.shape, generator, device)
         t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator, device=device)
         noisy = add_noise(x0, noise, t, alphas)

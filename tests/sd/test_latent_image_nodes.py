@@ -64,8 +64,8 @@ def test_image_composite_masked_pastes_only_where_the_mask_is(ctx):
     assert not destination.any()  # the input is not changed in place
     mask = torch.zeros(16, 16)
     mask[:, :5] = 1
-    (masked,) = call(image_nodes.ImageCompositeMasked, ctx, destination=destination, source=torch.ones(1, 16, 16, 3),
-                     x=0, y=0, resize_source=False, mask=mask)
+    (masked,) = call(image_nodes.ImageCompositeMasked, ctx, destination=destination,
+                     source=torch.ones(1, 16, 16, 3), x=0, y=0, resize_source=False, mask=mask)
     assert masked[..., :5, :].eq(1).all() and not masked[..., 5:, :].any()
     (resized,) = call(image_nodes.ImageCompositeMasked, ctx, destination=destination, source=source, x=0, y=0,
                       resize_source=True)

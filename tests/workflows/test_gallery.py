@@ -94,7 +94,8 @@ def test_a_red_square_gives_a_red_square(executor, classifier):
 
 @pytest.mark.parametrize("position", ["left", "right", "top", "bottom"])
 def test_the_shape_goes_where_the_prompt_says(executor, classifier, position):
-    _, pictures = run(executor, "txt2img", f"positive.text=a large red square {POSITION_PHRASES[position]}, white background")
+    prompt = f"a large red square {POSITION_PHRASES[position]}, white background"
+    _, pictures = run(executor, "txt2img", f"positive.text={prompt}")
     seen = classify(classifier, pictures["9"])
     assert (seen["shape"], seen["colour"], seen["position"]) == ("square", "red", position)
 
