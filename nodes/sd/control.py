@@ -6,6 +6,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.model_objects import ControlHint
 
 
@@ -15,9 +16,7 @@ def hint_pixels(image: torch.Tensor, size: tuple[int, int], batch: int, device: 
     x = image[..., :3].movedim(-1, 1).float()
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    if x.shape[0] != batch:
-        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
-    return x.to(device=device, dtype=dtype)
+    return to_batch(x, batch).to(device=device, dtype=dtype)
 
 
 @torch.inference_mode()

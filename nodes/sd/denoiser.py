@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.schedules import schedule_of
 
 Tensor = torch.Tensor
@@ -101,7 +102,7 @@ class SDDenoiser:
         contexts = _same_length([e.context for e in entries])
         if contexts is None:
             return None
-        context = torch.cat([_to_batch(c, self.batch) for c in contexts])
+        context = torch.cat([to_batch(c, self.batch) for c in contexts])
         added = None
         if all(e.added is not None for e in entries):
             added = {k: torch.cat([e.added[k] for e in entries]) for k in entries[0].added}
@@ -154,7 +155,7 @@ class SDDenoiser:
         for entry in entries:
             y0, y1, x0, x1 = _area_box(entry.area, self.height, self.width)
             crop = x_in[:, :, y0:y1, x0:x1]
-            context = _to_batch(entry.context, crop.shape[0])
+            context = to_batch(entry.context, crop.shape[0])
             control = self._control_kwargs([entry], crop, t, context, sigma)
             out = self._unet(crop, t, context, entry.added, control).float()
             w = torch.full((crop.shape[0], 1, y1 - y0, x1 - x0), entry.strength, device=self.device)
@@ -201,15 +202,6 @@ def _stack_residuals(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return parts[0]
     return {"down_block_additional_residuals": [torch.cat(rs) for rs in zip(*downs)],
             "mid_block_additional_residual": torch.cat(mids)}
-
-
-def _to_batch(context: Tensor, batch: int) -> Tensor:
-    """A context [1 or n, T, D] for `batch` latents: broadcast a single one, cycle a batch of several."""
-    if context.shape[0] == batch:
-        return context
-    if context.shape[0] == 1:
-        return context.expand(batch, -1, -1)
-    return context.repeat((batch + context.shape[0] - 1) // context.shape[0], 1, 1)[:batch]
 
 
 def _same_length(contexts: list[Tensor]) -> list[Tensor] | None:

@@ -8,6 +8,7 @@ import torch
 
 from sdgraph.paths import Dirs
 from sdgraph.node import Boolean, Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
+from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.image_files import (
     file_sha256, input_images, input_path, png_metadata, read_channel, read_image, save_pngs,
 )
@@ -90,23 +91,18 @@ class ImageScaleBy(Node):
         return (_scale(image, round(w * scale_by), round(h * scale_by), upscale_method, "disabled"),)
 
 
-def _to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """Repeat a batch cyclically to ``batch`` items (a batch of one is broadcast)."""
-    return tensor[torch.arange(batch) % tensor.shape[0]]
-
-
 def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask: torch.Tensor | None
               ) -> torch.Tensor:
     """``source`` pasted onto ``destination`` with its top-left corner at (x, y), clipped to the destination;
     ``mask`` (1 = source, 0 = destination; resized to the source) blends the two."""
     batch, height, width = destination.shape[:3]
-    source = _to_batch(source, batch)
+    source = to_batch(source, batch)
     if mask is None:
         mask = torch.ones(source.shape[:3])
     mask = mask.reshape(-1, *mask.shape[-2:]).to(source)
     if mask.shape[-2:] != source.shape[1:3]:
         mask = torch.nn.functional.interpolate(mask[:, None], size=source.shape[1:3], mode="bilinear")[:, 0]
-    mask = _to_batch(mask, batch)[..., None]
+    mask = to_batch(mask, batch)[..., None]
     h, w = min(source.shape[1], height - y), min(source.shape[2], width - x)
     out = destination.clone()
     if h > 0 and w > 0:
