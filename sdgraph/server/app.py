@@ -1,8 +1,8 @@
-"""Assemble the aiohttp application: state, middlewares, routes (each also under /api), workers' life cycle."""
+"""Assemble the aiohttp application: state, middlewares, routes (each also under /api), the worker's life cycle."""
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,23 +19,24 @@ from sdgraph.server.ws import Hub
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(executors: Executor | Sequence[Executor], config: ServerConfig | None = None) -> web.Application:
-    """The server over one executor per device. Workers start with the app and stop with it."""
+def create_app(executor: Executor, config: ServerConfig | None = None, *,
+               start_worker: bool = True) -> web.Application:
+    """The server over one executor. The worker starts with the app (or, with `start_worker=False`, when the
+    caller calls `start_worker(app)`: a server starts it once its socket listens) and stops with it."""
     config = config or ServerConfig()
-    executors = [executors] if isinstance(executors, Executor) else list(executors)
-    if not executors:
-        raise ValueError("the server needs at least one executor")
-    dirs = executors[0].services.dirs
+    dirs = executor.services.dirs
     store = PromptStore(config.db_path or dirs.user / "server.sqlite3", max_history=config.max_history)
     hub = Hub(lambda: {"status": {"exec_info": {"queue_remaining": store.remaining()}}})
-    workers = [Worker(str(i), ex, store, hub) for i, ex in enumerate(executors)]
-    state = ServerState(config, executors, store, hub, workers, config.web_dir or default_web_dir())
+    worker = Worker("0", executor, store, hub)
+    state = ServerState(config, executor, store, hub, worker, config.web_dir or default_web_dir())
 
     app = web.Application(middlewares=[error_middleware, security_middleware(config)],
                           client_max_size=max(config.max_upload_bytes, config.max_body_bytes) + (1 << 20))
     app[STATE] = state
     app.on_response_prepare.append(add_security_headers)
-    app.on_startup.append(_start)
+    app.on_startup.append(_start_hub)
+    if start_worker:
+        app.on_startup.append(_start_worker)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
 
@@ -58,12 +59,21 @@ def _add(app: web.Application, method: str, path: str, handler: Handler) -> None
         app.router.add_route(method, path, handler)
 
 
-async def _start(app: web.Application) -> None:
+async def _start_hub(app: web.Application) -> None:
     state = app[STATE]
     for directory in (state.dirs.input, state.dirs.output, state.dirs.temp, state.dirs.user):
         directory.mkdir(parents=True, exist_ok=True)
     state.hub.start(asyncio.get_running_loop())
-    for worker in state.workers:
+
+
+async def _start_worker(app: web.Application) -> None:
+    start_worker(app)
+
+
+def start_worker(app: web.Application) -> None:
+    """Let the worker take prompts (idempotent)."""
+    worker = app[STATE].worker
+    if not worker.alive:
         worker.start()
 
 
@@ -73,5 +83,5 @@ async def _shutdown(app: web.Application) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     state = app[STATE]
-    await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in state.workers))
+    await asyncio.to_thread(state.worker.stop)
     state.store.close_db()

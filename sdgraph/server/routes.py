@@ -71,8 +71,7 @@ async def post_queue(request: web.Request) -> web.Response:
 async def post_interrupt(request: web.Request) -> web.Response:
     state = state_of(request)
     body = await read_model(request, InterruptRequest, state.config.max_body_bytes, allow_empty=True)
-    interrupted = [worker.interrupt(body.prompt_id) for worker in state.workers]
-    return web.json_response({"interrupted": any(interrupted)})
+    return web.json_response({"interrupted": state.worker.interrupt(body.prompt_id)})
 
 
 def _int_query(request: web.Request, name: str, default: int | None, minimum: int) -> int | None:

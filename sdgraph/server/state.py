@@ -1,4 +1,4 @@
-"""What every handler shares: settings, executors, the prompt store, the WebSocket hub and the workers."""
+"""What every handler shares: settings, the executor, the prompt store, the WebSocket hub and the worker."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,16 +19,11 @@ from sdgraph.server.ws import Hub
 @dataclass
 class ServerState:
     config: ServerConfig
-    executors: list[Executor]
+    executor: Executor
     store: PromptStore
     hub: Hub
-    workers: list[Worker]
+    worker: Worker
     web_dir: Path
-
-    @property
-    def executor(self) -> Executor:
-        """The executor used for validation and node descriptions (all share one registry)."""
-        return self.executors[0]
 
     @property
     def registry(self) -> Registry:

@@ -171,8 +171,7 @@ async def get_embeddings(request: web.Request) -> web.Response:
 async def post_free(request: web.Request) -> web.Response:
     state = state_of(request)
     body = await read_model(request, FreeRequest, state.config.max_body_bytes, allow_empty=True)
-    for worker in state.workers:
-        worker.request_free(body.unload_models, body.free_memory)
+    state.worker.request_free(body.unload_models, body.free_memory)
     return web.json_response({"unload_models": body.unload_models, "free_memory": body.free_memory})
 
 

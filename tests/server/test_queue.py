@@ -83,7 +83,7 @@ async def test_restart_keeps_history_and_resumes_pending(make_server, tmp_path) 
     for i in range(3):
         await first.submit(chain(30 + i), prompt_id=f"later{i}")
     await first.client.close()  # a clean stop interrupts the running prompt and puts it back in the queue
-    assert not first.state.workers[0].alive
+    assert not first.state.worker.alive
     second = await make_server(ServerConfig(db_path=db), base=tmp_path / "other")
     gate("stuck").set()
     assert second.state.store.wait_idle(10)
