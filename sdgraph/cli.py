@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sdgraph.execute import Executor, RunResult, needed_nodes
+from sdgraph.execute import Executor, RunResult
 from sdgraph.overrides import OverrideError, apply_override
+from sdgraph.prepare import PreparedPrompt
 from sdgraph.runtime import RuntimeOptions, create_executor
-from sdgraph.validate import ValidationReport
 from sdgraph.workflow import Workflow, WorkflowFormatError, json_schema, load_workflow
 
 EXIT_INVALID = 2
@@ -93,15 +93,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         workflow = _load(args)
     except (OSError, WorkflowFormatError, OverrideError) as exc:
         return _input_error(args, exc)
-    report = create_executor(runtime_options(args)).validate(workflow)
+    prompt = create_executor(runtime_options(args)).prepare(workflow)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2, default=str))
-    elif report.ok:
-        print(f"{args.workflow}: valid; output nodes {', '.join(report.outputs)}")
-        _print_node_errors(report)
+        print(json.dumps(prompt.as_dict(), indent=2, default=str))
+    elif prompt.ok:
+        print(f"{args.workflow}: valid; output nodes {', '.join(prompt.outputs)}")
+        _print_node_errors(prompt)
     else:
-        _print_invalid(report)
-    return 0 if report.ok else EXIT_INVALID
+        _print_invalid(prompt)
+    return 0 if prompt.ok else EXIT_INVALID
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,19 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, WorkflowFormatError, OverrideError) as exc:
         return _input_error(args, exc)
     executor = create_executor(runtime_options(args))
-    report = executor.validate(workflow)
-    if not report.ok:
+    prompt = executor.prepare(workflow)
+    if not prompt.ok:
         if args.json:
-            print(json.dumps({"status": "invalid", **report.as_dict()}, indent=2, default=str))
+            print(json.dumps({"status": "invalid", **prompt.as_dict()}, indent=2, default=str))
         else:
-            _print_invalid(report)
+            _print_invalid(prompt)
         return EXIT_INVALID
     if not args.json:
-        _print_node_errors(report)
-    progress = _Progress(len(needed_nodes(report)), enabled=not (args.quiet or args.json))
-    extra = {"extra_pnginfo": {"workflow": workflow.layout}} if workflow.layout else {}
+        _print_node_errors(prompt)
+    progress = _Progress(len(prompt.plan), enabled=not (args.quiet or args.json))
     try:
-        result = executor.run(workflow, report=report, listener=progress.on_event, extra_data=extra)
+        result = executor.execute(prompt, listener=progress.on_event)
     finally:
         progress.close()
     files = written_files(executor, result)
@@ -235,16 +234,16 @@ def _print_result(result: RunResult, files: list[str]) -> None:
         print(f"wrote {path}")
 
 
-def _print_invalid(report: ValidationReport) -> None:
-    error = report.error or {}
+def _print_invalid(prompt: PreparedPrompt) -> None:
+    error = prompt.error or {}
     print(f"invalid workflow: {error.get('message', '')}", file=sys.stderr)
     if error.get("details"):
         print(f"  {error['details']}", file=sys.stderr)
-    _print_node_errors(report)
+    _print_node_errors(prompt)
 
 
-def _print_node_errors(report: ValidationReport) -> None:
-    for node_id, entry in report.node_errors.items():
+def _print_node_errors(prompt: PreparedPrompt) -> None:
+    for node_id, entry in prompt.node_errors.items():
         print(f"  node {node_id} ({entry['class_type']}):", file=sys.stderr)
         for err in entry["errors"]:
             name = err.get("extra_info", {}).get("input_name")

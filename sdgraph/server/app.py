@@ -25,7 +25,8 @@ def create_app(executor: Executor, config: ServerConfig | None = None, *,
     caller calls `start_worker(app)`: a server starts it once its socket listens) and stops with it."""
     config = config or ServerConfig()
     dirs = executor.services.dirs
-    store = PromptStore(config.db_path or dirs.user / "server.sqlite3", max_history=config.max_history)
+    store = PromptStore(config.db_path or dirs.user / "server.sqlite3", max_history=config.max_history,
+                        max_pending=config.max_queue, max_pending_bytes=config.max_queue_bytes)
     hub = Hub(lambda: {"status": {"exec_info": {"queue_remaining": store.remaining()}}})
     worker = Worker("0", executor, store, hub)
     state = ServerState(config, executor, store, hub, worker, config.web_dir or default_web_dir())

@@ -12,7 +12,6 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sdgraph.paths import UnsafePath
-from sdgraph.workflow import WorkflowFormatError
 
 log = logging.getLogger("sdgraph.server")
 Model = TypeVar("Model", bound=BaseModel)
@@ -77,7 +76,10 @@ def _no_constants(name: str) -> Any:
 
 
 async def read_json(request: web.Request, limit: int, *, allow_empty: bool = False) -> Any:
-    body = await read_body(request, limit)
+    return parse_json(await read_body(request, limit), allow_empty=allow_empty)
+
+
+def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
     if not body.strip():
         if allow_empty:
             return {}
@@ -111,6 +113,3 @@ def describe_validation(exc: ValidationError) -> str:
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
-
-def workflow_error(exc: WorkflowFormatError) -> ApiError:
-    return ApiError(400, "invalid_prompt", str(exc), node_errors={})

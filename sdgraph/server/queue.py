@@ -1,14 +1,22 @@
 """The prompt queue and the history, kept in SQLite (WAL) so that a restart loses neither.
 
-A prompt's row is 'pending' from submission until it finishes and becomes 'done' (a history entry); which one is
-running is known in memory only, so a prompt that was running when the process died is simply pending again on
-the next start. Pending prompts are ordered by `number` (a `front` prompt gets a negative one), then by
-submission. Every method is thread-safe: the HTTP side and the worker threads share one store.
+A prompt's row is 'pending' from submission, 'running' (with its attempt count) once a worker takes it, and
+'done' (a history entry) when it finishes. A prompt found 'running' at start-up was running when the process
+died: it is retried once, and after a second death it is failed with an error in its history, so one prompt
+that kills the process cannot stop everything queued behind it. Pending prompts are ordered by `number` (a
+`front` prompt gets a negative one), then by submission.
+
+Pending prompts are held compactly, as the JSON text they are stored as; the worker prepares each again when it
+runs it. Credentials in `extra_data` are kept in a column of their own, never echoed, and cleared when the prompt
+finishes; the database files are readable by their owner only. Every method is thread-safe: the HTTP side and the
+worker share one store.
 """
 from __future__ import annotations
 
 import heapq
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -27,39 +35,63 @@ CREATE TABLE IF NOT EXISTS prompts (
     extra_data TEXT NOT NULL,
     outputs_to_execute TEXT NOT NULL,
     result TEXT,
-    finished INTEGER
+    finished INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    secrets TEXT
 );
 CREATE INDEX IF NOT EXISTS prompts_finished ON prompts(state, finished);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 TRIM_EVERY = 16  # finished prompts between trims of the history to max_history
+MAX_ATTEMPTS = 2  # a prompt that was running when the process died twice is failed, not run a third time
+COLUMNS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("secrets", "TEXT"))  # added since the first schema
 
 # Keys that may carry credentials for API nodes; never echoed back by /queue or /history.
 SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
+log = logging.getLogger("sdgraph.server")
+
 
 @dataclass
 class QueueItem:
+    """A queued prompt, held as the JSON text it is stored as."""
+
     prompt_id: str
     number: float
     seq: int
-    prompt: dict[str, Any]
-    extra_data: dict[str, Any]
+    prompt_json: str
+    extra_json: str  # extra_data without its credentials
     outputs_to_execute: list[str]
     client_id: str | None = None
-    # Kept in memory from submit time so the worker need not parse and validate again (None after a restart).
-    workflow: Any = field(default=None, compare=False, repr=False)
-    report: Any = field(default=None, compare=False, repr=False)
+    secrets: dict[str, Any] = field(default_factory=dict, repr=False)
+    attempts: int = 0
 
-    def as_list(self) -> list[Any]:
-        """The ecosystem's queue entry: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
-        return [_number(self.number), self.prompt_id, self.prompt, _public(self.extra_data),
-                list(self.outputs_to_execute)]
+    @property
+    def prompt(self) -> dict[str, Any]:
+        return json.loads(self.prompt_json)
+
+    @property
+    def extra_data(self) -> dict[str, Any]:
+        return {**json.loads(self.extra_json), **self.secrets}
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.prompt_json) + len(self.extra_json)
+
+    def as_json(self) -> str:
+        """The ecosystem's queue entry, [number, prompt_id, prompt, extra_data, outputs_to_execute], as JSON text
+        spliced from the stored texts (a large prompt is never parsed to be listed)."""
+        head = json.dumps([_number(self.number), self.prompt_id])[:-1]
+        return f"{head}, {self.prompt_json}, {self.extra_json}, {json.dumps(self.outputs_to_execute)}]"
 
 
 class DuplicatePrompt(ValueError):
     pass
+
+
+class QueueFull(RuntimeError):
+    """The queue holds as many prompts, or bytes of prompts, as it may."""
 
 
 class PromptStore:
@@ -68,21 +100,26 @@ class PromptStore:
     Two locks keep the HTTP side from waiting on a worker's database write just to read the queue.
     """
 
-    def __init__(self, path: Path | str, max_history: int = 10000) -> None:
+    def __init__(self, path: Path | str, max_history: int = 10000, max_pending: int = 10000,
+                 max_pending_bytes: int = 1 << 30) -> None:
         self.path = Path(path)
         self.max_history = max_history
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        _add_missing_columns(self._db)
         self._db_lock = threading.Lock()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pending: dict[str, QueueItem] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._running: dict[str, QueueItem] = {}
+        self._pending_bytes = 0
         self._closed = False
         self.counter = 0
         self.seq = 0
@@ -92,17 +129,33 @@ class PromptStore:
     # ---- start-up ---------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        rows = self._db.execute(
-            "SELECT prompt_id, number, seq, client_id, prompt, extra_data, outputs_to_execute "
-            "FROM prompts WHERE state='pending'").fetchall()
-        for pid, number, seq, client_id, prompt, extra, outs in rows:
-            item = QueueItem(pid, number, seq, json.loads(prompt), json.loads(extra), json.loads(outs), client_id)
-            self._pending[pid] = item
-            self._heap.append((number, seq, pid))
-        heapq.heapify(self._heap)
         self.counter = self._meta("counter")
         self.finished = self._db.execute("SELECT COALESCE(MAX(finished), 0) FROM prompts").fetchone()[0]
         self.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM prompts").fetchone()[0]
+        self._fail_repeated_crashes()
+        with self._db:
+            self._db.execute("UPDATE prompts SET state='pending' WHERE state='running'")
+        rows = self._db.execute(
+            "SELECT prompt_id, number, seq, client_id, prompt, extra_data, outputs_to_execute, secrets, attempts "
+            "FROM prompts WHERE state='pending'").fetchall()
+        for pid, number, seq, client_id, prompt, extra, outs, secrets, attempts in rows:
+            item = QueueItem(pid, number, seq, prompt, extra, json.loads(outs), client_id,
+                             json.loads(secrets) if secrets else {}, attempts)
+            self._pending[pid] = item
+            self._pending_bytes += item.nbytes
+            self._heap.append((number, seq, pid))
+        heapq.heapify(self._heap)
+
+    def _fail_repeated_crashes(self) -> None:
+        """Prompts that were running when the process died for the MAX_ATTEMPTS-th time go to the history."""
+        rows = self._db.execute("SELECT prompt_id, attempts FROM prompts WHERE state='running' AND attempts >= ?",
+                                (MAX_ATTEMPTS,)).fetchall()
+        for pid, attempts in rows:
+            log.error("prompt %s was running when the server stopped %d times; failing it", pid, attempts)
+            self.finished += 1
+            with self._db:
+                self._db.execute("UPDATE prompts SET state='done', result=?, finished=?, secrets=NULL "
+                                 "WHERE prompt_id=?", (_dumps(_crashed_result(pid, attempts)), self.finished, pid))
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -111,41 +164,74 @@ class PromptStore:
     # ---- the queue --------------------------------------------------------------------------------------
 
     def put(self, prompt_id: str, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: list[str], *,
-            client_id: str | None = None, number: float | None = None, front: bool = False,
-            workflow: Any = None, report: Any = None) -> QueueItem:
-        """Queue a validated prompt; returns its item (with the number it was given)."""
+            client_id: str | None = None, number: float | None = None, front: bool = False) -> QueueItem:
+        """Queue a validated prompt; returns its item (with the number it was given).
+
+        Raises DuplicatePrompt for a prompt_id in use, QueueFull when the queue is at its bounds."""
+        secrets = {k: v for k, v in extra_data.items() if k in SENSITIVE_KEYS}
+        texts = (_dumps(prompt), _dumps(_public(extra_data)))
         with self._lock:
             if prompt_id in self._pending or prompt_id in self._running:
                 raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted")
+            self._check_room(len(texts[0]) + len(texts[1]))
             if number is None:
                 number = -self.counter if front else self.counter
                 self.counter += 1
             self.seq += 1
             counter = self.counter
-            item = QueueItem(prompt_id, float(number), self.seq, prompt, extra_data, outputs, client_id,
-                             workflow, report)
-        with self._db_lock:
-            try:
-                with self._db:
-                    self._db.execute(
-                        "INSERT INTO prompts(prompt_id, number, seq, state, client_id, prompt, extra_data, "
-                        "outputs_to_execute) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
-                        (prompt_id, item.number, item.seq, client_id, _dumps(prompt), _dumps(extra_data),
-                         _dumps(outputs)))
-                    self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('counter', ?)", (counter,))
-            except sqlite3.IntegrityError:
-                raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted") from None
+            item = QueueItem(prompt_id, float(number), self.seq, *texts, outputs, client_id, secrets)
+            self._pending_bytes += item.nbytes  # reserved now, so concurrent submissions respect the bound
+        try:
+            self._insert(item, counter)
+        except BaseException:
+            with self._lock:
+                self._pending_bytes -= item.nbytes
+            raise
         with self._lock:
             self._pending[prompt_id] = item
             heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
             self._changed.notify_all()
         return item
 
+    def _check_room(self, nbytes: int) -> None:
+        if len(self._pending) >= self.max_pending:
+            raise QueueFull(f"the queue is full ({len(self._pending)} prompts pending, the limit is "
+                            f"{self.max_pending}); try again when some have run")
+        if self._pending_bytes + nbytes > self.max_pending_bytes:
+            raise QueueFull(f"the queue is full ({self._pending_bytes} bytes of prompts pending, this one "
+                            f"adds {nbytes}, the limit is {self.max_pending_bytes}); try again later")
+
+    def _insert(self, item: QueueItem, counter: int) -> None:
+        with self._db_lock:
+            try:
+                with self._db:
+                    self._db.execute(
+                        "INSERT INTO prompts(prompt_id, number, seq, state, client_id, prompt, extra_data, "
+                        "outputs_to_execute, secrets) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                        (item.prompt_id, item.number, item.seq, item.client_id, item.prompt_json, item.extra_json,
+                         _dumps(item.outputs_to_execute), _dumps(item.secrets) if item.secrets else None))
+                    self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('counter', ?)", (counter,))
+            except sqlite3.IntegrityError:
+                raise DuplicatePrompt(f"prompt_id {item.prompt_id!r} was already submitted") from None
+
     def take(self, timeout: float | None = None) -> QueueItem | None:
         """The next pending prompt, now running; None after `timeout` seconds or when closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            return self._next(deadline)  # the row stays 'pending' until it finishes: what a restart needs
+            item = self._next(deadline)
+        if item is not None:
+            self._mark_running(item)
+        return item
+
+    def _mark_running(self, item: QueueItem) -> None:
+        """Record the attempt before it starts: what tells a restart that this prompt may have killed us."""
+        item.attempts += 1
+        try:
+            with self._db_lock, self._db:
+                self._db.execute("UPDATE prompts SET state='running', attempts=? WHERE prompt_id=?",
+                                 (item.attempts, item.prompt_id))
+        except sqlite3.Error:
+            log.exception("could not record that prompt %s started", item.prompt_id)
 
     def _next(self, deadline: float | None) -> QueueItem | None:
         while True:
@@ -153,6 +239,7 @@ class PromptStore:
                 _, _, pid = heapq.heappop(self._heap)
                 item = self._pending.pop(pid, None)
                 if item is not None:  # else: deleted while pending
+                    self._pending_bytes -= item.nbytes
                     self._running[pid] = item
                     return item
             if self._closed:
@@ -163,33 +250,47 @@ class PromptStore:
             self._changed.wait(remaining)
 
     def finish(self, prompt_id: str, result: dict[str, Any]) -> None:
-        """Move a running prompt into the history with its outputs and status."""
-        text = _dumps(result)
-        with self._db_lock:
-            self.finished += 1
-            finished = self.finished
-            with self._db:
-                self._db.execute("UPDATE prompts SET state='done', result=?, finished=? WHERE prompt_id=?",
-                                 (text, finished, prompt_id))
-                if self.max_history > 0 and finished % TRIM_EVERY == 0:
-                    self._db.execute(
-                        "DELETE FROM prompts WHERE state='done' AND finished <= ?", (finished - self.max_history,))
-        with self._lock:
-            self._running.pop(prompt_id, None)
-            self._changed.notify_all()
+        """Move a running prompt into the history with its outputs and status.
+
+        The prompt stops counting as running even when the write fails (the error is raised all the same), so
+        the queue empties whatever happens to the history."""
+        try:
+            text = _dumps(result)
+            with self._db_lock:
+                finished = self.finished + 1
+                with self._db:
+                    self._db.execute("UPDATE prompts SET state='done', result=?, finished=?, secrets=NULL "
+                                     "WHERE prompt_id=?", (text, finished, prompt_id))
+                    if self.max_history > 0 and finished % TRIM_EVERY == 0:
+                        self._db.execute("DELETE FROM prompts WHERE state='done' AND finished <= ?",
+                                         (finished - self.max_history,))
+                self.finished = finished
+        finally:
+            with self._lock:
+                self._running.pop(prompt_id, None)
+                self._changed.notify_all()
 
     def requeue(self, prompt_id: str) -> None:
-        """Put a running prompt back at its place in the queue (used when shutting down mid-run)."""
+        """Put a running prompt back at its place in the queue (used when shutting down mid-run): a clean stop
+        does not count as an attempt."""
         with self._lock:
             item = self._running.pop(prompt_id, None)
             if item is not None:
+                item.attempts -= 1
                 self._pending[prompt_id] = item
+                self._pending_bytes += item.nbytes
                 heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
             self._changed.notify_all()
+        if item is not None:
+            with self._db_lock, self._db:
+                self._db.execute("UPDATE prompts SET state='pending', attempts=? WHERE prompt_id=?",
+                                 (item.attempts, prompt_id))
 
     def delete_pending(self, prompt_ids: list[str]) -> int:
         with self._lock:
-            gone = [pid for pid in prompt_ids if self._pending.pop(pid, None) is not None]
+            gone = [item for pid in prompt_ids if (item := self._pending.pop(pid, None)) is not None]
+            self._pending_bytes -= sum(item.nbytes for item in gone)
+            gone = [item.prompt_id for item in gone]
             self._changed.notify_all()
         with self._db_lock, self._db:
             self._db.executemany("DELETE FROM prompts WHERE prompt_id=? AND state='pending'",
@@ -200,6 +301,7 @@ class PromptStore:
         with self._lock:
             gone = list(self._pending)
             self._pending.clear()
+            self._pending_bytes = 0
             self._heap.clear()
             self._changed.notify_all()
         with self._db_lock, self._db:
@@ -290,6 +392,33 @@ def _history_entry(row: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
     entry = json.loads(result) if result else {}
     entry["prompt"] = [_number(number), pid, json.loads(prompt), _public(json.loads(extra)), json.loads(outs)]
     return pid, entry
+
+
+def _crashed_result(prompt_id: str, attempts: int) -> dict[str, Any]:
+    message = (f"the server stopped while running this prompt, {attempts} times (a node may have crashed the "
+               f"process or run it out of memory); it is not retried again")
+    error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
+             "exception_message": message, "exception_type": "sdgraph.PromptCrashedServer", "traceback": [],
+             "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
+    return {"outputs": {}, "meta": {},
+            "status": {"status_str": "error", "completed": False, "messages": [["execution_error", error]]}}
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite gives its WAL files the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        candidate = path.with_name(path.name + suffix)
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(prompts)")}
+    for name, declaration in COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE prompts ADD COLUMN {name} {declaration}")
 
 
 def _public(extra_data: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Prompts, the queue, interrupts and the history: parse the request, ask the executor to validate, queue, present."""
+"""Prompts, the queue, interrupts and the history: parse the request, ask the executor to prepare, queue, present."""
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from sdgraph.server.errors import ApiError, read_model, workflow_error
-from sdgraph.server.queue import DuplicatePrompt
+from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, read_model
+from sdgraph.server.queue import DuplicatePrompt, QueueFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
-from sdgraph.server.state import state_of
-from sdgraph.workflow import WorkflowFormatError, parse_workflow
+from sdgraph.server.state import ServerState, state_of
 
 log = logging.getLogger("sdgraph.server")
 MAX_QUERY_INT = 2**31 - 1
@@ -20,33 +19,31 @@ MAX_QUERY_INT = 2**31 - 1
 
 async def post_prompt(request: web.Request) -> web.Response:
     state = state_of(request)
-    body = await read_model(request, PromptRequest, state.config.max_body_bytes)
-    try:
-        workflow = parse_workflow(body.prompt)
-    except WorkflowFormatError as exc:
-        raise workflow_error(exc) from None
-    try:
-        report = state.executor.validate(workflow)
-    except RecursionError:
-        raise ApiError(400, "invalid_prompt", "the workflow is nested too deeply", node_errors={}) from None
-    except Exception as exc:  # noqa: BLE001 - a node's own check failed: the prompt is refused, not the server
-        log.exception("validation raised")
-        raise ApiError(400, "invalid_prompt", f"validation failed: {type(exc).__name__}: {exc}",
-                       node_errors={}) from None
-    if not report.ok:
-        return web.json_response({"error": report.error, "node_errors": report.node_errors}, status=400)
+    raw = await read_body(request, state.config.max_body_bytes)
+    reply, status = await asyncio.to_thread(_admit, state, raw)  # a large workflow must not stall the loop
+    if status == 200:
+        state.hub.send_status()
+    return web.json_response(reply, status=status)
+
+
+def _admit(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
+    """Parse, prepare and queue one submission (in a worker thread); the reply and its status."""
+    body = parse_model(PromptRequest, parse_json(raw))
+    prompt = state.executor.prepare(body.prompt)
+    if not prompt.ok:
+        return {"error": prompt.error, "node_errors": prompt.node_errors}, 400
     extra_data = dict(body.extra_data)
     if body.client_id is not None:
         extra_data["client_id"] = body.client_id
     try:
-        item = state.store.put(body.prompt_id or str(uuid.uuid4()), body.prompt, extra_data, list(report.outputs),
-                               client_id=body.client_id, number=body.number, front=body.front,
-                               workflow=workflow, report=report)
+        item = state.store.put(body.prompt_id or str(uuid.uuid4()), body.prompt, extra_data, list(prompt.outputs),
+                               client_id=body.client_id, number=body.number, front=body.front)
     except DuplicatePrompt as exc:
         raise ApiError(400, "duplicate_prompt_id", str(exc), node_errors={}) from None
-    state.hub.send_status()
+    except QueueFull as exc:
+        raise ApiError(429, "queue_full", str(exc), node_errors={}) from None
     number = int(item.number) if item.number.is_integer() else item.number
-    return web.json_response({"prompt_id": item.prompt_id, "number": number, "node_errors": report.node_errors})
+    return {"prompt_id": item.prompt_id, "number": number, "node_errors": prompt.node_errors}, 200
 
 
 async def get_prompt(request: web.Request) -> web.Response:
@@ -55,8 +52,9 @@ async def get_prompt(request: web.Request) -> web.Response:
 
 async def get_queue(request: web.Request) -> web.Response:
     running, pending = state_of(request).store.snapshot()
-    return web.json_response({"queue_running": [item.as_list() for item in running],
-                              "queue_pending": [item.as_list() for item in pending]})
+    text = (f'{{"queue_running": [{", ".join(item.as_json() for item in running)}], '
+            f'"queue_pending": [{", ".join(item.as_json() for item in pending)}]}}')
+    return web.Response(text=text, content_type="application/json")
 
 
 async def post_queue(request: web.Request) -> web.Response:

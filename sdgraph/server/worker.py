@@ -1,7 +1,8 @@
-"""One worker thread per device: take the next prompt, run it on that device's executor, record the history.
+"""The worker thread: take the next prompt, have the executor prepare and run it, record its history.
 
-The executor does the running; the worker only hands its events to the WebSocket hub (thread-safely), stores
-the outcome, and survives anything a prompt does: a node's exception, an out-of-memory error, even an engine bug.
+The executor owns the prompt's lifecycle; the worker hands its events to the WebSocket hub (thread-safely),
+gives it the recorder that writes the history, and survives anything a prompt does: a node's exception, an
+out-of-memory error, even an engine bug.
 Requests to unload models or free memory are carried out between prompts, never under a running one.
 """
 from __future__ import annotations
@@ -9,17 +10,14 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import traceback
-from typing import Any
+from typing import Any, Callable
 
-from sdgraph.execute import Executor, RunResult
+from sdgraph.execute import Executor, RunResult, error_payload
 from sdgraph.server.queue import PromptStore, QueueItem
 from sdgraph.server.ws import Hub, preview_frame, text_frame
 
 log = logging.getLogger("sdgraph.server")
 
-HISTORY_EVENTS = frozenset({"execution_start", "execution_cached", "execution_success", "execution_error",
-                            "execution_interrupted"})
 POLL_SECONDS = 0.2
 
 
@@ -54,8 +52,10 @@ class Worker:
         return self._thread.is_alive()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        current = self.current
-        if current is None or (prompt_id is not None and current.prompt_id != prompt_id):
+        """Interrupt the running prompt (only if it is `prompt_id`, when given). The store knows it is running
+        from the moment it is taken, before the executor starts on it; the interrupt holds until that run ends."""
+        running = [item.prompt_id for item in self.store.snapshot()[0]]
+        if not running or (prompt_id is not None and prompt_id not in running):
             return False
         self.executor.interrupt()
         return True
@@ -77,15 +77,37 @@ class Worker:
                 self.current = item
                 try:
                     self._run(item)
+                except BaseException as exc:
+                    self._abandon(item, exc)
+                    raise
                 finally:
                     self.current = None
             except BaseException:  # noqa: BLE001 - the worker outlives every prompt
                 log.exception("worker %s: unexpected failure; continuing", self.name)
 
-    def _run(self, item: QueueItem) -> None:
-        sid = item.client_id
-        messages: list[list[Any]] = []
+    def _abandon(self, item: QueueItem, exc: BaseException) -> None:
+        """A failure outside the executor's care still ends the prompt, so it cannot stay running forever."""
+        if self.store.is_running(item.prompt_id):
+            result = RunResult(item.prompt_id, "error", error=error_payload(item.prompt_id, exc))
+            result.messages = [["execution_error", result.error]]
+            try:
+                self.store.finish(item.prompt_id, history_entry(result))
+            finally:
+                self.hub.post(text_frame("execution_error", result.error), item.client_id)
+                self.hub.post(text_frame("executing", {"node": None, "display_node": None,
+                                                       "prompt_id": item.prompt_id}), item.client_id)
 
+    def _run(self, item: QueueItem) -> None:
+        prompt = self.executor.prepare(item.prompt)  # again: files and nodes may have changed since submission
+        result = self.executor.execute(prompt, prompt_id=item.prompt_id, listener=self._listener(item.client_id),
+                                       extra_data=item.extra_data, record=self._recorder(item))
+        self.completed += 1
+        self.hub.post_status()
+        if result.status == "error" and _out_of_memory(result.error or {}):
+            log.warning("worker %s: out of memory in prompt %s; freeing memory", self.name, item.prompt_id)
+            self.request_free(unload_models=True, free_memory=False)
+
+    def _listener(self, sid: str | None) -> Callable[[str, dict[str, Any]], None]:
         def listener(event: str, data: dict[str, Any]) -> None:
             try:
                 if event == "preview":
@@ -93,35 +115,18 @@ class Worker:
                     if frame is not None:
                         self.hub.post(frame, sid)
                     return
-                if event in HISTORY_EVENTS:
-                    messages.append([event, data])
                 self.hub.post(text_frame(event, data), sid)
             except Exception:  # noqa: BLE001 - presenting an event must never break the run
                 log.exception("worker %s: could not send %s", self.name, event)
+        return listener
 
-        closed_by_executor = True  # the executor ends every run it starts with "executing": null
-        try:
-            result = self.executor.run(item.workflow or item.prompt, prompt_id=item.prompt_id,
-                                       listener=listener, extra_data=item.extra_data, report=item.report)
-        except BaseException as exc:  # noqa: BLE001 - an engine failure becomes this prompt's error
-            result = _engine_failure(item.prompt_id, exc)
-            listener("execution_error", result.error or {})
-            closed_by_executor = False
-        item.workflow = item.report = None
-        if result.status == "invalid":
-            listener("execution_error", _invalid_error(item.prompt_id, result))
-            closed_by_executor = False
-        if not closed_by_executor:
-            listener("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id})
-        if self._stopping.is_set() and result.status == "interrupted":
-            self.store.requeue(item.prompt_id)
-            return
-        self.store.finish(item.prompt_id, _history_result(result, messages))
-        self.completed += 1
-        self.hub.post_status()
-        if result.status == "error" and _out_of_memory(result.error or {}):
-            log.warning("worker %s: out of memory in prompt %s; freeing memory", self.name, item.prompt_id)
-            self.request_free(unload_models=True, free_memory=False)
+    def _recorder(self, item: QueueItem) -> Callable[[RunResult], None]:
+        def record(result: RunResult) -> None:
+            if self._stopping.is_set() and result.status == "interrupted":
+                self.store.requeue(item.prompt_id)  # cut short by the stop: it runs again after a restart
+            else:
+                self.store.finish(item.prompt_id, history_entry(result))
+        return record
 
     def _housekeeping(self) -> None:
         with self._free_lock:
@@ -156,34 +161,12 @@ def _out_of_memory(error: dict[str, Any]) -> bool:
     return kind.endswith(("MemoryError", "OutOfMemoryError")) or "out of memory" in message
 
 
-def _engine_failure(prompt_id: str, exc: BaseException) -> RunResult:
-    log.error("engine failure in prompt %s", prompt_id, exc_info=exc)
-    return RunResult(prompt_id, "error", error={
-        "prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-        "exception_message": str(exc),
-        "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
-        "current_inputs": {}, "current_outputs": [],
-    })
-
-
-def _invalid_error(prompt_id: str, result: RunResult) -> dict[str, Any]:
-    error = result.error or {}
-    report = result.validation
-    return {
-        "prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-        "exception_message": f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": "),
-        "exception_type": str(error.get("type", "prompt_validation_failed")),
-        "traceback": [], "current_inputs": {}, "current_outputs": [],
-        "node_errors": report.node_errors if report is not None else {},
-    }
-
-
-def _history_result(result: RunResult, messages: list[list[Any]]) -> dict[str, Any]:
+def history_entry(result: RunResult) -> dict[str, Any]:
+    """What the history keeps of a run besides the prompt itself."""
     ok = result.status == "success"
     return {
         "outputs": result.outputs,
-        "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": messages},
+        "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": result.messages},
         "meta": {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
                  for node in result.outputs},
     }

@@ -28,7 +28,7 @@ def test_optional_input_may_be_left_out(executor):
 def test_validate_inputs_and_is_changed(executor):
     workflow = {"1": {"class_type": "ComfyChoice", "inputs": {"pick": "b", "n": 3}},
                 "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert report.node_errors["1"]["errors"][0]["type"] == "custom_validation_failed"
     workflow["1"]["inputs"]["n"] = 2
     assert executor.run(workflow).outputs["2"] == {"text": ["bb"]}
@@ -40,11 +40,11 @@ def test_validate_inputs_and_is_changed(executor):
 def test_validate_inputs_takes_over_range_checks(executor):
     workflow = {"1": {"class_type": "ComfyChoice", "inputs": {"pick": "b", "n": 50}},
                 "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
-    assert executor.validate(workflow).ok  # n is VALIDATE_INPUTS' business, as in ComfyUI
+    assert executor.prepare(workflow).ok  # n is VALIDATE_INPUTS' business, as in ComfyUI
 
 
 def test_combo_checks_still_apply(executor):
     workflow = {"1": {"class_type": "ComfyChoice", "inputs": {"pick": "z", "n": 1}},
                 "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
-    errors = executor.validate(workflow).node_errors["1"]["errors"]
+    errors = executor.prepare(workflow).node_errors["1"]["errors"]
     assert [e["type"] for e in errors] == ["value_not_in_list"]

@@ -169,11 +169,10 @@ def test_signatures_are_stable_across_processes(executor):
 
     code = (
         "from sdgraph.registry import Registry; from sdgraph.plugins import load_module_pack;"
-        "from sdgraph.validate import validate; from sdgraph.workflow import parse_workflow;"
-        "from sdgraph.execute import needed_nodes; from sdgraph.signature import node_signature;"
+        "from sdgraph.prepare import prepare; from sdgraph.signature import node_signature;"
         "from tests.engine import toy_nodes; from tests.engine.test_execute import chain;"
-        "r = Registry(); load_module_pack(r, toy_nodes, 't'); rep = validate(parse_workflow(chain()), r); k = {};"
-        "[k.__setitem__(n, node_signature(rep.prepared[n], None, k)) for n in needed_nodes(rep)]; print(k['4'])"
+        "r = Registry(); load_module_pack(r, toy_nodes, 't'); p = prepare(chain(), r); k = {};"
+        "[k.__setitem__(n, node_signature(p.nodes[n], None, k)) for n in p.plan]; print(k['4'])"
     )
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             for _ in range(2)}

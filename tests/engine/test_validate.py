@@ -17,7 +17,7 @@ def base() -> dict:
 
 
 def test_valid_workflow(executor):
-    report = executor.validate(base())
+    report = executor.prepare(base())
     assert report.ok and report.outputs == ["3"] and report.node_errors == {}
 
 
@@ -33,7 +33,7 @@ def test_valid_workflow(executor):
 def test_each_input_error_type(executor, node, inputs, expected):
     workflow = base()
     workflow[node]["inputs"] = inputs
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert not report.ok
     assert report.error["type"] == "prompt_outputs_failed_validation"
     assert errors_of(report, node) == [expected]
@@ -49,7 +49,7 @@ def test_return_type_mismatch(executor):
     workflow = base()
     workflow["4"] = {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["1", 0]}}  # FLOAT into INT
     workflow["5"] = {"class_type": "Show", "inputs": {"value": ["4", 0]}}
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert errors_of(report, "4") == ["return_type_mismatch"]
     assert report.node_errors["4"]["errors"][0]["extra_info"]["received_type"] == "FLOAT"
     # the independent output still runs
@@ -60,7 +60,7 @@ def test_return_type_mismatch(executor):
 
 def test_custom_validation(executor):
     workflow = {"1": {"class_type": "Even", "inputs": {"value": 3}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert errors_of(report, "1") == ["custom_validation_failed"]
     assert "must be even" in report.node_errors["1"]["errors"][0]["details"]
 
@@ -69,9 +69,9 @@ def test_coercion_of_literals(executor):
     workflow = base()
     workflow["1"]["inputs"]["value"] = "7"
     workflow["2"]["inputs"]["factor"] = "0.5"
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert report.ok
-    assert report.prepared["1"].literals["value"] == 7 and report.prepared["2"].literals["factor"] == 0.5
+    assert report.nodes["1"].literals["value"] == 7 and report.nodes["2"].literals["factor"] == 0.5
     assert executor.run(workflow).outputs["3"] == {"text": ["3.5"]}
 
 
@@ -79,14 +79,14 @@ def test_every_problem_reported_at_once(executor):
     workflow = base()
     workflow["1"]["inputs"]["value"] = 1000
     workflow["2"]["inputs"]["mode"] = "nope"
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert set(report.node_errors) == {"1", "2"}
 
 
 def test_unknown_class_type(executor):
     workflow = base()
     workflow["9"] = {"class_type": "NoSuchNode", "inputs": {}}
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert report.error["type"] == "missing_node_type"
     assert "NoSuchNode" in report.error["message"]
     assert errors_of(report, "9") == ["missing_node_type"]
@@ -94,7 +94,7 @@ def test_unknown_class_type(executor):
 
 
 def test_no_output_node(executor):
-    report = executor.validate({"1": {"class_type": "Number", "inputs": {"value": 1}}})
+    report = executor.prepare({"1": {"class_type": "Number", "inputs": {"value": 1}}})
     assert report.error["type"] == "prompt_no_outputs"
 
 
@@ -104,7 +104,7 @@ def test_dependency_cycle(executor):
         "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 0]}},
         "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
     }
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert not report.ok and report.error["type"] == "prompt_outputs_failed_validation"
     assert "dependency_cycle" in errors_of(report, "1") and "dependency_cycle" in errors_of(report, "2")
     assert report.node_errors["1"]["dependent_outputs"] == ["3"]
@@ -113,7 +113,7 @@ def test_dependency_cycle(executor):
 def test_self_loop(executor):
     workflow = {"1": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 0]}},
                 "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
-    assert "dependency_cycle" in errors_of(executor.validate(workflow), "1")
+    assert "dependency_cycle" in errors_of(executor.prepare(workflow), "1")
 
 
 def test_aliases_answer_to_the_same_node(executor):
@@ -125,7 +125,7 @@ def test_aliases_answer_to_the_same_node(executor):
 
 def test_literal_lists_are_wrapped(executor):
     workflow = {"1": {"class_type": "Show", "inputs": {"value": {"__value__": [1, 2]}}}}
-    report = executor.validate(workflow)
+    report = executor.prepare(workflow)
     assert errors_of(report, "1") == ["invalid_input_type"]  # '*' socket takes links only
 
 

@@ -253,7 +253,7 @@ def test_load_image_refuses_paths_leading_out(tmp_path) -> None:
     for name in ("../secret.png", str(tmp_path / "secret.png"), "..\\secret.png", "ok.png\x00", "link.png"):
         prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
                   "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-        assert not executor.validate(prompt).ok, name
+        assert not executor.prepare(prompt).ok, name
     good = {"1": {"class_type": "LoadImage", "inputs": {"image": "ok.png"}},
             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-    assert executor.validate(good).ok
+    assert executor.prepare(good).ok
