@@ -18,6 +18,8 @@ class ServerConfig:
     max_upload_bytes: int = 100 * MiB
     max_body_bytes: int = 16 * MiB  # JSON request bodies
     max_history: int = 10000
+    max_queue: int = 10000  # pending prompts; a submission beyond it gets 429
+    max_queue_bytes: int = 1024 * MiB  # pending prompts' JSON text, all together
     db_path: Path | None = None  # default: <user dir>/server.sqlite3
     web_dir: Path | None = None  # default: the repository's web/
     allowed_hosts: tuple[str, ...] = ()  # extra Host names to accept (a reverse proxy's name, say)
