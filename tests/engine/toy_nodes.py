@@ -136,7 +136,32 @@ class Prompted(Node):
         return NodeOutput((), {"text": [f"{unique_id}:{len(prompt)}"]})
 
 
-NODES = [Number, Add, Scale, Show, Fail, Outside, Random, Slow, Even, Prompted]
+class WhoAmI(Node):
+    """Passes on its own node id (the custom-node pattern of reading UNIQUE_ID)."""
+
+    category = "test"
+    inputs = [Hidden("unique_id", "UNIQUE_ID")]
+    outputs = [Output(INT)]
+
+    def run(self, unique_id: str) -> tuple:
+        CALLS["WhoAmI"] += 1
+        return (int(unique_id),)
+
+
+class Unserialisable(Node):
+    """An output node whose UI value refers to itself, so it cannot be written as JSON."""
+
+    category = "test"
+    output_node = True
+    inputs = [Input("value", INT)]
+
+    def run(self, value: int) -> NodeOutput:
+        loop: list = [value]
+        loop.append(loop)
+        return NodeOutput((), {"text": loop})
+
+
+NODES = [Number, Add, Scale, Show, Fail, Outside, Random, Slow, Even, Prompted, WhoAmI, Unserialisable]
 
 
 # ---- ComfyUI-convention classes ---------------------------------------------------------------------------
@@ -212,6 +237,23 @@ class ComfyChoice:
         return (pick * max(n, 1),)
 
 
-NODE_CLASS_MAPPINGS = {"ComfyRange": ComfyRange, "ComfyDouble": ComfyDouble, "ComfyCollect": ComfyCollect,
+class ComfyQuiet:
+    """An output node with nothing to show: it returns an empty dict, which the ecosystem accepts."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("INT", {"forceInput": True})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "quiet"
+    CATEGORY = "comfy"
+
+    def quiet(self, x):
+        CALLS["ComfyQuiet"] += 1
+        return {}
+
+
+NODE_CLASS_MAPPINGS = {"ComfyQuiet": ComfyQuiet, "ComfyRange": ComfyRange, "ComfyDouble": ComfyDouble, "ComfyCollect": ComfyCollect,
                        "ComfyChoice": ComfyChoice}
 NODE_DISPLAY_NAME_MAPPINGS = {"ComfyRange": "Range (list)"}
