@@ -94,6 +94,10 @@ class QueueFull(RuntimeError):
     """The queue holds as many prompts, or bytes of prompts, as it may."""
 
 
+class StorageFull(OSError):
+    """The disk under the database is full: nothing more can be queued until space is freed."""
+
+
 class PromptStore:
     """Pending and running prompts in memory (one lock), mirrored to SQLite with the history (another lock).
 
@@ -213,6 +217,10 @@ class PromptStore:
                     self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('counter', ?)", (counter,))
             except sqlite3.IntegrityError:
                 raise DuplicatePrompt(f"prompt_id {item.prompt_id!r} was already submitted") from None
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    raise StorageFull(f"cannot queue the prompt: the disk holding {self.path.name} is full") from exc
+                raise
 
     def take(self, timeout: float | None = None) -> QueueItem | None:
         """The next pending prompt, now running; None after `timeout` seconds or when closed."""

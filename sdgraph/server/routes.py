@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, read_model
-from sdgraph.server.queue import DuplicatePrompt, QueueFull
+from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
 from sdgraph.server.state import ServerState, state_of
 
@@ -42,6 +42,8 @@ def _admit(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
         raise ApiError(400, "duplicate_prompt_id", str(exc), node_errors={}) from None
     except QueueFull as exc:
         raise ApiError(429, "queue_full", str(exc), node_errors={}) from None
+    except StorageFull as exc:
+        raise ApiError(507, "insufficient_storage", str(exc), node_errors={}) from None
     number = int(item.number) if item.number.is_integer() else item.number
     return {"prompt_id": item.prompt_id, "number": number, "node_errors": prompt.node_errors}, 200
 

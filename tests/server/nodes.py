@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,28 @@ class Exit(Node):
         raise SystemExit(3)
 
 
+class HardExit(Node):
+    """Ends the process on the spot, as a segfault or the OOM killer would: nothing below it runs."""
+
+    inputs = [Input("value", INT)]
+    outputs = [Output(INT)]
+
+    def run(self, value: int) -> tuple:
+        os._exit(9)
+
+
+class Unserialisable(Node):
+    """An output node whose UI value refers to itself: its history entry cannot be written as JSON."""
+
+    output_node = True
+    inputs = [Input("value", INT)]
+
+    def run(self, value: int) -> NodeOutput:
+        loop: list = [value]
+        loop.append(loop)
+        return NodeOutput((), {"text": loop})
+
+
 class Previewer(Node):
     inputs = [Input("value", INT)]
     outputs = [Output(INT)]
@@ -130,7 +153,7 @@ class Previewer(Node):
         return (value,)
 
 
-NODES = [Number, Add, Show, Slow, Spin, Gate, Fail, OutOfMemory, Exit, Previewer]
+NODES = [Number, Add, Show, Slow, Spin, Gate, Fail, OutOfMemory, Exit, HardExit, Unserialisable, Previewer]
 
 
 def make_executor(base: Path, models: Any = None) -> Executor:
