@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from sdgraph.limits import Limits, current_limits
 from sdgraph.paths import Dirs
 
 
@@ -45,6 +46,7 @@ class Services:
     dirs: Dirs = field(default_factory=Dirs)
     models: Any = None  # sdgraph.models.ModelManager once torch is in play; None for pure-Python use
     settings: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=current_limits)  # resource budgets checked before allocating
 
 
 @dataclass
@@ -71,6 +73,10 @@ class NodeContext:
     @property
     def models(self) -> Any:
         return self.services.models
+
+    @property
+    def limits(self) -> Limits:
+        return self.services.limits
 
     def progress(self, value: int, total: int, preview: Any = None) -> None:
         """Report step `value` of `total` (and optionally a preview image); stops here if interrupted."""

@@ -131,6 +131,9 @@ class Node:
     output_node: ClassVar[bool] = False
     not_idempotent: ClassVar[bool] = False
     input_is_list: ClassVar[bool] = False
+    # inputs whose value validate_inputs checks in place of the declared choices or range (ComfyUI's rule for an
+    # input named in VALIDATE_INPUTS), e.g. LoadImage's file names in subfolders
+    self_checked: ClassVar[tuple[str, ...]] = ()
 
     ctx: NodeContext
 
@@ -185,6 +188,7 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
         invoke=invoke,
         fingerprint=(lambda literals, dirs: cls.fingerprint(dirs, **literals)) if overrides_fp else None,
         validate=(lambda literals, dirs: cls.validate_inputs(dirs, **literals)) if overrides_val else None,
+        custom_validated=frozenset(cls.self_checked),
         pack=pack,
         cls=cls,
     )

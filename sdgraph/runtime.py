@@ -5,11 +5,12 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sdgraph.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, OutputCache
 from sdgraph.context import Services
 from sdgraph.execute import Executor
+from sdgraph.limits import Limits, configure
 from sdgraph.paths import Dirs, default_base
 from sdgraph.plugins import build_registry
 
@@ -27,6 +28,7 @@ class RuntimeOptions(BaseModel):
     lowvram: bool = False
     reserve_vram_gb: float = 1.0
     preview: bool = False
+    limits: Limits = Field(default_factory=Limits)  # resource budgets (sdgraph.limits.limits_from_args)
 
 
 def create_executor(options: RuntimeOptions | None = None) -> Executor:
@@ -34,7 +36,9 @@ def create_executor(options: RuntimeOptions | None = None) -> Executor:
     dirs = Dirs(base=(options.base_dir or default_base()).resolve())
     registry = build_registry(dirs.custom_nodes, plugins=options.plugins)
     cache = OutputCache(0 if options.no_cache else options.cache_entries, options.cache_bytes, options.cache_lru)
-    services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview})
+    configure(options.limits)  # validate_inputs only sees the directories; it reads the budget from here
+    services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview},
+                        limits=options.limits)
     return Executor(registry, services, cache)
 
 

@@ -5,10 +5,12 @@ from typing import Any
 
 import torch
 
+from sdgraph.limits import current_limits, refusal
 from sdgraph.node import Float, Input, Int, Node, Output, String
+from sdgraph.paths import Dirs
 from sdgraph.nodes.sd.common import copy_conditioning
 from sdgraph.nodes.sd.model_objects import ClipModel, ControlHint, ControlNetModel
-from sdgraph.nodes.sd.text_encoding import encode_prompt
+from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
 from sdgraph.types import CLIP, CONDITIONING, CONTROL_NET, IMAGE, VAE
 
 MAX_RESOLUTION = 8192
@@ -23,9 +25,13 @@ class TextEncode(Node):
     outputs = [Output(CONDITIONING)]
 
     def run(self, text: str, clip: ClipModel) -> tuple:
-        cond, pooled = encode_prompt(clip, text)
+        cond, pooled = encode_prompt(clip, text, self.ctx.limits)
         extras: dict[str, Any] = {} if pooled is None else {"pooled_output": pooled}
         return ([[cond, extras]],)
+
+    @classmethod
+    def validate_inputs(cls, dirs: Dirs, text: str = "", **_: Any) -> str | None:
+        return refusal(lambda: check_prompt_chars(current_limits(), "CLIPTextEncode.text", text))
 
 
 def _with_control(conditioning: list[Any], make: Any) -> list[list[Any]]:

@@ -6,11 +6,13 @@ from typing import Any
 
 import torch
 
+from sdgraph.limits import Limits, check_memory, current_limits, refusal
 from sdgraph.paths import Dirs
 from sdgraph.node import Boolean, Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
 from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.image_files import (
-    file_sha256, input_images, input_path, png_metadata, read_channel, read_image, save_pngs,
+    check_image_file, file_sha256, input_images, input_path, missing_input, png_metadata, read_channel, read_image,
+    save_pngs,
 )
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
@@ -24,9 +26,10 @@ class LoadImage(Node):
     category = "image"
     inputs = [Combo("image", input_images, image_upload=True)]
     outputs = [Output(IMAGE), Output(MASK)]
+    self_checked = ("image",)  # names in subfolders and `[output]`-annotated ones are valid beyond the list
 
     def run(self, image: str) -> tuple:
-        return read_image(input_path(self.ctx.dirs, image))
+        return read_image(input_path(self.ctx.dirs, image), self.ctx.limits)
 
     @classmethod
     def fingerprint(cls, dirs: Dirs, image: str = "", **_: Any) -> str:
@@ -34,11 +37,7 @@ class LoadImage(Node):
 
     @classmethod
     def validate_inputs(cls, dirs: Dirs, image: str = "", **_: Any) -> str | None:
-        try:
-            path = input_path(dirs, image)
-        except ValueError as exc:
-            return str(exc)
-        return None if path.is_file() else f"Invalid image file: {image}"
+        return loadable(dirs, image, "LoadImage.image", all_frames=True)
 
 
 class LoadImageMask(Node):
@@ -47,16 +46,36 @@ class LoadImageMask(Node):
     category = "mask"
     inputs = [Combo("image", input_images, image_upload=True), Combo("channel", ("alpha", "red", "green", "blue"))]
     outputs = [Output(MASK)]
+    self_checked = ("image",)
 
     def run(self, image: str, channel: str) -> tuple:
-        return (read_channel(input_path(self.ctx.dirs, image), channel),)
+        return (read_channel(input_path(self.ctx.dirs, image), channel, self.ctx.limits),)
 
     @classmethod
     def fingerprint(cls, dirs: Dirs, image: str = "", **_: Any) -> str:
         return file_sha256(input_path(dirs, image))
 
+    @classmethod
+    def validate_inputs(cls, dirs: Dirs, image: str = "", **_: Any) -> str | None:
+        return loadable(dirs, image, "LoadImageMask.image", all_frames=False)
 
-def _scale(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+
+def loadable(dirs: Dirs, image: str, where: str, all_frames: bool) -> str | None:
+    """Why an image name cannot be loaded within the budget (from the file's header), None when it can."""
+    problem = missing_input(dirs, image)
+    if problem is not None:
+        return problem
+    path = input_path(dirs, image)
+    try:
+        return refusal(lambda: check_image_file(current_limits(), where, path, all_frames))
+    except OSError as exc:  # not an image Pillow can read
+        return f"{where}: {image!r} is not a readable image: {exc}"
+
+
+def _scale(image: torch.Tensor, width: int, height: int, method: str, crop: str, limits: Limits,
+           where: str) -> torch.Tensor:
+    """Images resized to width x height, refused before resizing when the result is over the budget."""
+    check_memory(limits, where, "the scaled images", (image.shape[0], height, width, image.shape[-1]))
     return resize(image.movedim(-1, 1), width, height, method, crop).clamp(0, 1).movedim(1, -1)
 
 
@@ -75,7 +94,7 @@ class ImageScale(Node):
         h, w = image.shape[1:3]
         width = width or max(1, round(w * height / h))
         height = height or max(1, round(h * width / w))
-        return (_scale(image, width, height, upscale_method, crop),)
+        return (_scale(image, width, height, upscale_method, crop, self.ctx.limits, "ImageScale.width"),)
 
 
 class ImageScaleBy(Node):
@@ -88,7 +107,8 @@ class ImageScaleBy(Node):
 
     def run(self, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple:
         h, w = image.shape[1:3]
-        return (_scale(image, round(w * scale_by), round(h * scale_by), upscale_method, "disabled"),)
+        return (_scale(image, round(w * scale_by), round(h * scale_by), upscale_method, "disabled",
+                       self.ctx.limits, "ImageScaleBy.scale_by"),)
 
 
 def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask: torch.Tensor | None
@@ -125,7 +145,8 @@ class ImageCompositeMasked(Node):
         if source.shape[-1] != destination.shape[-1]:
             raise ValueError(f"source has {source.shape[-1]} channels, destination {destination.shape[-1]}")
         if resize_source:
-            source = _scale(source, destination.shape[2], destination.shape[1], "bilinear", "disabled")
+            source = _scale(source, destination.shape[2], destination.shape[1], "bilinear", "disabled",
+                            self.ctx.limits, "ImageCompositeMasked.resize_source")
         return (composite(destination, source, x, y, mask),)
 
 

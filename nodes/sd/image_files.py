@@ -12,9 +12,14 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from sdgraph.limits import Limits, check_count, check_memory
 from sdgraph.paths import Dirs, safe_join
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# `name [output]`: a file in another client-facing directory (ComfyUI's annotated names)
+ANNOTATION = re.compile(r"\s*\[(input|output|temp)\]$")
+DECODED_CHANNELS = 4  # read_image keeps RGB and a mask per frame, float32
+
 
 def input_images(dirs: Dirs) -> list[str]:
     """Image files at the top of the input directory (the LoadImage combo)."""
@@ -24,9 +29,35 @@ def input_images(dirs: Dirs) -> list[str]:
 
 
 def input_path(dirs: Dirs, name: str) -> Path:
-    """The file of an input name, refusing anything outside the input directory. `name [input]` is accepted."""
-    name = re.sub(r"\s*\[input\]$", "", name)
-    return safe_join(dirs.input, name)
+    """The file of a LoadImage name: `pic.png`, `sub/pic.png`, or annotated with its directory, `pic.png [output]`
+    (input when there is none); refused when it would leave that directory."""
+    if not isinstance(name, str):
+        raise ValueError(f"an image name must be a string, got {type(name).__name__}")
+    match = ANNOTATION.search(name)
+    kind = match.group(1) if match else "input"
+    return safe_join(dirs.of_type(kind), name[:match.start()] if match else name)
+
+
+def missing_input(dirs: Dirs, name: str) -> str | None:
+    """Why an image name cannot be loaded (outside its directory, not a file), None when it can."""
+    try:
+        path = input_path(dirs, name)
+        if path.is_file():
+            return None
+    except (ValueError, OSError) as exc:  # UnsafePath, a name too long, a symlink loop
+        return f"Invalid image file: {name!r}: {exc}"
+    return f"Invalid image file: {name!r}: no such file"
+
+
+def check_image_file(limits: Limits, where: str, path: Path, all_frames: bool = True) -> None:
+    """Refuse an image whose decoded frames would be over the budget, from its header (nothing is decoded)."""
+    with Image.open(path) as opened:
+        frames = int(getattr(opened, "n_frames", 1)) if all_frames else 1
+        width, height = opened.size
+    check_count(where, "the number of frames", frames, limits.max_image_frames, "--max-image-frames")
+    check_count(where, "the decoded pixels (frames x width x height)", frames * width * height,
+                limits.max_image_pixels, "--max-image-megapixels")
+    check_memory(limits, where, "the decoded frames", (frames, height, width, DECODED_CHANNELS))
 
 
 def file_sha256(path: Path) -> str:
@@ -41,8 +72,9 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
 
 
-def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_image(path: Path, limits: Limits, where: str = "LoadImage.image") -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE [F,H,W,3] and MASK [F,H,W] (1 - alpha; zeros without alpha) from every frame of the same size."""
+    check_image_file(limits, where, path)
     images, masks = [], []
     with Image.open(path) as opened:
         for frame in ImageSequence.Iterator(opened):
@@ -60,8 +92,9 @@ def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(masks)
 
 
-def read_channel(path: Path, channel: str) -> torch.Tensor:
+def read_channel(path: Path, channel: str, limits: Limits, where: str = "LoadImageMask.image") -> torch.Tensor:
     """MASK [1,H,W] from one channel ("alpha" is inverted: transparent = 1); zeros if the channel is absent."""
+    check_image_file(limits, where, path, all_frames=False)
     with Image.open(path) as opened:
         img = ImageOps.exif_transpose(opened)
         band = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]

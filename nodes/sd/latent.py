@@ -7,7 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sdgraph.limits import Limits, check_memory, current_limits, refusal
 from sdgraph.node import Combo, Float, Input, Int, Node, Output
+from sdgraph.paths import Dirs
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
 from sdgraph.types import IMAGE, LATENT, MASK, VAE
@@ -25,7 +27,19 @@ class EmptyLatent(Node):
     outputs = [Output(LATENT)]
 
     def run(self, width: int, height: int, batch_size: int) -> tuple:
-        return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+        shape = latent_shape(width, height, batch_size)
+        check_memory(self.ctx.limits, "EmptyLatentImage.batch_size", "the latent", shape)
+        return ({"samples": torch.zeros(shape)},)
+
+    @classmethod
+    def validate_inputs(cls, dirs: Dirs, width: int = 512, height: int = 512, batch_size: int = 1,
+                        **_: Any) -> str | None:
+        shape = latent_shape(width, height, batch_size)
+        return refusal(lambda: check_memory(current_limits(), "EmptyLatentImage.batch_size", "the latent", shape))
+
+
+def latent_shape(width: int, height: int, batch: int, channels: int = 4) -> tuple[int, int, int, int]:
+    return (batch, channels, height // 8, width // 8)
 
 
 def crop_to_multiple(pixels: torch.Tensor, multiple: int = 8) -> torch.Tensor:
@@ -43,6 +57,9 @@ class VAEDecode(Node):
     outputs = [Output(IMAGE)]
 
     def run(self, samples: dict[str, Any], vae: VaeModel) -> tuple:
+        batch, _, h, w = samples["samples"].shape
+        check_memory(self.ctx.limits, "VAEDecode.samples", "the decoded images",
+                     (batch, h * vae.downscale, w * vae.downscale, 3))
         return (vae.decode(samples["samples"]),)
 
 
@@ -78,6 +95,8 @@ class VAEEncodeForInpaint(Node):
 
     def run(self, pixels: torch.Tensor, vae: VaeModel, mask: torch.Tensor, grow_mask_by: int) -> tuple:
         m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+        check_memory(self.ctx.limits, "VAEEncodeForInpaint.mask", "the mask at the image's size",
+                     (m.shape[0], *pixels.shape[1:3]))
         m = F.interpolate(m, size=pixels.shape[1:3], mode="bilinear", align_corners=False)
         pixels = crop_to_multiple(pixels, vae.downscale).clone()
         m = crop_to_multiple(m.movedim(1, -1), vae.downscale).movedim(-1, 1)
@@ -97,12 +116,16 @@ class SetLatentNoiseMask(Node):
         return ({**samples, "noise_mask": mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()},)
 
 
-def _upscale_latent(samples: dict[str, Any], width: int, height: int, method: str, crop: str) -> dict[str, Any]:
-    out = dict(samples)
-    out["samples"] = resize(samples["samples"], width, height, method, crop)
-    if samples.get("noise_mask") is not None:  # keep the mask in the same frame
-        mask = samples["noise_mask"]
-        size = (mask.shape[-1] * width // samples["samples"].shape[-1], mask.shape[-2] * height // samples["samples"].shape[-2])
+def _upscale_latent(samples: dict[str, Any], width: int, height: int, method: str, crop: str, limits: Limits,
+                    where: str) -> dict[str, Any]:
+    """Latents resized to width x height (latent pixels), refused before resizing when over the budget."""
+    latent = samples["samples"]
+    check_memory(limits, where, "the upscaled latent", (*latent.shape[:2], height, width))
+    out = {**samples, "samples": resize(latent, width, height, method, crop)}
+    mask = samples.get("noise_mask")
+    if mask is not None:  # keep the mask in the same frame
+        size = (mask.shape[-1] * width // latent.shape[-1], mask.shape[-2] * height // latent.shape[-2])
+        check_memory(limits, where, "the upscaled noise mask", (*mask.shape[:-2], size[1], size[0]))
         out["noise_mask"] = resize(mask, size[0], size[1], "bilinear", crop)
     return out
 
@@ -122,7 +145,8 @@ class LatentUpscale(Node):
             return (samples,)
         width = width or max(64, round(height / h * w / 8) * 8)
         height = height or max(64, round(width / w * h / 8) * 8)
-        return (_upscale_latent(samples, width // 8, height // 8, upscale_method, crop),)
+        return (_upscale_latent(samples, width // 8, height // 8, upscale_method, crop, self.ctx.limits,
+                                "LatentUpscale.width"),)
 
 
 class LatentUpscaleBy(Node):
@@ -135,7 +159,8 @@ class LatentUpscaleBy(Node):
 
     def run(self, samples: dict[str, Any], upscale_method: str, scale_by: float) -> tuple:
         h, w = samples["samples"].shape[-2:]
-        return (_upscale_latent(samples, round(w * scale_by), round(h * scale_by), upscale_method, "disabled"),)
+        return (_upscale_latent(samples, round(w * scale_by), round(h * scale_by), upscale_method, "disabled",
+                                self.ctx.limits, "LatentUpscaleBy.scale_by"),)
 
 
 NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy]

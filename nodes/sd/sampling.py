@@ -19,7 +19,9 @@ from typing import Any, Callable
 import torch
 
 from sdgraph.context import NodeContext
+from sdgraph.limits import Limits, check_count, current_limits, refusal
 from sdgraph.node import Combo, Float, Input, Int, Node, Output
+from sdgraph.paths import Dirs
 from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
@@ -39,6 +41,19 @@ class Plan:
     from_start: bool
 
 
+def schedule_length(steps: int, denoise: float | None = 1.0) -> int:
+    """Sigmas-to-be of ComfyUI's denoise truncation: a schedule of steps / denoise steps, of which `steps` run."""
+    if denoise is None or denoise > 0.9999:
+        return steps
+    return 0 if denoise <= 0.0 else int(steps / denoise)
+
+
+def check_schedule(limits: Limits, where: str, steps: int, denoise: float | None = 1.0) -> None:
+    """Refuse a schedule over the length limit before computing it."""
+    check_count(where, f"the schedule length (steps / denoise = {steps} / {denoise})",
+                schedule_length(steps, denoise), limits.max_schedule_steps, "--max-schedule-steps")
+
+
 def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, start_step: int | None = None,
                 last_step: int | None = None, force_full_denoise: bool = False) -> Plan:
     """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule."""
@@ -49,7 +64,7 @@ def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, st
     elif denoise <= 0.0:
         sigmas = torch.zeros(0, dtype=torch.float64)
     else:
-        total = int(steps / denoise)
+        total = schedule_length(steps, denoise)
         sigmas = compute_sigmas(schedule, scheduler, total)[-(steps + 1):]
         from_start = total == steps
     if last_step is not None and last_step < len(sigmas) - 1:
@@ -147,10 +162,15 @@ class KSampler(Node):
 
     def run(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
             positive: list, negative: list, latent_image: dict, denoise: float = 1.0) -> tuple[dict]:
+        check_schedule(self.ctx.limits, "KSampler.denoise", steps, denoise)
         plan = plan_sigmas(model, scheduler, steps, denoise)
         return (sample_latent(model, positive, negative, latent_image, seed=seed, cfg=cfg,
                               sampler_name=sampler_name, plan=plan, manager=self.ctx.models,
                               on_step=step_reporter(self.ctx, model)),)
+
+    @classmethod
+    def validate_inputs(cls, dirs: Dirs, steps: int = 20, denoise: float = 1.0, **_: Any) -> str | None:
+        return refusal(lambda: check_schedule(current_limits(), "KSampler.denoise", steps, denoise))
 
 
 class KSamplerAdvanced(Node):
@@ -169,11 +189,16 @@ class KSamplerAdvanced(Node):
     def run(self, model: Any, add_noise: str, noise_seed: int, steps: int, cfg: float, sampler_name: str,
             scheduler: str, positive: list, negative: list, latent_image: dict, start_at_step: int,
             end_at_step: int, return_with_leftover_noise: str) -> tuple[dict]:
+        check_schedule(self.ctx.limits, "KSamplerAdvanced.steps", steps)
         plan = plan_sigmas(model, scheduler, steps, 1.0, start_at_step, end_at_step,
                            force_full_denoise=return_with_leftover_noise != "enable")
         return (sample_latent(model, positive, negative, latent_image, seed=noise_seed, cfg=cfg,
                               sampler_name=sampler_name, plan=plan, add_noise=add_noise == "enable",
                               manager=self.ctx.models, on_step=step_reporter(self.ctx, model)),)
+
+    @classmethod
+    def validate_inputs(cls, dirs: Dirs, steps: int = 20, **_: Any) -> str | None:
+        return refusal(lambda: check_schedule(current_limits(), "KSamplerAdvanced.steps", steps))
 
 
 NODES = [KSampler, KSamplerAdvanced]

@@ -1,8 +1,9 @@
 """Prompt -> CONDITIONING: weighted tokens in 77-token chunks, through one or two CLIP text encoders.
 
 - A prompt is tokenized per weighted run (see `prompt_weights`) and cut into chunks of 75 tokens, each framed by
-  begin/end tokens and padded to 77; the chunks are encoded in one batch and concatenated along the sequence,
-  so a long prompt gives a [1, 77*n, D] tensor.
+  begin/end tokens and padded to 77; the chunks are encoded in batches of at most `ENCODE_BATCH` and
+  concatenated along the sequence, so a long prompt gives a [1, 77*n, D] tensor. A prompt over the budget's
+  character or token limit is refused before it is tokenised or encoded.
 - Emphasis moves each token's embedding away from the empty prompt's: z = z_empty + (z - z_empty) * weight.
 - The hidden layer is ComfyUI's `stop_at_clip_layer` (or the model default), with the final layer norm where
   the family uses it (SD 1.x/2.x). SDXL concatenates CLIP-L and OpenCLIP-G features (768+1280 = 2048 wide on the
@@ -14,17 +15,30 @@ from typing import Any
 
 import torch
 
+from sdgraph.limits import Limits, check_count, current_limits
 from sdgraph.nodes.sd.model_objects import ClipModel, EncoderSpec
 from sdgraph.nodes.sd.prompt_weights import parse_weights
 
 CHUNK = 77
+# Chunks per encoder call: memory stays flat in the prompt's length (the hidden states of every layer are kept
+# per call), and prompts of up to this many chunks are encoded exactly as in one batch.
+ENCODE_BATCH = 8
 
 
-def weighted_tokens(tokenizer: Any, text: str) -> list[tuple[int, float]]:
+def check_prompt_chars(limits: Limits, where: str, text: str) -> None:
+    check_count(where, "the prompt's length in characters", len(text), limits.max_prompt_chars,
+                "--max-prompt-chars")
+
+
+def weighted_tokens(tokenizer: Any, text: str, max_tokens: int | None = None,
+                    where: str = "CLIPTextEncode.text") -> list[tuple[int, float]]:
+    """(token id, weight) of each token; refused as soon as the count passes `max_tokens`."""
     tokens: list[tuple[int, float]] = []
     for run, weight in parse_weights(text):
         ids = tokenizer(run, add_special_tokens=False)["input_ids"]
         tokens.extend((int(t), weight) for t in ids)
+        if max_tokens is not None:
+            check_count(where, "the prompt's token count (at least)", len(tokens), max_tokens, "--max-tokens")
     return tokens
 
 
@@ -47,6 +61,15 @@ def _final_norm(module: torch.nn.Module) -> torch.nn.Module:
     return inner.final_layer_norm
 
 
+def _encode_in_batches(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | None, ids: torch.Tensor,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_run_encoder` over at most ENCODE_BATCH chunks at a time, the results concatenated in order."""
+    parts = [_run_encoder(module, spec, clip_skip, batch, device) for batch in ids.split(ENCODE_BATCH)]
+    hidden = torch.cat([h for h, _ in parts])
+    pooled = None if parts[0][1] is None else torch.cat([p for _, p in parts])  # type: ignore[misc]
+    return hidden, pooled
+
+
 @torch.inference_mode()
 def _run_encoder(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | None, ids: torch.Tensor,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -64,18 +87,21 @@ def _run_encoder(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | No
     return hidden.float().cpu(), None if pooled is None else pooled.float().cpu()
 
 
-def encode_prompt(clip: ClipModel, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None,
+                  where: str = "CLIPTextEncode.text") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditioning tensor [1, 77*n, D] and pooled output [1, P] of a prompt."""
+    limits = limits or current_limits()
+    check_prompt_chars(limits, where, text)
     features, pooled = [], None
     for index, (tokenizer, spec) in enumerate(zip(clip.tokenizers, clip.specs)):
+        tokens = weighted_tokens(tokenizer, text, limits.max_tokens, where)
         module = clip.encoder(index)
-        ids, weights = chunk_tokens(weighted_tokens(tokenizer, text), tokenizer.bos_token_id,
-                                    tokenizer.eos_token_id, spec.pad_id)
+        ids, weights = chunk_tokens(tokens, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
         weighted = bool((weights != 1.0).any())
         if weighted:
             empty, _ = chunk_tokens([], tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
             ids = torch.cat([ids, empty])
-        hidden, pool = _run_encoder(module, spec, clip.clip_skip, ids, clip.compute_device())
+        hidden, pool = _encode_in_batches(module, spec, clip.clip_skip, ids, clip.compute_device())
         if weighted:
             hidden, z_empty = hidden[:-1], hidden[-1:]
             hidden = z_empty + (hidden - z_empty) * weights[..., None]
