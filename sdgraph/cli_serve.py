@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from sdgraph.server import ServerConfig
 
 DEFAULT_PORT = 8188
 # The worker thread and the HTTP loop share the GIL. A node that computes in Python holds it for up to the switch
@@ -28,6 +36,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="also accept this Host name (e.g. a reverse proxy's); repeatable")
     net.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload (default 100 MB)")
     net.add_argument("--max-body-mb", type=float, default=16.0, help="largest JSON request body (default 16 MB)")
+    net.add_argument("--head-timeout", type=float, default=30.0, metavar="S",
+                     help="close a connection that has not sent a whole request head (or is idle) this long "
+                          "(default 30 s)")
+    net.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                     help="cut off a request body that sends nothing this long (default 30 s)")
+    net.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                     help="open connections kept; beyond it the oldest idle ones are closed (default 1000)")
     run = parser.add_argument_group("engine")
     run.add_argument("--base-dir", type=Path, default=None,
                      help="directory holding models/, input/, output/, temp/, custom_nodes/, user/ "
@@ -54,8 +69,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def serve(args: argparse.Namespace, executor: Any = None) -> int:
     """Run until interrupted. `executor` replaces the one built from the flags (tests, embedding)."""
-    from aiohttp import web  # noqa: PLC0415 - keep `sdgraph --help` fast
-
     from sdgraph.runtime import RuntimeOptions, create_executor  # noqa: PLC0415
     from sdgraph.server import ServerConfig, create_app  # noqa: PLC0415
 
@@ -65,6 +78,7 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
         listen=args.listen, port=args.port, token=args.token or None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_history=args.max_history, allowed_hosts=tuple(args.allow_host),
+        head_timeout_s=args.head_timeout, body_timeout_s=args.body_timeout, max_connections=args.max_connections,
     )
     config, generated = config.with_token_if_public()
     options = RuntimeOptions(base_dir=args.base_dir, plugins=not args.no_plugins, no_cache=args.no_cache,
@@ -76,7 +90,7 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
         print(f"warning: node pack {problem.pack}: {problem.message}", file=sys.stderr)
     print(f"sdgraph: {len(executor.registry.nodes)} node classes; data in {executor.services.dirs.base}",
           flush=True)
-    app = create_app(executor, config)
+    app = create_app(executor, config, start_worker=False)
     host = config.listen_hosts[0]
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
     shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
@@ -88,9 +102,51 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
         print(f"sdgraph: open {url}?token={config.token}", flush=True)
     else:
         print(f"sdgraph: open {url}", flush=True)
-    web.run_app(app, host=config.listen_hosts, port=config.port, print=None, access_log=None,
-                shutdown_timeout=5.0)
+    try:
+        asyncio.run(_serve_until_stopped(app, config))
+    except OSError as exc:
+        print(f"sdgraph: cannot listen on {config.listen}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+async def start_serving(app: web.Application, config: ServerConfig) -> tuple[web.AppRunner, asyncio.Task[None]]:
+    """Listen on every address, and only then let the worker take prompts. Returns the runner and the
+    connection guard's sweep task; the caller cancels the task and cleans the runner up."""
+    from aiohttp import web  # noqa: PLC0415 - keep `sdgraph --help` fast
+
+    from sdgraph.server.app import start_worker  # noqa: PLC0415
+    from sdgraph.server.connections import ConnectionGuard, connection_cap, raise_open_file_limit  # noqa: PLC0415
+
+    guard = ConnectionGuard(connection_cap(config.max_connections, raise_open_file_limit()), config.body_timeout_s)
+    app.middlewares.append(guard.middleware)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, keepalive_timeout=config.head_timeout_s)
+    await runner.setup()
+    try:
+        for host in config.listen_hosts:
+            await web.TCPSite(runner, host, config.port, backlog=config.backlog).start()
+    except BaseException:
+        # Worker.stop (run by the app's cleanup) cannot join a thread that never started; nothing else is left.
+        with contextlib.suppress(RuntimeError):
+            await runner.cleanup()
+        raise
+    assert runner.server is not None
+    sweep = asyncio.ensure_future(guard.run(runner.server))
+    start_worker(app)
+    return runner, sweep
+
+
+async def _serve_until_stopped(app: web.Application, config: ServerConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner, sweep = await start_serving(app, config)
+    try:
+        await stop.wait()
+    finally:
+        sweep.cancel()
+        await runner.cleanup()  # stops the worker, which requeues a prompt it was running
 
 
 def main(argv: list[str] | None = None) -> int:

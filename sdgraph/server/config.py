@@ -24,6 +24,11 @@ class ServerConfig:
     web_dir: Path | None = None  # default: the repository's web/
     allowed_hosts: tuple[str, ...] = ()  # extra Host names to accept (a reverse proxy's name, say)
     probe_torch: bool = True  # /system_stats may import torch (in a thread) to read device memory
+    # Connection limits, enforced by `sdgraph serve` (sdgraph/server/connections.py):
+    head_timeout_s: float = 30.0  # a connection must send a whole request head this soon (also the idle limit)
+    body_timeout_s: float = 30.0  # a request body that sends nothing for this long is cut off
+    max_connections: int = 1000  # beyond it, the oldest connections with no request in progress are closed
+    backlog: int = 1024  # connections the kernel holds before the server accepts them
 
     @property
     def public(self) -> bool:

@@ -1,0 +1,171 @@
+"""Sturdy under hostile or broken clients: connection limits, the start order, WebSocket back-pressure,
+filesystem errors on client paths, and secrets. Real sockets against real servers (mostly subprocesses)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sdgraph.cli_serve import start_serving
+from sdgraph.server import ServerConfig, create_app
+from sdgraph.server.state import STATE
+from tests.server.nodes import chain, make_executor
+from tests.server.test_subprocess import ROOT, Process, free_port
+
+
+class LimitedProcess(Process):
+    """`serve()` in a subprocess whose open-file soft limit starts at `soft_files` (as on many desktops)."""
+
+    def __init__(self, base: Path, port: int, *flags: str, soft_files: int = 256) -> None:
+        self.port = port
+        self.log = open(base.parent / f"serve-{port}-{time.monotonic_ns()}.log", "w+")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+        def lower_limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_files, hard))
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.server.serve_nodes", "--base-dir", str(base),
+                                      "--port", str(port), *flags], cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=self.log,
+                                     stderr=subprocess.STDOUT, preexec_fn=lower_limit)
+        self.headers: dict[str, str] = {}
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    started: list[Process] = []
+
+    def start(*flags: str, soft_files: int = 256) -> Process:
+        process = LimitedProcess(tmp_path / f"base{len(started)}", free_port(), *flags, soft_files=soft_files)
+        started.append(process)
+        process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """`count` connections: half send nothing, half a partial request line."""
+    sockets = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2:
+            sock.sendall(b"GET /que")
+        sockets.append(sock)
+    return sockets
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1024) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def count_closed(sockets: list[socket.socket], want: int, timeout: float) -> int:
+    closed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(closed) < want and time.monotonic() < deadline:
+        closed.update(i for i, sock in enumerate(sockets) if i not in closed and closed_by_server(sock))
+        time.sleep(0.05)
+    return len(closed)
+
+
+def timed_get(process: Process, path: str = "/queue") -> float:
+    start = time.perf_counter()
+    status, _ = process.call("GET", path)
+    assert status == 200
+    return time.perf_counter() - start
+
+
+# ---- start order ----------------------------------------------------------------------------------------------
+
+
+async def test_worker_starts_only_once_the_socket_listens(tmp_path: Path) -> None:
+    port = free_port()
+    config = ServerConfig(port=port, probe_torch=False)
+    app = create_app(make_executor(tmp_path / "base"), config, start_worker=False)
+    worker = app[STATE].worker
+    listening_at_start: list[bool] = []
+    original = worker.start
+
+    def start_and_probe() -> None:
+        with socket.socket() as probe:
+            listening_at_start.append(probe.connect_ex(("127.0.0.1", port)) == 0)
+        original()
+
+    worker.start = start_and_probe  # type: ignore[method-assign]
+    runner, sweep = await start_serving(app, config)
+    try:
+        assert listening_at_start == [True]
+    finally:
+        sweep.cancel()
+        await runner.cleanup()
+
+
+def test_pending_prompt_waits_for_the_socket_and_sigterm_stops_cleanly(serve) -> None:
+    process = serve()
+    assert process.call("POST", "/prompt", {"prompt": chain(5), "prompt_id": "p"})[0] == 200
+    process.wait(lambda: "p" in process.call("GET", "/history")[1])
+    process.proc.terminate()
+    assert process.proc.wait(15) == 0
+
+
+def test_a_port_in_use_is_a_clear_error(serve, tmp_path: Path) -> None:
+    process = serve()
+    second = subprocess.run([sys.executable, "-m", "tests.server.serve_nodes", "--base-dir", str(tmp_path / "b2"),
+                             "--port", str(process.port)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{process.port}" in second.stderr
+
+
+# ---- connection limits ----------------------------------------------------------------------------------------
+
+
+def test_a_thousand_half_open_connections(serve) -> None:
+    process = serve("--head-timeout", "2")
+    sockets = open_idle(process.port, 1000)
+    try:
+        took = max(timed_get(process) for _ in range(5))
+        assert took < 0.5, f"GET /queue took {took:.3f} s with 1,000 half-open connections"
+        assert count_closed(sockets, 1, 1.0) == 0  # not before the timeout
+        assert count_closed(sockets, 1000, 6.0) == 1000  # all of them after it
+        print(f"GET /queue with 1,000 half-open connections: {took * 1000:.1f} ms (slowest of 5)")
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_over_the_cap_the_oldest_idle_connections_go(serve) -> None:
+    process = serve("--max-connections", "100")
+    sockets = open_idle(process.port, 300)
+    try:
+        assert count_closed(sockets[:200], 200, 5.0) == 200
+        assert count_closed(sockets[200:], 1, 0.2) == 0  # the newest ones stay
+        assert timed_get(process) < 0.5
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_stalled_request_body_is_cut_off(serve) -> None:
+    process = serve("--body-timeout", "1")
+    with socket.create_connection(("127.0.0.1", process.port), timeout=5) as sock:
+        sock.sendall(f"POST /prompt HTTP/1.1\r\nHost: 127.0.0.1:{process.port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: 1000\r\n\r\n{{\"prompt\":".encode())
+        assert count_closed([sock], 1, 0.5) == 0
+        assert count_closed([sock], 1, 4.0) == 1
+    assert timed_get(process) < 0.5
