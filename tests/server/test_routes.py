@@ -32,8 +32,13 @@ async def test_invalid_workflow_reports_node_errors(server: Harness) -> None:
     resp = await server.client.post("/prompt", json={"prompt": prompt})
     assert resp.status == 400
     data = await resp.json()
-    assert data["error"]["type"]
-    assert data["node_errors"] or data["error"]["type"] == "missing_node_type"
+    assert data["error"]["type"] == "missing_node_type" and data["error"]["extra_info"]["node_ids"] == ["2"]
+    errors = data["node_errors"]
+    assert set(errors) == {"1", "2"}, "every node's problem is reported, not only the first"
+    bad_value = errors["1"]["errors"][0]
+    assert bad_value["type"] == "invalid_input_type" and bad_value["extra_info"]["input_name"] == "value"
+    assert errors["1"]["dependent_outputs"] == ["3"] and errors["1"]["class_type"] == "Number"
+    assert errors["2"]["errors"][0]["type"] == "missing_node_type"
     empty = await server.client.post("/prompt", json={"prompt": {}})
     assert empty.status == 400 and (await empty.json())["error"]["type"] == "prompt_no_outputs"
     assert (await (await server.client.get("/queue")).json())["queue_pending"] == []
