@@ -3,7 +3,9 @@
 Text frames are `{"type", "data"}`; a latent preview is a binary frame: a big-endian u32 event type (1), a u32
 image format (1 = JPEG, 2 = PNG), then the image bytes. Execution events go to the client that submitted the
 prompt (all clients when it gave no client_id); `status` goes to everyone. Worker threads hand frames over with
-`post`, which is thread-safe; each client has its own ordered outbox and sender task.
+`post`, which is thread-safe; each client has its own outbox (bounded by bytes, see outbox.py) and sender task.
+A client that lags gets the latest progress, status and preview instead of every one; a client that does not
+read at all is closed once its outbox is full.
 """
 from __future__ import annotations
 
@@ -16,15 +18,18 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from aiohttp import WSMsgType, web
+
+from sdgraph.server.outbox import Outbox
 
 log = logging.getLogger("sdgraph.server")
 
 PREVIEW_IMAGE = 1
 FORMATS = {"JPEG": 1, "PNG": 2}
-OUTBOX_LIMIT = 4096
+OUTBOX_BYTES = 16 * 1024 * 1024  # per client: some 150,000 execution events
+PREVIEW_KEY = ("preview",)
 STATUS_INTERVAL_S = 0.05
 MAX_CLIENT_ID = 128
 
@@ -32,8 +37,23 @@ Frame = str | bytes
 STATUS = object()  # stands for "the current status", computed when it is sent
 
 
+class TextFrame(str):
+    """A text frame; `key` names the kind of frame a newer one with the same key supersedes (None: never)."""
+
+    key: Hashable | None = None
+
+
 def text_frame(event: str, data: dict[str, Any]) -> str:
-    return json.dumps({"type": event, "data": data}, default=str)
+    frame = TextFrame(json.dumps({"type": event, "data": data}, default=str))
+    if event == "progress":
+        frame.key = (event, data.get("prompt_id"), data.get("node"))
+    elif event == "status" and "sid" not in data:
+        frame.key = (event,)
+    return frame
+
+
+def frame_key(frame: Frame) -> Hashable | None:
+    return PREVIEW_KEY if isinstance(frame, bytes) else getattr(frame, "key", None)
 
 
 def preview_frame(image: Any) -> bytes | None:
@@ -54,7 +74,7 @@ def preview_frame(image: Any) -> bytes | None:
 @dataclass
 class _Client:
     ws: web.WebSocketResponse
-    outbox: asyncio.Queue[Frame]
+    outbox: Outbox
     sender: asyncio.Task[None] | None = None
 
 
@@ -84,13 +104,10 @@ class Hub:
             self._enqueue(sid, self.clients[sid], frame)
 
     def _enqueue(self, sid: str, client: _Client, frame: Frame) -> None:
-        try:
-            client.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            if isinstance(frame, bytes):
-                return  # a slow client misses previews, never events
-            log.warning("websocket client %s is not reading; closing it", sid)
-            self._drop(sid, client)
+        if client.outbox.put(frame, frame_key(frame)) or isinstance(frame, bytes):
+            return  # a slow client may miss a preview, never an event
+        log.warning("websocket client %s is not reading (%d bytes unsent); closing it", sid, client.outbox.size)
+        self._drop(sid, client)
 
     def send_status(self) -> None:
         """Broadcast the queue status, at most every STATUS_INTERVAL_S: a burst of changes sends the latest once."""
@@ -152,7 +169,7 @@ class Hub:
         old = self.clients.pop(sid, None)
         if old is not None:
             self._drop(sid, old)
-        client = _Client(ws, asyncio.Queue(OUTBOX_LIMIT))
+        client = _Client(ws, Outbox(OUTBOX_BYTES))
         client.sender = asyncio.ensure_future(self._sender(sid, client))
         self.clients[sid] = client
         status = self.status()
@@ -179,10 +196,10 @@ class Hub:
                         await ws.send_str(frame)
                     else:
                         await ws.send_bytes(frame)
-                    try:
-                        frame = client.outbox.get_nowait()
-                    except asyncio.QueueEmpty:
+                    next_frame = client.outbox.get_nowait()
+                    if next_frame is None:
                         break
+                    frame = next_frame
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - a vanished client: its handler cleans up
@@ -193,6 +210,7 @@ class Hub:
             del self.clients[sid]
         if client.sender is not None:
             client.sender.cancel()
+        client.outbox.clear()
         asyncio.ensure_future(client.ws.close())
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@ filesystem errors on client paths, and secrets. Real sockets against real server
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import select
@@ -18,6 +19,7 @@ from sdgraph.cli_serve import start_serving
 from sdgraph.server import ServerConfig, create_app
 from sdgraph.server.state import STATE
 from tests.server.nodes import chain, make_executor
+from tests.server.rawws import RawWebSocket
 from tests.server.test_subprocess import ROOT, Process, free_port
 
 
@@ -169,3 +171,107 @@ def test_a_stalled_request_body_is_cut_off(serve) -> None:
         assert count_closed([sock], 1, 0.5) == 0
         assert count_closed([sock], 1, 4.0) == 1
     assert timed_get(process) < 0.5
+
+
+# ---- WebSocket back-pressure ----------------------------------------------------------------------------------
+
+
+PAD = "n" * 150  # long node ids make every event frame ~360 bytes: 20,000 of them overflow the kernel's buffers
+
+
+def node_id(i: int) -> str:
+    return f"{PAD}{i}"
+
+
+def long_chain(length: int) -> dict:
+    """Number -> Add -> Add -> ... -> Show: `length` nodes, each runs in microseconds."""
+    prompt: dict = {node_id(1): {"class_type": "Number", "inputs": {"value": 1}}}
+    for i in range(2, length):
+        prompt[node_id(i)] = {"class_type": "Add", "inputs": {"a": [node_id(i - 1), 0], "b": [node_id(1), 0]}}
+    prompt[node_id(length)] = {"class_type": "Show", "inputs": {"value": [node_id(length - 1), 0]}}
+    return prompt
+
+
+def read_events(ws: RawWebSocket, prompt_id: str) -> list[tuple[str, dict]]:
+    """Text frames up to this prompt's closing `executing: null`."""
+    events: list[tuple[str, dict]] = []
+    while True:
+        opcode, payload = ws.receive()
+        if opcode != 1:
+            continue
+        frame = json.loads(payload)
+        events.append((frame["type"], frame["data"]))
+        data = frame["data"]
+        if frame["type"] == "executing" and data["node"] is None and data["prompt_id"] == prompt_id:
+            return events
+
+
+def test_a_reading_client_gets_every_event_of_a_20000_node_chain(serve) -> None:
+    process = serve()
+    length = 20000
+
+    ws = RawWebSocket(process.port, "reader", receive_buffer=4096)
+    try:
+        assert json.loads(ws.receive()[1])["data"]["sid"] == "reader"
+        body = {"prompt": long_chain(length), "prompt_id": "long", "client_id": "reader"}
+        assert process.call("POST", "/prompt", body)[0] == 200
+        process.wait(lambda: "long" in process.call("GET", "/history")[1], timeout=60)
+        time.sleep(0.3)  # read only once every event is out: the server holds what the socket cannot
+        events = read_events(ws, "long")
+    finally:
+        ws.close()
+    executing = [d["node"] for t, d in events if t == "executing" and d.get("prompt_id") == "long"]
+    assert executing[-1] is None
+    assert sorted(executing[:-1]) == sorted(node_id(i) for i in range(1, length + 1))
+    kinds = [t for t, d in events if t != "status"]
+    assert kinds[0] == "execution_start" and "execution_success" in kinds
+    assert [d["output"] for t, d in events if t == "executed"] == [{"text": [str(length - 1)]}]
+    print(f"20,000-node chain: {len(events)} frames received, {len(executing)} executing events")
+
+
+async def test_a_client_that_never_reads_is_dropped_within_its_budget(make_server, monkeypatch) -> None:
+    from sdgraph.server import ws as ws_module  # noqa: PLC0415
+
+    monkeypatch.setattr(ws_module, "OUTBOX_BYTES", 256 * 1024)
+    server = await make_server()
+    sleeper = await asyncio.to_thread(RawWebSocket, server.client.port, "sleeper", receive_buffer=4096)
+    try:
+        hub = server.state.hub
+        await server.submit(long_chain(20000), prompt_id="burst", client_id="sleeper")
+        await server.wait_done("burst", timeout=60)
+        for _ in range(100):
+            if "sleeper" not in hub.clients:
+                break
+            assert hub.clients["sleeper"].outbox.size <= 256 * 1024
+            await asyncio.sleep(0.05)
+        assert "sleeper" not in hub.clients
+        assert (await server.client.get("/queue")).status == 200
+    finally:
+        sleeper.close()
+
+
+def test_outbox_supersedes_by_key_and_bounds_bytes() -> None:
+    from sdgraph.server.outbox import FRAME_OVERHEAD, Outbox  # noqa: PLC0415
+    from sdgraph.server.ws import frame_key, text_frame  # noqa: PLC0415
+
+    keeping_up = Outbox(limit_bytes=1 << 20)
+    for i in range(3):
+        keeping_up.put(text_frame("progress", {"value": i, "node": "1"}), ("progress", None, "1"))
+    assert len(keeping_up) == 3  # a client that keeps up gets every step
+    box = Outbox(limit_bytes=10 * (100 + FRAME_OVERHEAD), lag_bytes=0)
+    frames = [text_frame("executing", {"node": "1", "prompt_id": "p"})]
+    frames += [text_frame("progress", {"value": i, "max": 9, "node": "1", "prompt_id": "p"}) for i in range(10)]
+    frames += [text_frame("progress", {"value": 1, "max": 9, "node": "2", "prompt_id": "p"}), b"\x00" * 10,
+               b"\x01" * 10, text_frame("executed", {"node": "1", "prompt_id": "p"})]
+    for frame in frames:
+        assert box.put(frame, frame_key(frame))
+    out = []
+    while (frame := box.get_nowait()) is not None:
+        out.append(frame)
+    assert [json.loads(f)["type"] if isinstance(f, str) else f for f in out] == [
+        "executing", "progress", "progress", b"\x01" * 10, "executed"]
+    assert json.loads(out[1])["data"]["value"] == 9 and json.loads(out[2])["data"]["node"] == "2"
+    assert box.size == 0
+    big = "x" * 100
+    assert all(box.put(big) for _ in range(10)) and not box.put(big)  # events are never superseded: full
+    assert len(box) == 10
