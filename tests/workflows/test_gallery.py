@@ -80,10 +80,11 @@ def test_every_workflow_runs_and_an_identical_rerun_executes_nothing(executor, n
     assert executor.run(load_workflow(WORKFLOWS / f"{name}.json")).executed == []
 
 
-def test_txt2img(executor, classifier):
-    _, pictures = run(executor, "txt2img")
-    assert classify(classifier, pictures["9"]) | {"size": "large"} == {
-        "shape": "circle", "colour": "red", "background": "blue", "position": "centre", "size": "large"}
+@pytest.mark.parametrize("size", ["large", "small"])
+def test_txt2img(executor, classifier, size):
+    _, pictures = run(executor, "txt2img", f"positive.text=a {size} red circle in the centre, blue background")
+    assert classify(classifier, pictures["9"]) == {
+        "shape": "circle", "colour": "red", "background": "blue", "position": "centre", "size": size}
 
 
 def test_a_red_square_gives_a_red_square(executor, classifier):
