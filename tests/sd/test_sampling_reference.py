@@ -140,10 +140,11 @@ def test_dpmpp_3m_update_matches_diffusers_third_order(unet: torch.nn.Module, mo
     _record(f"{'epsilon':12s} {'dpmpp_3m (eta 0)':16s} {'sgm_uniform':12s} vs DPMSolverMultistepScheduler o3", diff)
 
 
-def test_zz_print_table() -> None:
-    """Prints the table of max abs differences gathered above (visible with -s)."""
-    if not RESULTS:
-        pytest.skip("no comparison ran")
-    print("\nmax abs diff, KSampler vs diffusers (tiny UNet, fp32, CPU)")
-    for key, diff in RESULTS.items():
-        print(f"  {key:80s} {diff:.2e}")
+@pytest.fixture(scope="module", autouse=True)
+def difference_table() -> Any:
+    """Prints the max abs differences gathered by this module's tests once they ran (visible with -s)."""
+    yield
+    if RESULTS:
+        print("\nmax abs diff, KSampler vs diffusers (tiny UNet, fp32, CPU)")
+        for key, diff in RESULTS.items():
+            print(f"  {key:80s} {diff:.2e}")
