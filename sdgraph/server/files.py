@@ -1,6 +1,7 @@
 """GET /view and POST /upload/{image,mask}: files in output/, input/ and temp/, and never a step outside them.
 
-Every client path goes through `safe_join`. Uploads never overwrite unless asked: identical content keeps the
+Every client path goes through `safe_join`, and every route through `client_paths`, so a filesystem error on a
+client's path (a name too long, a symlink loop, a full disk) is a 4xx or 507, never a 500. Uploads never overwrite unless asked: identical content keeps the
 existing name, a clash with other content gets `name (1).ext`, and the final name is claimed with a hard link,
 so a race cannot clobber a file either. Only media and plain data are served inline; anything else (HTML, SVG,
 scripts) is an attachment.
@@ -23,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from sdgraph.paths import safe_join
 from sdgraph.server import images
 from sdgraph.server.errors import ApiError
+from sdgraph.server.fserrors import client_paths
 from sdgraph.server.state import state_of
 
 TYPES = ("output", "input", "temp")
@@ -181,23 +183,19 @@ def _same_content(path: Path, upload: Spooled) -> bool:
 def _write_temp(directory: Path, upload: Spooled) -> Path:
     temp = directory / f".upload-{secrets.token_hex(8)}.part"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "wb") as out:
-        upload.file.seek(0)
-        while chunk := upload.file.read(1 << 20):
-            out.write(chunk)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            upload.file.seek(0)
+            while chunk := upload.file.read(1 << 20):
+                out.write(chunk)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk must not keep the part it could write
+        raise
     return temp
 
 
 def store_upload(root: Path, subfolder: str, upload: Spooled, overwrite: bool) -> str:
     """Write the upload under root/subfolder and return the name it got. Blocking."""
-    try:
-        return _store(root, subfolder, upload, overwrite)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-        raise ApiError(409, "name_clash", f"cannot store {upload.filename!r} in {subfolder or '.'!r}: a file and "
-                                          f"a folder clash ({exc.strerror})") from None
-
-
-def _store(root: Path, subfolder: str, upload: Spooled, overwrite: bool) -> str:
     directory = safe_join(root, subfolder)
     directory.mkdir(parents=True, exist_ok=True)
     directory = safe_join(root, subfolder)  # again: nothing created above may lead out
@@ -285,7 +283,7 @@ async def upload_mask(request: web.Request) -> web.Response:
 
 
 ROUTES: list[tuple[str, str, Any]] = [
-    ("GET", "/view", view),
-    ("POST", "/upload/image", upload_image),
-    ("POST", "/upload/mask", upload_mask),
+    ("GET", "/view", client_paths(view)),
+    ("POST", "/upload/image", client_paths(upload_image)),
+    ("POST", "/upload/mask", client_paths(upload_mask)),
 ]

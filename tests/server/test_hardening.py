@@ -20,6 +20,7 @@ from sdgraph.server import ServerConfig, create_app
 from sdgraph.server.state import STATE
 from tests.server.nodes import chain, make_executor
 from tests.server.rawws import RawWebSocket
+from tests.server.test_security import png_bytes, upload
 from tests.server.test_subprocess import ROOT, Process, free_port
 
 
@@ -275,3 +276,96 @@ def test_outbox_supersedes_by_key_and_bounds_bytes() -> None:
     big = "x" * 100
     assert all(box.put(big) for _ in range(10)) and not box.put(big)  # events are never superseded: full
     assert len(box) == 10
+
+
+# ---- filesystem errors on client paths ------------------------------------------------------------------------
+
+LONG = "a" * 300  # over the 255 bytes a path component may have
+DEEP = "/".join(["d"] * 1500)
+
+
+async def error_of(resp) -> tuple[int, str]:
+    body = await resp.json()
+    return resp.status, body["error"]["type"]
+
+
+async def test_long_deep_and_looping_paths_on_view_are_4xx(server) -> None:
+    inputs = server.base / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    os.symlink("loop", inputs / "loop")  # input/loop -> itself: ELOOP
+    cases = [{"filename": LONG + ".png"}, {"filename": "a.png", "subfolder": LONG},
+             {"filename": "a.png", "subfolder": DEEP}, {"filename": "loop", "type": "input"},
+             {"filename": "a.png", "subfolder": "loop", "type": "input"},
+             {"filename": "a.png", "subfolder": "loop", "type": "input", "preview": "webp"}]
+    for params in cases:
+        resp = await server.client.get("/view", params=params)
+        status, kind = await error_of(resp)
+        assert 400 <= status < 500, (params.get("subfolder", "")[:20], params["filename"][:20], status, kind)
+    assert (await server.client.get("/queue")).status == 200
+
+
+async def test_long_deep_and_looping_paths_on_upload_are_4xx(server) -> None:
+    inputs = server.base / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    os.symlink("loop", inputs / "loop")
+    cases = [("pic.png", {"subfolder": LONG}), ("pic.png", {"subfolder": DEEP}),
+             ("pic.png", {"subfolder": "loop"}), ("pic.png", {"subfolder": "loop/x"}),
+             ("b" * 250 + ".png", {}), ("pic.png", {"subfolder": "/".join(["e"] * 3000)})]
+    for name, fields in cases:
+        for route in ("/upload/image", "/upload/mask"):
+            if route == "/upload/mask":
+                fields = {**fields, "original_ref": json.dumps({"filename": "x.png", **fields})}
+            status, kind = await error_of(await upload(server, png_bytes(), name, route, **fields))
+            assert 400 <= status < 500, (route, name[:20], fields.get("subfolder", "")[:20], status, kind)
+    assert (await upload(server, png_bytes(), "pic.png")).status == 200
+
+
+async def test_permission_denied_is_403(server, monkeypatch) -> None:
+    # As root no permission bit stops us, so the kernel's answer is stood in for where uploads write.
+    from sdgraph.server import files  # noqa: PLC0415
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/somewhere/secret")
+
+    monkeypatch.setattr(files, "_write_temp", denied)
+    resp = await upload(server, png_bytes(), "pic.png")
+    body = await resp.json()
+    assert resp.status == 403 and body["error"]["type"] == "permission_denied"
+    assert "/somewhere" not in json.dumps(body)  # server paths stay private
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MiB tmpfs mounted at base/input (root only; skipped where mounting is not allowed)."""
+    where = tmp_path / "base" / "input"
+    where.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def test_a_full_disk_is_507_and_recovers(small_disk: Path, make_server) -> None:
+    server = await make_server(base=small_disk.parent)
+    filler = small_disk / "filler.bin"
+    (small_disk.parent / "output").mkdir(exist_ok=True)
+    (small_disk.parent / "output" / "orig.png").write_bytes(png_bytes((64, 64)))
+    with open(filler, "wb", buffering=0) as out:
+        with pytest.raises(OSError):  # fill it up to the last byte
+            for _ in range(2048):
+                out.write(b"\0" * 1024)
+                out.flush()
+    for route in ("/upload/image", "/upload/mask"):
+        fields = {"original_ref": json.dumps({"filename": "orig.png", "type": "output"})} if route == "/upload/mask" else {}
+        resp = await upload(server, png_bytes((64, 64)), "pic.png", route, **fields)
+        body = await resp.json()
+        assert resp.status == 507 and body["error"]["type"] == "insufficient_storage", (route, body)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin"]  # no partial file left behind
+    filler.unlink()
+    resp = await upload(server, png_bytes((64, 64)), "pic.png")
+    assert resp.status == 200 and (await resp.json())["name"] == "pic.png"
+    assert (small_disk / "pic.png").read_bytes() == png_bytes((64, 64))
