@@ -12,6 +12,7 @@ from typing import IO, Any, Callable, TypeVar
 from PIL import Image, ImageOps
 
 from sdgraph.server.errors import ApiError
+from sdgraph.server.fserrors import api_error
 
 Result = TypeVar("Result")
 PREVIEW_FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
@@ -32,6 +33,8 @@ def open_image(source: Any, *, required: bool = True) -> Image.Image | None:
     except Image.DecompressionBombError as exc:
         raise ApiError(413, "image_too_large", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Pillow's format plugins raise all sorts on malformed data
+        if (fs_error := api_error(exc)) is not None:
+            raise fs_error from None
         if not required:
             return None
         raise ApiError(400, "not_an_image", f"not a readable image: {type(exc).__name__}: {exc}") from None
@@ -82,6 +85,8 @@ def _guarded(function: Callable[..., Result]) -> Callable[..., Result]:
         except ApiError:
             raise
         except Exception as exc:  # noqa: BLE001
+            if (fs_error := api_error(exc)) is not None:
+                raise fs_error from None  # the file, not the image, is the problem
             raise ApiError(400, "not_an_image", f"could not process the image: {type(exc).__name__}: {exc}") \
                 from None
 

@@ -369,3 +369,16 @@ async def test_a_full_disk_is_507_and_recovers(small_disk: Path, make_server) ->
     resp = await upload(server, png_bytes((64, 64)), "pic.png")
     assert resp.status == 200 and (await resp.json())["name"] == "pic.png"
     assert (small_disk / "pic.png").read_bytes() == png_bytes((64, 64))
+
+
+async def test_an_unreadable_image_is_403_not_a_bad_image(server, monkeypatch) -> None:
+    from PIL import Image  # noqa: PLC0415
+
+    (server.base / "output" / "c.png").write_bytes(png_bytes())
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", denied)
+    status, kind = await error_of(await server.client.get("/view", params={"filename": "c.png", "preview": "webp"}))
+    assert (status, kind) == (403, "permission_denied")
