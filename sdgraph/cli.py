@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdgraph", description="Run and inspect Stable Diffusion node graphs.")
+    parser = argparse.ArgumentParser(prog="sdgraph", description="Run and inspect Stable Diffusion node graphs.",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a workflow JSON file")

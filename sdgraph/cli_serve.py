@@ -60,8 +60,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    # No abbreviations: `--tok X` must be refused, not silently read as the secret `--token X`.
     parser = subparsers.add_parser("serve", help="run the HTTP and WebSocket server (ComfyUI-compatible API)",
-                                   description="Serve the API, the queue and the browser editor.")
+                                   description="Serve the API, the queue and the browser editor.", allow_abbrev=False)
     add_serve_arguments(parser)
     parser.set_defaults(handler=serve)  # the CLI calls args.handler(args)
     return parser
@@ -150,5 +151,5 @@ async def _serve_until_stopped(app: web.Application, config: ServerConfig) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_serve_arguments(argparse.ArgumentParser(prog="python -m sdgraph.server"))
+    parser = add_serve_arguments(argparse.ArgumentParser(prog="python -m sdgraph.server", allow_abbrev=False))
     return serve(parser.parse_args(argv))

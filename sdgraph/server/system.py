@@ -91,19 +91,20 @@ def _devices(probe: bool) -> tuple[list[dict[str, Any]], str | None]:
     return devices, getattr(torch, "__version__", None)
 
 
-def _argv() -> list[str]:
+def masked_argv(argv: list[str], secrets: list[str]) -> list[str]:
+    """argv with every secret's value masked wherever it appears (`--token X`, `--token=X`, `--tok=X`, ...),
+    and the argument after a secret flag masked too (a secret not known here, such as an unused token)."""
     out, hide = [], False
-    for arg in sys.argv:
+    for arg in argv:
         if hide:
-            out.append("***")
-            hide = False
+            arg, hide = "***", False
         elif arg in SECRET_FLAGS:
-            out.append(arg)
             hide = True
         elif arg.startswith(tuple(f"{flag}=" for flag in SECRET_FLAGS)):
-            out.append(arg.split("=", 1)[0] + "=***")
-        else:
-            out.append(arg)
+            arg = arg.split("=", 1)[0] + "=***"
+        for secret in secrets:
+            arg = arg.replace(secret, "***")
+        out.append(arg)
     return out
 
 
@@ -126,7 +127,7 @@ async def system_stats(request: web.Request) -> web.Response:
             "os": os.name if sys.platform == "win32" else sys.platform, "platform": platform.platform(),
             "ram_total": total, "ram_free": free, "sdgraph_version": version, "comfyui_version": version,
             "python_version": sys.version, "pytorch_version": torch_version, "embedded_python": False,
-            "argv": _argv(),
+            "argv": masked_argv(sys.argv, [state.config.token] if state.config.token else []),
         },
         "devices": devices,
     })

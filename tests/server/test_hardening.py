@@ -382,3 +382,27 @@ async def test_an_unreadable_image_is_403_not_a_bad_image(server, monkeypatch) -
     monkeypatch.setattr(Image, "open", denied)
     status, kind = await error_of(await server.client.get("/view", params={"filename": "c.png", "preview": "webp"}))
     assert (status, kind) == (403, "permission_denied")
+
+
+# ---- secrets ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--tok", "x"], ["--tok=x"], ["--toke", "x"], ["--max-conn", "5"]])
+def test_serve_refuses_abbreviated_flags(argv: list[str], capsys) -> None:
+    from sdgraph.cli import _parser  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["serve", *argv])
+    assert info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    assert _parser().parse_args(["serve", "--token", "x"]).token == "x"
+
+
+@pytest.mark.parametrize("spelling", [["--tok=s3cr3t-value"], ["--tok", "s3cr3t-value"], ["--token=s3cr3t-value"],
+                                      ["--token", "s3cr3t-value"], ["--t", "s3cr3t-value"]])
+async def test_system_stats_never_shows_the_token(spelling: list[str], make_server, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["sdgraph", "serve", "--listen", "0.0.0.0", *spelling])
+    server = await make_server(ServerConfig(listen="0.0.0.0", token="s3cr3t-value"))
+    resp = await server.client.get("/system_stats", headers={"Authorization": "Bearer s3cr3t-value"})
+    body = await resp.json()
+    assert resp.status == 200 and "s3cr3t" not in json.dumps(body)
+    assert body["system"]["argv"][:4] == ["sdgraph", "serve", "--listen", "0.0.0.0"]
