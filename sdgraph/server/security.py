@@ -5,8 +5,10 @@
 - A request carrying an Origin must come from the same origin as its Host; `Origin: null` is refused. Browsers'
   Sec-Fetch-Site marks cross-site sub-requests (an <img> or <script> on another site): refused too, except
   top-level navigations.
-- When a token is set (always when listening off loopback), every request needs it: `Authorization: Bearer`,
-  `?token=` (WebSocket, first browser visit) or the cookie set by visiting `/?token=...`.
+- When a token is set (always when listening off loopback), every request needs it, as `Authorization: Bearer`
+  or `?token=`, except the editor's page and static files (code, no data), which a browser loads from the printed
+  `/?token=...` URL; the editor keeps the token in its tab's sessionStorage. No cookie: browsers send cookies to
+  every port of a host, so one would hand the token to whatever else listens there.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from sdgraph.server import static
 from sdgraph.server.config import WILDCARDS, ServerConfig, is_ip, is_loopback
 from sdgraph.server.errors import error_response
 
@@ -25,10 +28,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "SAMEORIGIN",
 }
-
-
-def token_cookie(config: ServerConfig) -> str:
-    return f"sdgraph_token_{config.port}"
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -102,14 +101,17 @@ def _same_origin(origin: str, scheme: str, host: str, port: int | None) -> bool:
     return parts.scheme == scheme and parts.hostname.lower() == host and origin_port == host_port
 
 
-def presented_token(request: web.Request, config: ServerConfig) -> tuple[str | None, bool]:
-    """(the token the client presented, whether it came in the query string)."""
+def presented_token(request: web.Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip(), False
-    if "token" in request.query:
-        return request.query["token"], True
-    return request.cookies.get(token_cookie(config)), False
+        return auth[7:].strip()
+    return request.query.get("token")
+
+
+def is_editor_file(request: web.Request) -> bool:
+    """The editor's page or one of its static files: public code, so a browser can load it before the token."""
+    handler = request.match_info.route.handler
+    return request.method in ("GET", "HEAD") and handler in (static.index, static.asset)
 
 
 def token_valid(presented: str | None, expected: str) -> bool:
@@ -124,19 +126,12 @@ def security_middleware(config: ServerConfig) -> Callable[..., Awaitable[web.Str
         refusal = check_request(request, config)
         if refusal is not None:
             return error_response(403, "forbidden", refusal)
-        if config.token:
-            presented, in_query = presented_token(request, config)
-            if not token_valid(presented, config.token):
+        if config.token and not is_editor_file(request):
+            if not token_valid(presented_token(request), config.token):
                 response = error_response(401, "unauthorized",
                                           "an access token is required: use the URL printed by `sdgraph serve`, "
                                           "or send 'Authorization: Bearer <token>'")
                 response.headers["WWW-Authenticate"] = "Bearer"
-                return response
-            if in_query and request.method == "GET" and request.path in ("/", "/index.html"):
-                # First visit from the printed URL: remember the token in a cookie, drop it from the address bar.
-                response = web.Response(status=302, headers={"Location": "/"})
-                response.set_cookie(token_cookie(config), config.token, httponly=True, samesite="Strict",
-                                    path="/")
                 return response
         return await handler(request)
 

@@ -92,12 +92,16 @@ async def test_token_required_when_listening_publicly(make_server) -> None:
     ws = await server.client.ws_connect("/ws", params={"token": token, "clientId": "x"})
     assert (await ws.receive_json(timeout=5))["type"] == "status"
     await ws.close()
-    # The first browser visit trades ?token= for a cookie and drops the token from the address bar.
-    visit = await server.client.get("/", params={"token": token}, allow_redirects=False)
-    assert visit.status == 302 and visit.headers["Location"] == "/"
-    cookie = visit.cookies[f"sdgraph_token_{config.port}"]
-    assert cookie["httponly"] and cookie["samesite"] == "Strict"
-    assert (await server.client.get("/queue")).status == 200  # the session now carries the cookie
+    # The editor's page and files are public code (the editor keeps the token in its tab); no cookie is ever set,
+    # since browsers would send it to every port of the host.
+    for path in ("/", "/index.html", "/js/api.js", "/style.css"):
+        visit = await server.client.get(path, params={"token": token}, allow_redirects=False)
+        assert visit.status == 200 and "Set-Cookie" not in visit.headers, path
+        assert (await server.client.get(path)).status == 200, path
+    server.client.session.cookie_jar.update_cookies({f"sdgraph_token_{config.port}": token})
+    assert (await server.client.get("/queue")).status == 401  # a cookie is not a credential
+    assert (await server.client.get("/openapi.json")).status == 401  # only the editor's own files are public
+    assert (await server.client.get("/view", params={"filename": "x.png"})).status == 401
     # Any IP literal is a valid Host when listening on every interface; host names still are not.
     status, _, _ = await raw_request(server, "GET", "/queue", {"Host": "192.0.2.7:8188",
                                                                 "Authorization": f"Bearer {token}"})

@@ -1,6 +1,19 @@
 // The server's HTTP and WebSocket API (ComfyUI's routes), nothing else.
 
-const token = new URLSearchParams(location.search).get('token');
+// The access token (when the server listens off loopback) comes in the printed URL's ?token=. It is kept for this
+// tab in sessionStorage, which is per origin, port included (a cookie would go to every port of the host), and
+// dropped from the address bar.
+const token = (() => {
+  const params = new URLSearchParams(location.search);
+  const given = params.get('token');
+  if (given) {
+    sessionStorage.setItem('sdgraph.token', given);
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(history.state, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+  }
+  return given || sessionStorage.getItem('sdgraph.token');
+})();
 
 export function url(path, params = {}) {
   const u = new URL(path.replace(/^\//, ''), location.href.replace(/[?#].*$/, '').replace(/[^/]*$/, ''));
