@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -118,12 +119,21 @@ async def test_worker_starts_only_once_the_socket_listens(tmp_path: Path) -> Non
         await runner.cleanup()
 
 
-def test_pending_prompt_waits_for_the_socket_and_sigterm_stops_cleanly(serve) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_cleanly_and_the_running_prompt_is_kept(signum: int, serve, tmp_path: Path) -> None:
     process = serve()
-    assert process.call("POST", "/prompt", {"prompt": chain(5), "prompt_id": "p"})[0] == 200
-    process.wait(lambda: "p" in process.call("GET", "/history")[1])
-    process.proc.terminate()
+    slow = chain(2, middle="Slow", seconds=30.0, steps=300)
+    assert process.call("POST", "/prompt", {"prompt": slow, "prompt_id": "slow"})[0] == 200
+    process.wait(lambda: [item[1] for item in process.call("GET", "/queue")[1]["queue_running"]] == ["slow"])
+    process.proc.send_signal(signum)
     assert process.proc.wait(15) == 0
+    again = LimitedProcess(tmp_path / "base0", process.port)  # the same base directory
+    try:
+        again.wait_ready()
+        queue = again.call("GET", "/queue")[1]
+        assert [item[1] for item in queue["queue_running"] + queue["queue_pending"]] == ["slow"]
+    finally:
+        again.stop()
 
 
 def test_a_port_in_use_is_a_clear_error(serve, tmp_path: Path) -> None:
