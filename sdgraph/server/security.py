@@ -23,6 +23,7 @@ from sdgraph.server.config import WILDCARDS, ServerConfig, is_ip, is_loopback
 from sdgraph.server.errors import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EDITOR_HANDLERS = {handler for _, _, handler in static.ROUTES}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -110,8 +111,7 @@ def presented_token(request: web.Request) -> str | None:
 
 def is_editor_file(request: web.Request) -> bool:
     """The editor's page or one of its static files: public code, so a browser can load it before the token."""
-    handler = request.match_info.route.handler
-    return request.method in ("GET", "HEAD") and handler in (static.index, static.asset)
+    return request.method in ("GET", "HEAD") and request.match_info.route.handler in EDITOR_HANDLERS
 
 
 def token_valid(presented: str | None, expected: str) -> bool:

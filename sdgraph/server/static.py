@@ -8,6 +8,7 @@ from aiohttp import web
 
 from sdgraph.paths import UnsafePath, safe_join
 from sdgraph.server.errors import ApiError
+from sdgraph.server.fserrors import client_paths
 from sdgraph.server.state import state_of
 
 TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".html": "text/html",
@@ -55,5 +56,5 @@ async def asset(request: web.Request) -> web.StreamResponse:
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/", index),
     # Only names with an extension: an API path (/free, /queue) never falls through to the editor's files.
-    ("GET", r"/{path:.+\.[A-Za-z0-9]+}", asset),
+    ("GET", r"/{path:.+\.[A-Za-z0-9]+}", client_paths(asset)),
 ]

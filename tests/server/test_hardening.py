@@ -416,3 +416,8 @@ async def test_system_stats_never_shows_the_token(spelling: list[str], make_serv
     body = await resp.json()
     assert resp.status == 200 and "s3cr3t" not in json.dumps(body)
     assert body["system"]["argv"][:4] == ["sdgraph", "serve", "--listen", "0.0.0.0"]
+
+
+async def test_editor_files_with_impossible_paths_are_4xx(server) -> None:
+    for path in ("/" + LONG + ".js", "/" + DEEP + "/x.js", "/" + "/".join(["e"] * 3000) + "/x.js"):
+        assert (await server.client.get(path)).status in (400, 404), path[:20]
