@@ -105,10 +105,14 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
         print(f"sdgraph: open {url}", flush=True)
     try:
         asyncio.run(_serve_until_stopped(app, config))
-    except OSError as exc:
-        print(f"sdgraph: cannot listen on {config.listen}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+    except CannotListen as exc:
+        print(f"sdgraph: cannot listen on {config.listen}:{config.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+class CannotListen(Exception):
+    """An address could not be bound (in use, not ours, ...)."""
 
 
 async def start_serving(app: web.Application, config: ServerConfig) -> tuple[web.AppRunner, asyncio.Task[None]]:
@@ -126,10 +130,12 @@ async def start_serving(app: web.Application, config: ServerConfig) -> tuple[web
     try:
         for host in config.listen_hosts:
             await web.TCPSite(runner, host, config.port, backlog=config.backlog).start()
-    except BaseException:
+    except BaseException as exc:
         # Worker.stop (run by the app's cleanup) cannot join a thread that never started; nothing else is left.
         with contextlib.suppress(RuntimeError):
             await runner.cleanup()
+        if isinstance(exc, OSError):
+            raise CannotListen(exc.strerror or str(exc)) from exc
         raise
     assert runner.server is not None
     sweep = asyncio.ensure_future(guard.run(runner.server))

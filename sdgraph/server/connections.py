@@ -55,6 +55,7 @@ class ConnectionGuard:
 
     def sweep(self, connections: list[web.RequestHandler], now: float) -> None:
         self._cut_stalled_bodies(now)
+        connections = [h for h in connections if h.transport is not None]  # closed ones linger a moment
         for handler in connections:
             self._first_seen.setdefault(handler, now)
         live = set(connections)
@@ -62,12 +63,13 @@ class ConnectionGuard:
             del self._first_seen[handler]
         excess = len(connections) - self.max_connections
         if excess > 0:
-            idle = [h for h in connections if h.transport is not None and h.transport not in self._busy]
+            idle = [h for h in connections if h.transport not in self._busy]
             idle.sort(key=self._first_seen.__getitem__)
             for handler in idle[:excess]:
                 handler.force_close()
-            log.warning("%d connections open, over the cap of %d: closed %d idle ones", len(connections),
-                        self.max_connections, min(excess, len(idle)))
+            if idle:
+                log.warning("%d connections open, over the cap of %d: closed the %d oldest idle ones",
+                            len(connections), self.max_connections, min(excess, len(idle)))
 
     def _cut_stalled_bodies(self, now: float) -> None:
         for transport, body in list(self._busy.items()):
