@@ -84,3 +84,50 @@ def diffusers_loop(unet: torch.nn.Module, scheduler: Any, cond: torch.Tensor, un
             noise_pred = uncond_pred + cfg * (cond_pred - uncond_pred)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
     return latents
+
+
+# ---- an analytic model: Gaussian data, whose exact denoiser is known ----------------------------------------
+
+DATA_STD = torch.tensor([0.5, 1.0, 0.75, 0.25], dtype=torch.float64).view(1, 4, 1, 1)
+
+
+class GaussianDataUNet(torch.nn.Module):
+    """The exact epsilon-prediction for latents whose elements are independent N(mean_c, DATA_STD_c^2) per channel.
+
+    The mean of each channel is read from the conditioning (the first four values of its first token), so the
+    positive and negative prompts describe two data distributions and cfg moves between them.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        from sdgraph.nodes.sd.schedules import DiscreteSchedule
+
+        self.schedule = DiscreteSchedule(alphas_cumprod)
+        self.dtype_anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # TinyModel.dtype reads it
+        self.calls = 0
+
+    def forward(self, x_in: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                return_dict: bool = True, **kwargs: Any) -> tuple[torch.Tensor]:
+        self.calls += 1
+        sigma = self.schedule.sigma(float(t.flatten()[0]))
+        x = x_in.double() * (sigma ** 2 + 1) ** 0.5  # undo the VP input scaling c_in
+        mean = encoder_hidden_states[:, 0, :4].double().reshape(-1, 4, 1, 1)
+        return (((x - exact_denoised(x, sigma, mean)) / sigma).to(x_in.dtype),)
+
+
+def mean_conditioning(mean: tuple[float, float, float, float]) -> list:
+    """CONDITIONING for GaussianDataUNet: data of this per-channel mean."""
+    cond = torch.zeros(1, TOKENS, TEXT_DIM)
+    cond[0, 0, :4] = torch.tensor(mean)
+    return [[cond, {}]]
+
+
+def exact_flow(x: torch.Tensor, sigma: float, sigma_to: float, mean: torch.Tensor) -> torch.Tensor:
+    """Where the probability-flow ODE of the Gaussian data carries x from noise level sigma to sigma_to."""
+    ratio = (DATA_STD ** 2 + sigma_to ** 2) / (DATA_STD ** 2 + sigma ** 2)
+    return mean + (x.double() - mean) * ratio ** 0.5
+
+
+def exact_denoised(x: torch.Tensor, sigma: float, mean: torch.Tensor) -> torch.Tensor:
+    """E[x0 | x] for the Gaussian data: what an exact model predicts from x at noise level sigma."""
+    return mean + (x.double() - mean) * (DATA_STD ** 2 / (DATA_STD ** 2 + sigma ** 2))

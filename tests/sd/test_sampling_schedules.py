@@ -29,7 +29,13 @@ def test_schedules_descend_to_zero(schedule: DiscreteSchedule, name: str, steps:
     assert sigmas.dtype == torch.float64 and sigmas[-1] == 0
     assert 2 <= len(sigmas) <= steps + 1 and (name == "beta" or len(sigmas) == steps + 1)
     assert (sigmas[:-1] > sigmas[1:]).all()
-    assert sigmas[0] <= schedule.sigma_max + 1e-9
+    assert schedule.sigma_min - 1e-9 <= sigmas[-2] and sigmas[0] <= schedule.sigma_max + 1e-9
+    if name == "ddim_uniform":  # diffusers' leading spacing: timesteps k * (1000 // steps) + 1
+        assert sigmas[0] == pytest.approx(float(schedule.sigmas[(steps - 1) * (1000 // steps) + 1]))
+    else:
+        assert sigmas[0] == pytest.approx(schedule.sigma_max), "sampling starts at the top of the schedule"
+    if name in ("normal", "karras", "exponential", "kl_optimal") and steps > 1:
+        assert sigmas[-2] == pytest.approx(schedule.sigma_min), "and reaches its bottom before the final 0"
 
 
 @pytest.mark.parametrize("name,option", [("normal", {}), ("karras", {"use_karras_sigmas": True}),
