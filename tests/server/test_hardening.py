@@ -421,3 +421,16 @@ async def test_system_stats_never_shows_the_token(spelling: list[str], make_serv
 async def test_editor_files_with_impossible_paths_are_4xx(server) -> None:
     for path in ("/" + LONG + ".js", "/" + DEEP + "/x.js", "/" + "/".join(["e"] * 3000) + "/x.js"):
         assert (await server.client.get(path)).status in (400, 404), path[:20]
+
+
+def test_a_websocket_outlives_the_head_timeout(serve) -> None:
+    process = serve("--head-timeout", "1")
+    ws = RawWebSocket(process.port, "patient")
+    try:
+        ws.receive()  # the greeting status
+        time.sleep(2.5)  # idle for longer than the head timeout
+        assert process.call("POST", "/prompt", {"prompt": chain(3), "prompt_id": "late", "client_id": "patient"})[0] \
+            == 200
+        assert [d["node"] for t, d in read_events(ws, "late") if t == "executing"][-1] is None
+    finally:
+        ws.close()
