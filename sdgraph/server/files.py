@@ -1,9 +1,9 @@
 """GET /view and POST /upload/{image,mask}: files in output/, input/ and temp/, and never a step outside them.
 
 Every client path goes through `safe_join`, and every route through `client_paths`, so a filesystem error on a
-client's path (a name too long, a symlink loop, a full disk) is a 4xx or 507, never a 500. Uploads never overwrite unless asked: identical content keeps the
-existing name, a clash with other content gets `name (1).ext`, and the final name is claimed with a hard link,
-so a race cannot clobber a file either. Only media and plain data are served inline; anything else (HTML, SVG,
+client's path (a name too long, a symlink loop, a full disk) is a 4xx or 507, never a 500. Uploads never
+overwrite unless asked: identical content keeps the existing name, a clash with other content gets
+`name (1).ext`, and the final name is claimed with a hard link, so a race cannot clobber a file either. Only media and plain data are served inline; anything else (HTML, SVG,
 scripts) is an attachment.
 """
 from __future__ import annotations

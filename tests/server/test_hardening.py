@@ -370,7 +370,8 @@ async def test_a_full_disk_is_507_and_recovers(small_disk: Path, make_server) ->
                 out.write(b"\0" * 1024)
                 out.flush()
     for route in ("/upload/image", "/upload/mask"):
-        fields = {"original_ref": json.dumps({"filename": "orig.png", "type": "output"})} if route == "/upload/mask" else {}
+        original = json.dumps({"filename": "orig.png", "type": "output"})
+        fields = {"original_ref": original} if route == "/upload/mask" else {}
         resp = await upload(server, png_bytes((64, 64)), "pic.png", route, **fields)
         body = await resp.json()
         assert resp.status == 507 and body["error"]["type"] == "insufficient_storage", (route, body)
