@@ -68,3 +68,13 @@ def test_sdxl_uses_both_encoders(ctx, sdxl):
     _, clip, _ = sdxl
     ((cond, extras),) = call(TextEncode, ctx, text="a red circle", clip=clip)[0]
     assert cond.shape == (1, 77, 128) and extras["pooled_output"].shape == (1, 64)
+
+
+def test_emphasis_parsing_is_linear_in_unmatched_and_nested_brackets():
+    import time
+
+    start = time.process_time()
+    assert parse_weights("(" * 100_000) == [("(" * 100_000, 1.0)]
+    nested = parse_weights("(" * 5000 + "x:1.0" + ")" * 5000)  # deeper than Python's recursion limit
+    assert len(nested) == 1 and nested[0][0] == "x" and abs(nested[0][1] / 1.1 ** 4999 - 1) < 1e-6
+    assert time.process_time() - start < 2.0
