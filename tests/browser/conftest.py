@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import HERE, TXT2IMG, Page, get_json, require_nodes
+from tests.browser.browser_support import HERE, TXT2IMG, Page, get_json, require_nodes
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from browser_support import TXT2IMG, get_json, names, require_nodes, selector
+from tests.browser.browser_support import TXT2IMG, get_json, names, require_nodes, selector
 
 RUN_TIMEOUT_MS = 240_000
 
