@@ -149,13 +149,16 @@ def test_a_port_in_use_is_a_clear_error(serve, tmp_path: Path) -> None:
 
 
 def test_a_thousand_half_open_connections(serve) -> None:
-    process = serve("--head-timeout", "2")
+    process = serve("--head-timeout", "3")
+    opened = time.monotonic()
     sockets = open_idle(process.port, 1000)
     try:
         took = max(timed_get(process) for _ in range(5))
         assert took < 0.5, f"GET /queue took {took:.3f} s with 1,000 half-open connections"
-        assert count_closed(sockets, 1, 1.0) == 0  # not before the timeout
-        assert count_closed(sockets, 1000, 6.0) == 1000  # all of them after it
+        early = opened + 2.0 - time.monotonic()  # time left before any of them may be closed
+        if early > 0:
+            assert count_closed(sockets, 1, early) == 0
+        assert count_closed(sockets, 1000, 8.0) == 1000  # all of them after it
         print(f"GET /queue with 1,000 half-open connections: {took * 1000:.1f} ms (slowest of 5)")
     finally:
         for sock in sockets:
