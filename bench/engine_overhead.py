@@ -117,7 +117,7 @@ def timed(fn: Callable[[], Any]) -> float:
     start = CLOCK()
     result = fn()
     elapsed = CLOCK() - start
-    assert result.ok, result.error or result.validation.as_dict()
+    assert result.ok, result.error or result.node_errors
     return elapsed
 
 

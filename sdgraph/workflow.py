@@ -31,10 +31,13 @@ def is_link(value: Any) -> bool:
     )
 
 
+def is_wrapped_literal(value: Any) -> bool:
+    """`{"__value__": v}`: a value given on purpose (a list would otherwise read as a link)."""
+    return isinstance(value, dict) and len(value) == 1 and "__value__" in value
+
+
 def unwrap_literal(value: Any) -> Any:
-    if isinstance(value, dict) and len(value) == 1 and "__value__" in value:
-        return value["__value__"]
-    return value
+    return value["__value__"] if is_wrapped_literal(value) else value
 
 
 class PromptNode(BaseModel):

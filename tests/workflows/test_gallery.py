@@ -40,7 +40,7 @@ def run(executor: Executor, name: str, *overrides: str) -> tuple[RunResult, dict
     for text in overrides:
         apply_override(workflow, text)
     result = executor.run(workflow)
-    assert result.ok, json.dumps(result.error or result.validation.as_dict(), default=str)[:2000]
+    assert result.ok, json.dumps(result.error or result.node_errors, default=str)[:2000]
     pictures = {}
     for node_id, ui in result.outputs.items():
         (image,) = ui["images"]
