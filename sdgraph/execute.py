@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from sdgraph.cache import CachedOutput, OutputCache
+from sdgraph.collector import collector_paused, collector_resumed
 from sdgraph.context import Interrupted, InterruptFlag, NodeContext, Services
 from sdgraph.node import NodeOutput
 from sdgraph.prepare import PreparedPrompt, prepare
@@ -88,7 +89,7 @@ class Executor:
         self.interrupt_flag.set()
 
     def prepare(self, source: Workflow | Any) -> PreparedPrompt:
-        with _engine_work():
+        with collector_paused():
             return prepare(source, self.registry, self.services.dirs)
 
     def run(self, source: Workflow | Any, **options: Any) -> RunResult:
@@ -128,7 +129,7 @@ class Executor:
             emit("execution_error", result.error)
             return result
         try:
-            with _engine_work():
+            with collector_paused():
                 return _Run(self, prompt, prompt_id, emit, extra_data).execute()
         except Exception as exc:  # noqa: BLE001 - an engine bug becomes this prompt's error, not the caller's
             log.error("engine failure in prompt %s", prompt_id, exc_info=exc)
@@ -311,7 +312,7 @@ class _Run:
     def _call(self, node: PreparedNode) -> tuple[tuple[list[Any], ...], dict[str, Any] | None]:
         inputs = {name: self.values[src][index] for name, (src, index) in node.links.items()}
         try:
-            with _node_work():
+            with collector_resumed():
                 return call_node(node, inputs, self._context(node))
         except Interrupted:
             raise
@@ -350,23 +351,6 @@ class _Run:
 
 
 @contextmanager
-def _engine_work() -> Iterator[None]:
-    """Pause the cyclic garbage collector while the engine does its bookkeeping.
-
-    Validation, planning and signatures allocate many small, acyclic objects; on a 10k-node graph the collector's
-    repeated passes over them doubled the engine's cost. Nodes run with the collector as it was (`_node_work`).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    _GC_STATE.enabled = enabled
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@contextmanager
 def _engine_state_frozen() -> Iterator[None]:
     """While nodes run, the collector skips the objects that existed before (the workflow, the plan, the cache)."""
     gc.freeze()
@@ -374,21 +358,6 @@ def _engine_state_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-@contextmanager
-def _node_work() -> Iterator[None]:
-    if getattr(_GC_STATE, "enabled", False):
-        gc.enable()
-        try:
-            yield
-        finally:
-            gc.disable()
-    else:
-        yield
-
-
-_GC_STATE = threading.local()
 
 
 def call_node(node: PreparedNode, inputs: dict[str, list[Any]], ctx: NodeContext

@@ -28,6 +28,7 @@ def create_app(executor: Executor, config: ServerConfig | None = None, *,
     store = PromptStore(config.db_path or dirs.user / "server.sqlite3", max_history=config.max_history,
                         max_pending=config.max_queue, max_pending_bytes=config.max_queue_bytes)
     hub = Hub(lambda: {"status": {"exec_info": {"queue_remaining": store.remaining()}}})
+    store.on_queued = hub.post_status
     worker = Worker("0", executor, store, hub)
     state = ServerState(config, executor, store, hub, worker, config.web_dir or default_web_dir())
 

@@ -17,12 +17,13 @@ import heapq
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -66,10 +67,11 @@ class QueueItem:
     client_id: str | None = None
     secrets: dict[str, Any] = field(default_factory=dict, repr=False)
     attempts: int = 0
+    _listed: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt(self) -> dict[str, Any]:
-        return json.loads(self.prompt_json)
+        return load_nodes(self.prompt_json)
 
     @property
     def extra_data(self) -> dict[str, Any]:
@@ -79,11 +81,14 @@ class QueueItem:
     def nbytes(self) -> int:
         return len(self.prompt_json) + len(self.extra_json)
 
-    def as_json(self) -> str:
-        """The ecosystem's queue entry, [number, prompt_id, prompt, extra_data, outputs_to_execute], as JSON text
-        spliced from the stored texts (a large prompt is never parsed to be listed)."""
-        head = json.dumps([_number(self.number), self.prompt_id])[:-1]
-        return f"{head}, {self.prompt_json}, {self.extra_json}, {json.dumps(self.outputs_to_execute)}]"
+    def as_json(self) -> bytes:
+        """The ecosystem's queue entry, [number, prompt_id, prompt, extra_data, outputs_to_execute], as UTF-8 JSON
+        spliced from the stored texts (a large prompt is never parsed to be listed), made once."""
+        if self._listed is None:
+            head = json.dumps([_number(self.number), self.prompt_id])[:-1]
+            text = f"{head}, {self.prompt_json}, {self.extra_json}, {json.dumps(self.outputs_to_execute)}]"
+            self._listed = text.encode()
+        return self._listed
 
 
 class DuplicatePrompt(ValueError):
@@ -125,6 +130,7 @@ class PromptStore:
         self._running: dict[str, QueueItem] = {}
         self._pending_bytes = 0
         self._closed = False
+        self.on_queued: Callable[[], None] | None = None  # told of each new prompt before any worker sees it
         self.counter = 0
         self.seq = 0
         self.finished = 0
@@ -173,7 +179,7 @@ class PromptStore:
 
         Raises DuplicatePrompt for a prompt_id in use, QueueFull when the queue is at its bounds."""
         secrets = {k: v for k, v in extra_data.items() if k in SENSITIVE_KEYS}
-        texts = (_dumps(prompt), _dumps(_public(extra_data)))
+        texts = (dump_nodes(prompt), _dumps(_public(extra_data)))
         with self._lock:
             if prompt_id in self._pending or prompt_id in self._running:
                 raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted")
@@ -194,6 +200,8 @@ class PromptStore:
         with self._lock:
             self._pending[prompt_id] = item
             heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
+            if self.on_queued is not None:
+                self.on_queued()  # so the queue's new status goes out before the prompt's first event
             self._changed.notify_all()
         return item
 
@@ -400,6 +408,38 @@ def _history_entry(row: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
     entry = json.loads(result) if result else {}
     entry["prompt"] = [_number(number), pid, json.loads(prompt), _public(json.loads(extra)), json.loads(outs)]
     return pid, entry
+
+
+def dump_nodes(prompt: dict[str, Any]) -> str:
+    """A prompt as JSON text, written node by node: one call over a large prompt would hold the GIL (and stall
+    the server's event loop) for a tenth of a second or more."""
+    return "{" + ", ".join(f"{json.dumps(str(key))}: {_dumps(node)}" for key, node in prompt.items()) + "}"
+
+
+_DECODER = json.JSONDecoder()
+_SEPARATOR = re.compile(r"\s*([:,}])\s*")
+
+
+def load_nodes(text: str) -> dict[str, Any]:
+    """Read a JSON object node by node (the inverse of `dump_nodes`, for any JSON object text)."""
+    nodes: dict[str, Any] = {}
+    pos = _skip_space(text, text.index("{") + 1)
+    if text[pos] == "}":
+        return nodes
+    while True:
+        key, pos = _DECODER.raw_decode(text, _skip_space(text, pos))
+        pos = _SEPARATOR.match(text, pos).end()
+        nodes[key], pos = _DECODER.raw_decode(text, pos)
+        separator = _SEPARATOR.match(text, pos)
+        if separator.group(1) == "}":
+            return nodes
+        pos = separator.end()
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while text[pos].isspace():
+        pos += 1
+    return pos
 
 
 def _crashed_result(prompt_id: str, attempts: int) -> dict[str, Any]:

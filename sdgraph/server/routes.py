@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sdgraph.collector import collector_paused
 from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, read_model
 from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
@@ -21,13 +22,16 @@ async def post_prompt(request: web.Request) -> web.Response:
     state = state_of(request)
     raw = await read_body(request, state.config.max_body_bytes)
     reply, status = await asyncio.to_thread(_admit, state, raw)  # a large workflow must not stall the loop
-    if status == 200:
-        state.hub.send_status()
     return web.json_response(reply, status=status)
 
 
 def _admit(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
     """Parse, prepare and queue one submission (in a worker thread); the reply and its status."""
+    with collector_paused():
+        return _admit_parsed(state, raw)
+
+
+def _admit_parsed(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
     body = parse_model(PromptRequest, parse_json(raw))
     prompt = state.executor.prepare(body.prompt)
     if not prompt.ok:
@@ -54,9 +58,9 @@ async def get_prompt(request: web.Request) -> web.Response:
 
 async def get_queue(request: web.Request) -> web.Response:
     running, pending = state_of(request).store.snapshot()
-    text = (f'{{"queue_running": [{", ".join(item.as_json() for item in running)}], '
-            f'"queue_pending": [{", ".join(item.as_json() for item in pending)}]}}')
-    return web.Response(text=text, content_type="application/json")
+    body = b"".join((b'{"queue_running": [', b", ".join(item.as_json() for item in running),
+                     b'], "queue_pending": [', b", ".join(item.as_json() for item in pending), b"]}"))
+    return web.Response(body=body, content_type="application/json")
 
 
 async def post_queue(request: web.Request) -> web.Response:

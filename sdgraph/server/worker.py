@@ -12,6 +12,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from sdgraph.collector import collector_paused
 from sdgraph.execute import Executor, RunResult, error_payload
 from sdgraph.server.queue import PromptStore, QueueItem
 from sdgraph.server.ws import Hub, preview_frame, text_frame
@@ -45,7 +46,8 @@ class Worker:
         self.store.close()
         if self.current is not None:
             self.executor.interrupt()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # a server that never listened never started it
+            self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:
@@ -98,7 +100,8 @@ class Worker:
                                                        "prompt_id": item.prompt_id}), item.client_id)
 
     def _run(self, item: QueueItem) -> None:
-        prompt = self.executor.prepare(item.prompt)  # again: files and nodes may have changed since submission
+        with collector_paused():  # again: files and nodes may have changed since submission
+            prompt = self.executor.prepare(item.prompt)
         result = self.executor.execute(prompt, prompt_id=item.prompt_id, listener=self._listener(item.client_id),
                                        extra_data=item.extra_data, record=self._recorder(item))
         self.completed += 1

@@ -118,7 +118,7 @@ class Hub:
         if delay > 0:
             self.loop.call_later(delay, self._flush_status)
         else:
-            self.loop.call_soon(self._flush_status)
+            self._flush_status()  # now, so it precedes the frames queued after it
 
     def _flush_status(self) -> None:
         self._status_scheduled = False
