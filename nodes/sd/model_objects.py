@@ -73,6 +73,10 @@ def _manager(own: "ModelManager", given: "ModelManager | None") -> "ModelManager
     return given if given is not None else own
 
 
+def _patch_nbytes(patches: tuple[LoraPatch, ...]) -> int:
+    return sum(t.nbytes for p in patches for up, down, _ in p.deltas.values() for t in (up, down))
+
+
 @dataclass
 class DiffusionModel:
     """MODEL: a denoising UNet with its noise schedule and the LoRA patches to apply when it is used."""
@@ -98,6 +102,10 @@ class DiffusionModel:
 
     def dtype(self, manager: "ModelManager | None" = None) -> torch.dtype:
         return _manager(self.manager, manager).dtype_for(self.slot)
+
+    def cache_nbytes(self) -> int:
+        """Bytes this handle holds itself (schedule, LoRA deltas); the weights belong to the model manager."""
+        return self.alphas_cumprod.nbytes + _patch_nbytes(self.patches)
 
     def clone(self) -> "DiffusionModel":
         return dataclasses.replace(self)
@@ -157,6 +165,10 @@ class ClipModel:
     def compute_device(self, manager: "ModelManager | None" = None) -> torch.device:
         return _manager(self.manager, manager).compute_device
 
+    def cache_nbytes(self) -> int:
+        """Bytes of its LoRA deltas; the encoders belong to the model manager."""
+        return sum(_patch_nbytes(p) for p in self.patches)
+
     def clone(self) -> "ClipModel":
         return dataclasses.replace(self)
 
@@ -177,6 +189,9 @@ class _SingleModule:
 
     def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
         return _manager(self.manager, manager).acquire(self.slot)
+
+    def cache_nbytes(self) -> int:
+        return 0  # the module belongs to the model manager
 
 
 @dataclass

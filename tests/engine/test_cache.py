@@ -40,12 +40,12 @@ def test_holds_references_not_copies():
 
 
 def test_sizeof_counts_payloads_in_containers():
-    class Model:
+    class Handle:
         def cache_nbytes(self) -> int:
-            return 0  # models belong to the model manager, not to the cache budget
+            return 12  # what the value holds itself (model handles: not the manager's weights, tests/sd)
 
     assert sizeof({"samples": Blob(64), "extra": [Blob(36)]}) == 100
-    assert sizeof(Model()) == 0
+    assert sizeof({"model": Handle(), "latent": Blob(8)}) == 20
 
 
 def test_no_cache_mode():
