@@ -16,7 +16,7 @@ from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
 from sdgraph.spec import InputSpec
 from sdgraph.types import BOOLEAN, COMBO, FLOAT, INT, PRIMITIVE_TYPES, STRING, types_compatible
-from sdgraph.workflow import Link, Workflow, unwrap_literal
+from sdgraph.workflow import Link, Workflow, is_wrapped_literal, unwrap_literal
 
 
 @dataclass
@@ -107,6 +107,7 @@ def _to_bool(value: Any) -> bool:
 
 
 COERCE: dict[str, Callable[[Any], Any]] = {INT: _to_int, FLOAT: _to_float, STRING: _to_str, BOOLEAN: _to_bool}
+WIDGET_TYPES = frozenset(COERCE) | {COMBO}
 
 
 def check_literal(spec: InputSpec, raw: Any, skip_range: bool, dirs: Dirs | None = None) -> tuple[Any, dict[str, Any] | None]:
@@ -183,7 +184,9 @@ def _check_node(defs: dict[str, NodeDef | None], workflow: Workflow, node_id: st
         if name in links:
             node_links[name] = links[name]
             issue = _check_link(defs, workflow, spec, links[name])
-        elif (raw := given.get(name)) is not None:
+        elif (raw := given.get(name)) is not None and is_wrapped_literal(raw) and spec.type not in WIDGET_TYPES:
+            literals[name], issue = raw["__value__"], None  # a value for a socket: the node takes it as it is
+        elif raw is not None:
             literals[name], issue = check_literal(spec, unwrap_literal(raw), name in custom, dirs)
         elif spec.section == "required":
             issue = problem("required_input_missing", "Required input is missing", name,

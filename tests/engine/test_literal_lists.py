@@ -12,7 +12,6 @@ from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
 
 
-
 class Total(Node):
     """Output node: the sum of a list of numbers, given as a value."""
 
@@ -32,8 +31,6 @@ def executor(tmp_path) -> Executor:
     return Executor(registry, Services(dirs=Dirs(base=tmp_path)))
 
 
-@pytest.mark.xfail(strict=True, reason="validate.check_literal refuses every literal on a socket without a "
-                   "coercer, wrapped or not (issue 12, item 8)")
 def test_a_wrapped_list_reaches_the_node(executor: Executor) -> None:
     result = executor.run({"1": {"class_type": "Total", "inputs": {"values": {"__value__": [1.5, 2, 3]}}}})
     assert result.ok, result.error or result.node_errors

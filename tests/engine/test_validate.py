@@ -123,10 +123,10 @@ def test_aliases_answer_to_the_same_node(executor):
     assert executor.run(workflow).outputs["3"] == {"text": ["2"]}
 
 
-def test_literal_lists_are_wrapped(executor):
-    workflow = {"1": {"class_type": "Show", "inputs": {"value": {"__value__": [1, 2]}}}}
+def test_a_bare_list_on_a_socket_is_refused(executor):
+    workflow = {"1": {"class_type": "Show", "inputs": {"value": [1, 2, 3]}}}
     report = executor.prepare(workflow)
-    assert errors_of(report, "1") == ["invalid_input_type"]  # '*' socket takes links only
+    assert errors_of(report, "1") == ["invalid_input_type"]  # a value for a socket must be wrapped
 
 
 def test_deep_chain_has_no_recursion_limit(executor):
