@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdgraph.execute import Executor, RunResult
+from sdgraph.limits import add_limit_arguments, limits_from_args
 from sdgraph.overrides import OverrideError, apply_override
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.runtime import RuntimeOptions, create_executor
@@ -74,12 +75,14 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
                         help="besides each node's latest output, keep N outputs of earlier runs (default 0)")
     parser.add_argument("--no-plugins", action="store_true", help="load only the built-in nodes")
     parser.add_argument("--preview", action="store_true", help="produce latent previews while sampling")
+    add_limit_arguments(parser)
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(base_dir=args.base_dir, cpu=args.cpu, lowvram=args.lowvram, no_cache=args.no_cache,
                           cache_lru=args.cache_lru,
-                          plugins=not args.no_plugins, preview=getattr(args, "preview", False))
+                          plugins=not args.no_plugins, preview=getattr(args, "preview", False),
+                          limits=limits_from_args(args))
 
 
 def _load(args: argparse.Namespace) -> Workflow:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdgraph.limits import add_limit_arguments, limits_from_args
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -56,6 +58,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--no-plugins", action="store_true", help="load only the built-in node packs")
     run.add_argument("--preview", action="store_true", help="send latent previews while sampling")
     run.add_argument("--max-history", type=int, default=10000, help="finished prompts kept (default 10000)")
+    run.add_argument("--max-queue", type=int, default=10000,
+                     help="pending prompts accepted; past it a submission gets 429 (default 10000)")
+    run.add_argument("--max-queue-mb", type=float, default=1024.0,
+                     help="pending prompts' JSON, all together; past it a submission gets 429 (default 1024 MB)")
+    add_limit_arguments(parser)
     return parser
 
 
@@ -78,13 +85,15 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
     config = ServerConfig(
         listen=args.listen, port=args.port, token=args.token or None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_history=args.max_history, allowed_hosts=tuple(args.allow_host),
+        max_history=args.max_history, allowed_hosts=tuple(args.allow_host), max_queue=args.max_queue,
+        max_queue_bytes=int(args.max_queue_mb * 1024 * 1024),
         head_timeout_s=args.head_timeout, body_timeout_s=args.body_timeout, max_connections=args.max_connections,
     )
     config, generated = config.with_token_if_public()
     options = RuntimeOptions(base_dir=args.base_dir, plugins=not args.no_plugins, no_cache=args.no_cache,
                              cache_lru=args.cache_lru, cpu=args.cpu, lowvram=args.lowvram,
-                             reserve_vram_gb=args.reserve_vram, preview=args.preview)
+                             reserve_vram_gb=args.reserve_vram, preview=args.preview,
+                             limits=limits_from_args(args))
     if executor is None:
         executor = create_executor(options)
     for problem in executor.registry.problems:

@@ -253,3 +253,20 @@ def test_load_image_takes_subfolders_and_annotated_names(registry, dirs, tmp_pat
     assert call(image_nodes.LoadImage, ctx, image="sub/red.png")[0][0, 0, 0].tolist() == [1.0, 0.0, 0.0]
     mask = call(image_nodes.LoadImageMask, ctx, image="green.png [temp]", channel="green")[0]
     assert mask.shape == (1, 8, 8) and float(mask.min()) == 1.0
+
+
+def test_the_cli_flags_reach_the_checks(tmp_path, capsys):
+    from sdgraph.cli import main
+
+    workflow = tmp_path / "latent.json"  # 4 x 4 x 256 x 256 float32: 4 MiB
+    workflow.write_text('{"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 2048, "height": 2048, '
+                        '"batch_size": 4}}}')
+    before = current_limits()
+    try:
+        args = ["validate", str(workflow), "--base-dir", str(tmp_path), "--no-plugins"]
+        main(args + ["--max-tensor-mb", "1"])
+        assert "--max-tensor-mb" in capsys.readouterr().err
+        main(args + ["--max-tensor-mb", "64"])
+        assert "--max-tensor-mb" not in capsys.readouterr().err
+    finally:
+        configure(before)
