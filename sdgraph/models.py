@@ -45,6 +45,7 @@ class ManagerStats:
     moves_to_device: int = 0
     moves_to_offload: int = 0
     streamed_uses: int = 0
+    layer_visits: int = 0  # a streamed layer's weights brought to the compute device for one forward
     patch_changes: int = 0
 
     @property
@@ -54,7 +55,7 @@ class ManagerStats:
     def snapshot(self) -> dict[str, int]:
         return {"disk_loads": self.disk_loads, "moves_to_device": self.moves_to_device,
                 "moves_to_offload": self.moves_to_offload, "streamed_uses": self.streamed_uses,
-                "patch_changes": self.patch_changes}
+                "layer_visits": self.layer_visits, "patch_changes": self.patch_changes}
 
 
 @dataclass(eq=False)
@@ -210,6 +211,9 @@ class ModelManager:
     def resident(self) -> list[ManagedModule]:
         return [s for s in self._slots if s.resident]
 
+    def streamed(self) -> list[ManagedModule]:
+        return [s for s in self._slots if s.streamed]
+
     def _over_budget_alone(self, slot: ManagedModule) -> bool:
         return slot.nbytes > self.budget_bytes
 
@@ -245,13 +249,13 @@ class ModelManager:
     def _stream(self, slot: ManagedModule) -> None:
         self._offload(slot)
         self.stats.streamed_uses += 1
-        if slot.streamed or self.compute_device == self.offload_device:
+        if slot.streamed:
             return
-        device = self.compute_device
+        # Hooks go in even when both devices are the CPU: one code path, which a CPU-only test can exercise.
         for sub in slot.module.modules():
             if next(itertools.chain(sub.parameters(recurse=False), sub.buffers(recurse=False)), None) is None:
                 continue
-            slot.hooks.append(sub.register_forward_pre_hook(_mover(device)))
+            slot.hooks.append(sub.register_forward_pre_hook(_mover(self.compute_device, self.stats)))
             slot.hooks.append(sub.register_forward_hook(_returner(self.offload_device)))
         slot.streamed = True
 
@@ -323,8 +327,9 @@ def _lora_delta(up: torch.Tensor, down: torch.Tensor, shape: torch.Size, device:
     return delta.reshape(shape)
 
 
-def _mover(device: torch.device) -> Callable[..., None]:
+def _mover(device: torch.device, stats: ManagerStats) -> Callable[..., None]:
     def hook(module: torch.nn.Module, args: Any) -> None:
+        stats.layer_visits += 1
         module._apply(lambda t: t.to(device, non_blocking=True), recurse=False)
     return hook
 

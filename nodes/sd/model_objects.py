@@ -190,6 +190,11 @@ class _SingleModule:
     def module(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
         return _manager(self.manager, manager).acquire(self.slot)
 
+    def placement(self, manager: "ModelManager | None" = None) -> tuple[torch.device, torch.dtype]:
+        """Where and in what precision the module computes; a streamed module's weights rest elsewhere."""
+        manager = _manager(self.manager, manager)
+        return manager.compute_device, manager.dtype_for(self.slot)
+
     def cache_nbytes(self) -> int:
         return 0  # the module belongs to the model manager
 
@@ -209,8 +214,8 @@ class VaeModel(_SingleModule):
     def encode(self, pixels: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
         """Encode images (mode of the posterior, deterministic) to scaled float32 CPU latents."""
         vae = self.module(manager)
-        param = next(vae.parameters())
-        x = pixels[..., :3].movedim(-1, 1).to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
+        device, dtype = self.placement(manager)
+        x = pixels[..., :3].movedim(-1, 1).to(device=device, dtype=dtype) * 2.0 - 1.0
         latents = vae.encode(x).latent_dist.mode()
         return ((latents.float() - self.shift_factor) * self.scaling_factor).cpu()
 
@@ -218,8 +223,8 @@ class VaeModel(_SingleModule):
     def decode(self, latents: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
         """Decode scaled latents to float32 CPU images [B,H,W,C] in 0..1."""
         vae = self.module(manager)
-        param = next(vae.parameters())
-        z = latents.to(device=param.device, dtype=param.dtype) / self.scaling_factor + self.shift_factor
+        device, dtype = self.placement(manager)
+        z = latents.to(device=device, dtype=dtype) / self.scaling_factor + self.shift_factor
         images = vae.decode(z).sample.float()
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
 

@@ -77,9 +77,35 @@ def _decoded(dirs, mgr: ModelManager) -> torch.Tensor:
     return torch.from_numpy(__import__("numpy").asarray(Image.open(dirs.output / record["subfolder"] / record["filename"])).copy())
 
 
-def test_zero_budget_completes_with_the_same_picture(dirs):
+def test_zero_budget_streams_every_module_layer_by_layer_with_the_same_picture(dirs):
     reference = _decoded(dirs, ModelManager(force_cpu=True))
-    assert torch.equal(_decoded(dirs, ModelManager(force_cpu=True, budget_bytes=0)), reference)
+    mgr = ModelManager(force_cpu=True, budget_bytes=0)
+    assert torch.equal(_decoded(dirs, mgr), reference)
+    roles = {slot.role for slot in mgr.streamed()}
+    assert roles >= {"unet", "text_encoder", "vae"} and mgr.resident() == [] and mgr.resident_bytes() == 0
+    assert mgr.stats.moves_to_device == 0 and mgr.stats.streamed_uses >= 3
+    layers = sum(len(slot.hooks) // 2 for slot in mgr.streamed())
+    assert mgr.stats.layer_visits >= layers, "each layer's weights came to the compute device for its forward"
+
+
+def test_a_module_larger_than_the_budget_streams_while_the_others_stay_resident(dirs):
+    from sdgraph.nodes.sd.loading import load_checkpoint
+
+    mgr = ModelManager(force_cpu=True)
+    model, clip, vae = load_checkpoint(dirs.find_model("checkpoints", "sd1-tiny.safetensors"), mgr)
+    largest, *others = sorted([model.slot, clip.encoders[0], vae.slot], key=lambda slot: -slot.nbytes)
+    mgr.budget_bytes = sum(slot.nbytes for slot in others)  # room for the others, not for the largest
+    assert largest.nbytes > mgr.budget_bytes
+    reference = _decoded(dirs, ModelManager(force_cpu=True))
+    assert torch.equal(_decoded(dirs, mgr), reference)
+    assert mgr.streamed() == [largest] and set(mgr.resident()) == set(others)
+    visits = mgr.stats.layer_visits
+    assert visits > 0
+    mgr.budget_bytes = None  # room again: the module becomes resident and its hooks go
+    mgr.acquire(largest)
+    assert largest.resident and not largest.streamed and not largest.hooks
+    assert torch.equal(_decoded(dirs, mgr), reference)
+    assert mgr.stats.layer_visits == visits
 
 
 def test_over_budget_eviction_and_reload(dirs):
