@@ -1,6 +1,6 @@
 """Engine overhead on graphs of trivial nodes: cold run, fully cached re-run, re-run after one leaf changed.
 
-    python bench/engine_overhead.py [--sizes 1000 10000] [--repeats 5]
+    python -m bench.engine_overhead [--sizes 1000 10000] [--repeats 5]
 
 Each figure is the median over repeats (of process CPU time by default, since other work on a shared machine
 inflates wall time) of a whole `Executor.run` on a workflow dict (parsing, validation,
@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from sdgraph.cache import OutputCache
-from sdgraph.execute import Executor
-from sdgraph.node import Input, Int, Node, NodeOutput, Output
-from sdgraph.registry import Registry
-from sdgraph.types import INT
+if __name__ == "__main__" and not __package__:
+    # Run as a file, sys.path[0] is bench/ and `import sdgraph` could find another checkout's install: rerun as a
+    # module of this checkout, whose root `python -m` puts first on sys.path.
+    if Path.cwd().resolve() != Path(__file__).resolve().parents[1]:
+        sys.exit(f"run it from the checkout root: python -m bench.{Path(__file__).stem}")
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
+
+from sdgraph.cache import OutputCache  # noqa: E402
+from sdgraph.execute import Executor  # noqa: E402
+from sdgraph.node import Input, Int, Node, NodeOutput, Output  # noqa: E402
+from sdgraph.registry import Registry  # noqa: E402
+from sdgraph.types import INT  # noqa: E402
 
 FAN_IN = 1000
 CLOCK = time.process_time

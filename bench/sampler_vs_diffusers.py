@@ -1,7 +1,7 @@
 """KSampler against a hand-written diffusers denoising loop: same UNet, scheduler, steps, cfg, side by side.
 
-    python bench/sampler_vs_diffusers.py                   # CPU: the tiny UNet (8x8), a small one (16x16), null
-    python bench/sampler_vs_diffusers.py --device cuda     # GPU: SD 1.5's UNet (random weights), 512x512, fp16
+    python -m bench.sampler_vs_diffusers                   # CPU: the tiny UNet (8x8), a small one (16x16), null
+    python -m bench.sampler_vs_diffusers --device cuda     # GPU: SD 1.5's UNet (random weights), 512x512, fp16
 
 Runs alternate (ours, diffusers, ours, ...) so that load on a shared machine hits both alike; the figure is the
 median of the per-pair time ratios ours / diffusers (target <= 1.03). KSampler runs as a node (NodeContext,
@@ -11,17 +11,22 @@ between encoding the prompt and decoding the latents: [uncond; cond] in one UNet
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+if __name__ == "__main__" and not __package__:
+    # Run as a file, sys.path[0] is bench/ and `import sdgraph` could find another checkout's install: rerun as a
+    # module of this checkout, whose root `python -m` puts first on sys.path.
+    if Path.cwd().resolve() != Path(__file__).resolve().parents[1]:
+        sys.exit(f"run it from the checkout root: python -m bench.{Path(__file__).stem}")
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch  # noqa: E402
 
 SD15_UNET: dict[str, Any] = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -44,17 +49,6 @@ PAIRS: list[tuple[str, str, str, dict[str, Any]]] = [
      {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True, "final_sigmas_type": "zero"}),
 ]
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-def import_sdgraph_nodes() -> None:
-    """`sdgraph.nodes` is `nodes/` mapped by the editable install; on a bare checkout map it by hand."""
-    try:
-        importlib.import_module("sdgraph.nodes.sd.sampling")
-    except ImportError:
-        sys.path.insert(0, str(ROOT))
-        import sdgraph
-
-        sys.modules["sdgraph.nodes"] = sdgraph.nodes = importlib.import_module("nodes")  # type: ignore[attr-defined]
 
 
 class NullUNet(torch.nn.Module):
@@ -188,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="also sample the tiny model on the CPU and on --device in fp32 and compare")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
-    import_sdgraph_nodes()
     device = torch.device(args.device)
     threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
     if threads:

@@ -1,8 +1,8 @@
 """Load and soak benchmark of the server, on loopback, against a real server process.
 
-    python bench/server_load.py                      # 500 prompts from 10 clients, latency, overhead per prompt
-    python bench/server_load.py --soak 1000          # + resident memory over 1000 prompts of a workflow file
-    python bench/server_load.py --soak 1000 --workflow workflows/txt2img.json
+    python -m bench.server_load                      # 500 prompts from 10 clients, latency, overhead per prompt
+    python -m bench.server_load --soak 1000          # + resident memory over 1000 prompts of a workflow file
+    python -m bench.server_load --soak 1000 --workflow workflows/txt2img.json
 
 Load: a trivial graph (Number -> Show, a new value each time so nothing is cached) on a server process that
 loads only the pure-Python test nodes. It checks that no prompt is lost (all 500 reach the history as
@@ -31,12 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+if __name__ == "__main__" and not __package__:
+    # Run as a file, sys.path[0] is bench/ and `import sdgraph` could find another checkout's install: rerun as a
+    # module of this checkout, whose root `python -m` puts first on sys.path.
+    if Path.cwd().resolve() != Path(__file__).resolve().parents[1]:
+        sys.exit(f"run it from the checkout root: python -m bench.{Path(__file__).stem}")
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import aiohttp  # noqa: E402
 
 from tests.server.nodes import chain  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEED_INPUTS = ("seed", "noise_seed")
 
@@ -75,10 +81,9 @@ class Server:
         self.log_path = base / "server.log"
         base.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "w")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         command = os.environ.get("SDGRAPH_BENCH_SERVER_MODULE", module).split()
         self.proc = subprocess.Popen([sys.executable, "-m", *command, "--base-dir", str(base), "--port", str(self.port),
-                                      *extra], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                      *extra], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def ready(self, session: aiohttp.ClientSession, timeout: float = 120) -> None:
