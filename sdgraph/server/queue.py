@@ -67,7 +67,6 @@ class QueueItem:
     client_id: str | None = None
     secrets: dict[str, Any] = field(default_factory=dict, repr=False)
     attempts: int = 0
-    _listed: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt(self) -> dict[str, Any]:
@@ -83,12 +82,9 @@ class QueueItem:
 
     def as_json(self) -> bytes:
         """The ecosystem's queue entry, [number, prompt_id, prompt, extra_data, outputs_to_execute], as UTF-8 JSON
-        spliced from the stored texts (a large prompt is never parsed to be listed), made once."""
-        if self._listed is None:
-            head = json.dumps([_number(self.number), self.prompt_id])[:-1]
-            text = f"{head}, {self.prompt_json}, {self.extra_json}, {json.dumps(self.outputs_to_execute)}]"
-            self._listed = text.encode()
-        return self._listed
+        spliced from the stored texts: a large prompt is never parsed to be listed (nor kept twice)."""
+        head = json.dumps([_number(self.number), self.prompt_id])[:-1]
+        return f"{head}, {self.prompt_json}, {self.extra_json}, {json.dumps(self.outputs_to_execute)}]".encode()
 
 
 class DuplicatePrompt(ValueError):
