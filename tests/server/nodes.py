@@ -13,6 +13,7 @@ from sdgraph.execute import Executor
 from sdgraph.node import Float, Input, Int, Node, NodeOutput, Output, String
 from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
+from tests.engine.toy_nodes import Unserialisable
 
 INT = "INT"
 GATES: dict[str, threading.Event] = {}
@@ -124,18 +125,6 @@ class HardExit(Node):
 
     def run(self, value: int) -> tuple:
         os._exit(9)
-
-
-class Unserialisable(Node):
-    """An output node whose UI value refers to itself: its history entry cannot be written as JSON."""
-
-    output_node = True
-    inputs = [Input("value", INT)]
-
-    def run(self, value: int) -> NodeOutput:
-        loop: list = [value]
-        loop.append(loop)
-        return NodeOutput((), {"text": loop})
 
 
 class Previewer(Node):
