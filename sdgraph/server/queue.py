@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sdgraph.execute import error_payload
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
     prompt_id TEXT PRIMARY KEY,
@@ -441,9 +443,7 @@ def _skip_space(text: str, pos: int) -> int:
 def _crashed_result(prompt_id: str, attempts: int) -> dict[str, Any]:
     message = (f"the server stopped while running this prompt, {attempts} times (a node may have crashed the "
                f"process or run it out of memory); it is not retried again")
-    error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-             "exception_message": message, "exception_type": "sdgraph.PromptCrashedServer", "traceback": [],
-             "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
+    error = error_payload(prompt_id, message=message, exception_type="sdgraph.PromptCrashedServer")
     return {"outputs": {}, "meta": {},
             "status": {"status_str": "error", "completed": False, "messages": [["execution_error", error]]}}
 
