@@ -37,10 +37,10 @@ def control_residuals(hint: ControlHint | None, x: torch.Tensor, t: torch.Tensor
         if h.strength == 0 or not h.active_at(percent):
             continue
         net = h.controlnet.module(manager)
-        param = next(net.parameters())
+        device, dtype = h.controlnet.placement(manager)  # not its parameters': a streamed net's rest elsewhere
         size = (x.shape[-2] * downscale, x.shape[-1] * downscale)
-        image = hint_pixels(h.image, size, x.shape[0], param.device, param.dtype)
-        down, mid = net(x.to(param.device, param.dtype), t, encoder_hidden_states=cond.to(param.device, param.dtype),
+        image = hint_pixels(h.image, size, x.shape[0], device, dtype)
+        down, mid = net(x.to(device, dtype), t, encoder_hidden_states=cond.to(device, dtype),
                         controlnet_cond=image, conditioning_scale=float(h.strength),
                         added_cond_kwargs=added_cond_kwargs, return_dict=False)
         down_sum = list(down) if down_sum is None else [a + b for a, b in zip(down_sum, down)]

@@ -38,7 +38,7 @@ class LimitedProcess(Process):
 
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.server.serve_nodes", "--base-dir", str(base),
                                       "--port", str(port), *flags], cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=self.log,
+                                     stdout=self.log,
                                      stderr=subprocess.STDOUT, preexec_fn=lower_limit)
         self.headers: dict[str, str] = {}
 
@@ -139,7 +139,7 @@ def test_a_signal_stops_cleanly_and_the_running_prompt_is_kept(signum: int, serv
 def test_a_port_in_use_is_a_clear_error(serve, tmp_path: Path) -> None:
     process = serve()
     second = subprocess.run([sys.executable, "-m", "tests.server.serve_nodes", "--base-dir", str(tmp_path / "b2"),
-                             "--port", str(process.port)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             "--port", str(process.port)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 1
     assert f"cannot listen on 127.0.0.1:{process.port}" in second.stderr

@@ -64,7 +64,8 @@ def test_a_100k_node_workflow_does_not_stall_other_requests(tmp_path: Path, proc
     """Preparing and running a 100,000-node prompt (4.8 MB of JSON) happens off the event loop.
 
     GET /prompt (the queue's state) must stay fast; GET /queue lists the whole prompt in every answer, so it
-    is bounded more loosely (see issue 12's notes for the figures)."""
+    is bounded more loosely. Measured alone on the 2-core machine: GET /prompt p99 17-33 ms, GET /queue p99
+    78-233 ms (issue 12 asks 50 ms for /queue: not met yet, see its notes)."""
     server = Process(tmp_path / "base", free_port(), "--max-body-mb", "64")
     processes.append(server)
     server.wait_ready()
@@ -80,7 +81,7 @@ def test_a_100k_node_workflow_does_not_stall_other_requests(tmp_path: Path, proc
                 conn.request("GET", path)
                 conn.getresponse().read()
                 seen.append(time.perf_counter() - start)
-                time.sleep(0.005)
+                time.sleep(0.002)
         conn.close()
 
     poller = threading.Thread(target=poll)
@@ -101,5 +102,6 @@ def test_a_100k_node_workflow_does_not_stall_other_requests(tmp_path: Path, proc
         print(f"GET {path} during a 100k-node prompt: {len(seen)} requests, "
               f"p50 {statistics.median(seen) * 1000:.1f} ms, p99 {percentile(seen, 0.99) * 1000:.1f} ms")
     assert len(latencies["/prompt"]) > 50
-    assert percentile(latencies["/prompt"], 0.99) < 0.050
+    # Bounds with room for a busy machine; validating on the event loop stalled every request for seconds.
+    assert percentile(latencies["/prompt"], 0.99) < 0.100
     assert percentile(latencies["/queue"], 0.99) < 0.500

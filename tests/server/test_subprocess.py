@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -30,9 +29,8 @@ class Process:
     def __init__(self, base: Path, port: int, *flags: str) -> None:
         self.port = port
         self.log = open(base.parent / f"serve-{port}-{time.monotonic_ns()}.log", "w+")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.server.serve_nodes", "--base-dir", str(base),
-                                      "--port", str(port), *flags], cwd=ROOT, env=env, stdout=self.log,
+                                      "--port", str(port), *flags], cwd=ROOT, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         self.headers: dict[str, str] = {}
 
