@@ -72,11 +72,13 @@ class ApiWorkflow(RootModel[dict[str, PromptNode]]):
 class Workflow:
     """A parsed workflow: nodes by id, plus whatever editor layout came with it."""
 
-    __slots__ = ("nodes", "layout")
+    __slots__ = ("nodes", "layout", "origin")
 
-    def __init__(self, nodes: dict[str, PromptNode], layout: dict[str, Any] | None = None) -> None:
+    def __init__(self, nodes: dict[str, PromptNode], layout: dict[str, Any] | None = None,
+                 origin: dict[str, dict[str, Any]] | None = None) -> None:
         self.nodes = nodes
         self.layout = layout
+        self.origin = origin  # converted from a UI file: API id -> {ui_id, title, path} the user sees there
 
     def to_api(self) -> dict[str, Any]:
         return {node_id: node.model_dump(by_alias=True, exclude_defaults=False) for node_id, node in self.nodes.items()}
@@ -120,12 +122,11 @@ def _describe(exc: ValidationError) -> str:
     return "invalid workflow JSON: " + "; ".join(lines)
 
 
-def load_workflow(path: str | Path) -> Workflow:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(f"{path}: not valid JSON ({exc})") from None
-    return parse_workflow(data)
+def load_workflow(path: str | Path, registry: Any = None) -> Workflow:
+    """A workflow file in any form users have: API JSON, UI JSON (converted), or a picture carrying either."""
+    from sdgraph.uiformat import load_any  # the converter builds on this module
+
+    return load_any(Path(path), registry)
 
 
 def json_schema() -> dict[str, Any]:
