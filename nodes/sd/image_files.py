@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sdgraph.limits import Limits, check_count, check_memory
 from sdgraph.paths import Dirs, safe_join
+from sdgraph.uiformat.pictures import comfy_metadata
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # `name [output]`: a file in another client-facing directory (ComfyUI's annotated names)
@@ -109,12 +109,14 @@ def read_channel(path: Path, channel: str, limits: Limits, where: str = "LoadIma
 
 
 def png_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] | None) -> PngInfo:
-    info = PngInfo()
-    if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
-    for key, value in (extra_pnginfo or {}).items():
-        info.add_text(key, json.dumps(value))
-    return info
+    """Text chunks `prompt` and one per extra_pnginfo key (`workflow`), JSON each, as ComfyUI writes them."""
+    return comfy_metadata(prompt, extra_pnginfo, "png")
+
+
+def webp_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] | None) -> Image.Exif:
+    """EXIF entries `prompt:<json>` (tag 0x0110) and `workflow:<json>` (0x010F, then downwards), as ComfyUI
+    writes them in WebP."""
+    return comfy_metadata(prompt, extra_pnginfo, "webp")
 
 
 def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
@@ -141,7 +143,33 @@ def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata
     return results
 
 
-def _next_counter(folder: Path, stem: str) -> int:
-    pattern = re.compile(re.escape(stem) + r"_(\d+)_?\.png$")
+def save_webp(images: torch.Tensor, root: Path, prefix: str, kind: str, exif: Image.Exif | None,
+              fps: float = 6.0, lossless: bool = False, quality: int = 80, method: int = 4) -> list[dict[str, str]]:
+    """Write the batch as one animated WebP (one frame per image; a still picture for a batch of one),
+    `<prefix>_<counter:05>_.webp` under root, never overwriting, with the EXIF metadata of webp_metadata;
+    return its UI record."""
+    folder_part, _, stem = prefix.replace("\\", "/").rpartition("/")
+    folder = safe_join(root, folder_part) if folder_part else root.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray((image.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)) for image in images]
+    options: dict[str, Any] = {"lossless": lossless, "quality": quality, "method": method}
+    if exif is not None:
+        options["exif"] = exif
+    if len(frames) > 1:
+        options.update(save_all=True, append_images=frames[1:], duration=int(1000.0 / fps))
+    counter = _next_counter(folder, stem, ".webp")
+    while True:
+        name = f"{stem}_{counter:05}_.webp"
+        try:
+            with (folder / name).open("xb") as f:
+                frames[0].save(f, format="WEBP", **options)
+            break
+        except FileExistsError:
+            counter += 1
+    return [{"filename": name, "subfolder": folder_part, "type": kind}]
+
+
+def _next_counter(folder: Path, stem: str, suffix: str = ".png") -> int:
+    pattern = re.compile(re.escape(stem) + r"_(\d+)_?" + re.escape(suffix) + "$")
     used = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
     return max(used, default=0) + 1
