@@ -12,6 +12,8 @@ from sdgraph.limits import add_limit_arguments, limits_from_args
 from sdgraph.overrides import OverrideError, apply_override
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.runtime import RuntimeOptions, create_executor
+from sdgraph.uiformat import ConversionError, api_to_ui, name_node_errors
+from sdgraph.uiformat.errors import where as problem_where
 from sdgraph.workflow import Workflow, WorkflowFormatError, json_schema, load_workflow
 
 EXIT_INVALID = 2
@@ -54,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     _runtime_flags(nodes)
     nodes.set_defaults(handler=cmd_nodes)
 
+    convert = sub.add_parser("convert", help="print a workflow (UI JSON, API JSON or picture) as API-format JSON")
+    convert.add_argument("workflow", type=Path)
+    convert.add_argument("--ui", action="store_true", help="the other way: print an API workflow as a UI workflow")
+    convert.add_argument("--base-dir", type=Path, help="directory holding custom_nodes/ (default ./user)")
+    convert.add_argument("--no-plugins", action="store_true", help="know only the built-in nodes")
+    convert.set_defaults(handler=cmd_convert)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the workflow format")
     schema.set_defaults(handler=lambda args: print(json.dumps(json_schema(), indent=2)))
 
@@ -85,19 +94,45 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
                           limits=limits_from_args(args))
 
 
-def _load(args: argparse.Namespace) -> Workflow:
-    workflow = load_workflow(args.workflow)
+def _load(args: argparse.Namespace, executor: Executor) -> Workflow:
+    workflow = load_workflow(args.workflow, executor.registry)
     for text in args.overrides:
         apply_override(workflow, text)
     return workflow
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _prepare(executor: Executor, workflow: Workflow) -> PreparedPrompt:
+    prompt = executor.prepare(workflow)
+    name_node_errors(prompt.node_errors, workflow.origin)
+    return prompt
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sdgraph.paths import Dirs, default_base
+    from sdgraph.plugins import build_registry
+
+    dirs = Dirs(base=(args.base_dir or default_base()).resolve())
+    registry = build_registry(dirs.custom_nodes, plugins=not args.no_plugins)
     try:
-        workflow = _load(args)
+        workflow = load_workflow(args.workflow, registry)
+    except ConversionError as exc:
+        for item in exc.problems:
+            print(f"error: {problem_where(item)}{item['message']}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, WorkflowFormatError) as exc:
+        return _input_error(args, exc)
+    out = api_to_ui(workflow.to_api(), registry) if args.ui else workflow.to_api()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    executor = create_executor(runtime_options(args))
+    try:
+        workflow = _load(args, executor)
     except (OSError, WorkflowFormatError, OverrideError) as exc:
         return _input_error(args, exc)
-    prompt = create_executor(runtime_options(args)).prepare(workflow)
+    prompt = _prepare(executor, workflow)
     if args.json:
         print(json.dumps(prompt.as_dict(), indent=2, default=str))
     elif prompt.ok:
@@ -109,12 +144,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    executor = create_executor(runtime_options(args))
     try:
-        workflow = _load(args)
+        workflow = _load(args, executor)
     except (OSError, WorkflowFormatError, OverrideError) as exc:
         return _input_error(args, exc)
-    executor = create_executor(runtime_options(args))
-    prompt = executor.prepare(workflow)
+    prompt = _prepare(executor, workflow)
     if not prompt.ok:
         if args.json:
             print(json.dumps({"status": "invalid", **prompt.as_dict()}, indent=2, default=str))
@@ -128,12 +163,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = executor.execute(prompt, listener=progress.on_event)
     finally:
         progress.close()
+    _name_run_error(result, workflow)
     files = written_files(executor, result)
     if args.json:
         print(json.dumps(_json_result(result, files), indent=2, default=str))
     else:
         _print_result(result, files)
     return 0 if result.ok else EXIT_FAILED
+
+
+def _name_run_error(result: RunResult, workflow: Workflow) -> None:
+    """A run error on a converted workflow also names the node as the UI file shows it."""
+    info = (workflow.origin or {}).get(str((result.error or {}).get("node_id")))
+    if info is not None:
+        result.error["ui_node"] = {k: info[k] for k in ("ui_id", "title", "path")}
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -227,7 +270,8 @@ def _json_result(result: RunResult, files: list[str]) -> dict[str, Any]:
 def _print_result(result: RunResult, files: list[str]) -> None:
     if result.status == "error" and result.error:
         err = result.error
-        print(f"error in node {err['node_id']} ({err['node_type']}): {err['exception_type']}: "
+        seen = f", {problem_where(err['ui_node']).rstrip(': ')} in the UI file" if err.get("ui_node") else ""
+        print(f"error in node {err['node_id']} ({err['node_type']}{seen}): {err['exception_type']}: "
               f"{err['exception_message']}", file=sys.stderr)
         return
     if result.status == "interrupted":
@@ -248,16 +292,23 @@ def _print_invalid(prompt: PreparedPrompt) -> None:
 
 def _print_node_errors(prompt: PreparedPrompt) -> None:
     for node_id, entry in prompt.node_errors.items():
-        print(f"  node {node_id} ({entry['class_type']}):", file=sys.stderr)
+        ui = entry.get("ui_node")
+        seen = f", {problem_where(ui).rstrip(': ')} in the UI file" if ui else ""
+        print(f"  node {node_id} ({entry['class_type']}{seen}):", file=sys.stderr)
         for err in entry["errors"]:
             name = err.get("extra_info", {}).get("input_name")
             where = f"input {name!r}: " if name else ""
             print(f"    - {where}{err['message']}: {err['details']} [{err['type']}]", file=sys.stderr)
+            if err.get("ui_hint"):
+                print(f"      ({err['ui_hint']})", file=sys.stderr)
 
 
 def _input_error(args: argparse.Namespace, exc: Exception) -> int:
     if getattr(args, "json", False):
-        print(json.dumps({"status": "invalid", "error": {"type": "invalid_prompt", "message": str(exc)}}))
+        error: dict[str, Any] = {"type": "invalid_prompt", "message": str(exc)}
+        if isinstance(exc, ConversionError):
+            error["problems"] = exc.problems
+        print(json.dumps({"status": "invalid", "error": error}))
     else:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_INVALID

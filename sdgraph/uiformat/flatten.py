@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdgraph.uiformat.graph import (SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, input_slots, links_by_target, node_list,
+from sdgraph.uiformat.graph import (SUBGRAPH_INPUT, SUBGRAPH_OUTPUT, Slot, input_slots, links_by_target, node_list,
                                     output_types, read_link)
 
 VIRTUAL = {"Reroute": "reroute", "PrimitiveNode": "primitive", "Note": "note", "MarkdownNote": "note"}
@@ -83,7 +83,7 @@ class _Expander:
                 link = targets.get((_key(node["id"]), i))
                 source = Source(prefix + str(link.src), link.src_slot) if link else None
                 inputs.append(FlatInput(slot.name, slot.type, slot.widget, source))
-            inner = self._definition(kind_type)
+            inner = self._definition(kind_type, node)
             kind = "subgraph" if inner is not None else VIRTUAL.get(kind_type, "node")
             flat_node = FlatNode(gid, node["id"], kind_type, kind, mode, _title(node), path, node, inputs,
                                  output_types(node))
@@ -91,13 +91,13 @@ class _Expander:
             if inner is not None:
                 self._enter(flat_node, inner, stack)
 
-    def _definition(self, node_type: str) -> dict[str, Any] | None:
+    def _definition(self, node_type: str, node: dict[str, Any]) -> dict[str, Any] | None:
         if node_type in self.subgraphs:
             return self.subgraphs[node_type]
         for sep in (">", "/"):
             head, found, name = node_type.partition(sep)
             if found and head == "workflow" and isinstance(self.groups.get(name), dict):
-                return _group_as_subgraph(name, self.groups[name])
+                return _group_as_subgraph(name, self.groups[name], input_slots(node))
         return None
 
     def _enter(self, instance: FlatNode, definition: dict[str, Any], stack: tuple) -> None:
@@ -138,8 +138,13 @@ def _title(node: dict[str, Any]) -> str | None:
 # ---- old group nodes (`extra.groupNodes`) as subgraph definitions ----------------------------------------------
 
 
-def _group_as_subgraph(name: str, group: dict[str, Any]) -> dict[str, Any]:
-    """A group node definition rewritten as a subgraph: its free inner sockets become the instance's slots."""
+def _group_as_subgraph(name: str, group: dict[str, Any], outer: list[Slot]) -> dict[str, Any]:
+    """A group node definition rewritten as a subgraph for one instance (`outer`: its input slots).
+
+    The inner sockets that no inner link feeds are the instance's sockets, in order; an inner widget converted
+    to an input is fed by the instance's widget input of that name, if it has one (named `title widget` when
+    two inner nodes share the widget name).
+    """
     nodes = []
     for pos, raw in enumerate(group.get("nodes") or []):
         if isinstance(raw, dict):
@@ -152,21 +157,32 @@ def _group_as_subgraph(name: str, group: dict[str, Any]) -> dict[str, Any]:
                           "target_slot": raw[3], "type": raw[5] if len(raw) > 5 else "*"})
             internal_in.add((raw[2], raw[3]))
             internal_out.add((raw[0], raw[1]))
-    external = {(e[0], e[1]) for e in group.get("external") or [] if isinstance(e, list) and len(e) >= 2}
-    free_in = out_k = 0
+    external = {(e[0], e[1]) for e in group.get("external") or []
+                if isinstance(e, list) and len(e) >= 2 and isinstance(e[0], (int, str))}
+    sockets = iter([i for i, slot in enumerate(outer) if not slot.widget])
+    widgets = {slot.name: i for i, slot in enumerate(outer) if slot.widget}
+    out_k = 0
     for node in nodes:
         for j, slot in enumerate(input_slots(node)):
             if (node["id"], j) in internal_in:
                 continue
-            links.append({"id": f"i{len(links)}", "origin_id": SUBGRAPH_INPUT, "origin_slot": free_in,
-                          "target_id": node["id"], "target_slot": j, "type": slot.type})
-            free_in += 1
+            k = _widget_slot(widgets, node, slot.name) if slot.widget else next(sockets, None)
+            if k is not None:
+                links.append({"id": f"i{len(links)}", "origin_id": SUBGRAPH_INPUT, "origin_slot": k,
+                              "target_id": node["id"], "target_slot": j, "type": slot.type})
         for j, _ in enumerate(output_types(node)):
             if (node["id"], j) not in internal_out or (node["id"], j) in external:
                 links.append({"id": f"o{len(links)}", "origin_id": node["id"], "origin_slot": j,
                               "target_id": SUBGRAPH_OUTPUT, "target_slot": out_k, "type": "*"})
                 out_k += 1
     return {"id": f"group:{name}", "_group": True, "nodes": nodes, "links": links}
+
+
+def _widget_slot(widgets: dict[str, int], node: dict[str, Any], name: str) -> int | None:
+    for key in (name, f"{node.get('title') or node.get('type')} {name}"):
+        if key in widgets:
+            return widgets.pop(key)
+    return None
 
 
 def _with_instance_values(definition: dict[str, Any], values: Any) -> dict[str, Any]:

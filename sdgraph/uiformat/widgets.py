@@ -47,6 +47,8 @@ def from_registry(registry: Registry, class_type: str) -> tuple[Widget, ...] | N
     for spec in node.spec.inputs:
         if spec.section == "hidden" or spec.force_input or spec.type not in PRIMITIVE_TYPES:
             continue
+        if spec.default is None and spec.type != "COMBO":
+            continue  # sdgraph's `Input(name, INT)`: a socket of a primitive type, shown without a widget
         control = bool(spec.options.get("control_after_generate")) or (spec.type == "INT" and spec.name in SEED_NAMES)
         upload = any(spec.options.get(key) for key in UPLOAD_KEYS)
         found.append(Widget(spec.name, spec.type, control, upload))
@@ -86,10 +88,10 @@ def map_values(widgets: tuple[Widget, ...], values: Any) -> dict[str, Any]:
 
 def _is_extra(widget: Widget, value: Any, following: Widget | None) -> bool:
     """Whether `value` belongs to a helper widget the frontend inserted after `widget`, not to the next one."""
-    if widget.control:
-        return value in CONTROL_VALUES
+    if widget.control:  # early frontends stored a "random after every run" toggle as a boolean there
+        return isinstance(value, bool) or (isinstance(value, str) and value in CONTROL_VALUES)
     if widget.upload:
-        return value in UPLOAD_VALUES and (following is None or following.type != "STRING")
+        return isinstance(value, str) and value in UPLOAD_VALUES and (following is None or following.type != "STRING")
     return False
 
 

@@ -65,3 +65,8 @@ def test_core_table_holds_only_widgets_in_order_with_flags():
     assert table["KSampler"][0].control and not table["KSampler"][1].control
     assert table["LoadImage"][0].upload
     assert "clip" not in {w.name for w in table["CLIPTextEncode"]}
+
+
+def test_the_oldest_boolean_seed_toggle_is_skipped_too():
+    prompt = ui_to_api(graph([sampler([5, True, 20, 7.0, "euler", "normal", 1.0])], []))
+    assert prompt["3"]["inputs"] == SAMPLER_INPUTS
