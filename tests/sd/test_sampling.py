@@ -361,6 +361,9 @@ def test_controlnet_residuals_follow_strength_and_percent_window(model: Any) -> 
         def module(self, manager: Any = None) -> torch.nn.Module:
             return net
 
+        def placement(self, manager: Any = None) -> tuple[torch.device, torch.dtype]:
+            return torch.device("cpu"), torch.float32
+
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
 
     def sample(**hint: Any) -> torch.Tensor:
