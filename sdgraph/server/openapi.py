@@ -53,6 +53,15 @@ def _schemas() -> dict[str, Any]:
         "error": {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"},
                                                    "details": {"type": "string"}, "extra_info": OBJECT}},
         "node_errors": OBJECT}}
+    out["UiWorkflow"] = {"type": "object", "description": "a UI workflow (nodes, links, definitions...), or "
+                         "{workflow: <UI workflow>}", "additionalProperties": True}
+    problem = {"type": "object", "properties": {"node_id": {}, "title": {"type": "string"},
+                                                 "path": {"type": "string"}, "message": {"type": "string"}}}
+    out["ConversionFailed"] = {"type": "object", "required": ["error"], "properties": {
+        "error": out["Error"]["properties"]["error"], "problems": {"type": "array", "items": problem}}}
+    out["PromptRequest"]["properties"]["prompt"] = {
+        "anyOf": [{"$ref": "#/components/schemas/Workflow"}, {"$ref": "#/components/schemas/UiWorkflow"}],
+        "description": "API-format workflow, or a UI workflow (converted; kept as extra_pnginfo.workflow)"}
     out["PromptReply"] = {"type": "object", "required": ["prompt_id", "number", "node_errors"], "properties": {
         "prompt_id": {"type": "string"}, "number": {"type": "number"}, "node_errors": OBJECT}}
     upload = {"image": {"type": "string", "format": "binary"},
@@ -81,6 +90,13 @@ def build() -> dict[str, Any]:
             "post": {"summary": "validate and queue a workflow", "requestBody": _body("PromptRequest"),
                      "responses": {"200": _json({"$ref": "#/components/schemas/PromptReply"}),
                                    **_errors(400, 413)}}},
+        "/workflow/convert": {"post": {
+            "summary": "convert a UI (litegraph) workflow to the API format without queueing it",
+            "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/UiWorkflow"}}}},
+            "responses": {"200": _json({"type": "object", "required": ["prompt"], "properties": {
+                "prompt": {"$ref": "#/components/schemas/Workflow"}}}),
+                "400": _json({"$ref": "#/components/schemas/ConversionFailed"}, "not a UI workflow, or it cannot "
+                             "be converted (each problem names the node)"), **_errors(413)}}},
         "/queue": {
             "get": {"summary": "running and pending prompts", "responses": {"200": _json(OBJECT)}},
             "post": {"summary": "clear the queue or delete pending prompts", "requestBody": _body("QueueAction"),

@@ -13,6 +13,8 @@ from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, 
 from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
 from sdgraph.server.state import ServerState, state_of
+from sdgraph.uiformat import ConversionError, is_ui_workflow, load_any, name_node_errors, ui_graph
+from sdgraph.workflow import Workflow, WorkflowFormatError
 
 log = logging.getLogger("sdgraph.server")
 MAX_QUERY_INT = 2**31 - 1
@@ -33,10 +35,19 @@ def _admit(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
 
 def _admit_parsed(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
     body = parse_model(PromptRequest, parse_json(raw))
-    prompt = state.executor.prepare(body.prompt)
+    extra_data = dict(body.extra_data)
+    source: Any = body.prompt
+    if is_ui_workflow(body.prompt):  # a UI workflow: queue its API form, keep it as the picture's workflow
+        source = _convert(state, body.prompt)
+        body.prompt = source.to_api()
+        pnginfo = extra_data.get("extra_pnginfo")
+        pnginfo = dict(pnginfo) if isinstance(pnginfo, dict) else {}
+        pnginfo.setdefault("workflow", source.layout)
+        extra_data["extra_pnginfo"] = pnginfo
+    prompt = state.executor.prepare(source)
+    name_node_errors(prompt.node_errors, getattr(source, "origin", None))
     if not prompt.ok:
         return {"error": prompt.error, "node_errors": prompt.node_errors}, 400
-    extra_data = dict(body.extra_data)
     if body.client_id is not None:
         extra_data["client_id"] = body.client_id
     try:
@@ -50,6 +61,34 @@ def _admit_parsed(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
         raise ApiError(507, "insufficient_storage", str(exc), node_errors={}) from None
     number = int(item.number) if item.number.is_integer() else item.number
     return {"prompt_id": item.prompt_id, "number": number, "node_errors": prompt.node_errors}, 200
+
+
+def _convert(state: ServerState, data: Any) -> Workflow:
+    """The UI workflow converted against the server's nodes; a 400 naming each problem if it cannot be."""
+    try:
+        return load_any(data, state.executor.registry)
+    except ConversionError as exc:
+        raise ApiError(400, "invalid_prompt", f"cannot convert the UI workflow: {exc}",
+                       node_errors={}, problems=exc.problems) from None
+    except WorkflowFormatError as exc:
+        raise ApiError(400, "invalid_prompt", str(exc), node_errors={}) from None
+
+
+async def post_workflow_convert(request: web.Request) -> web.Response:
+    """A UI workflow (bare, or as {"workflow": ...}) in, {"prompt": <API format>} out."""
+    state = state_of(request)
+    raw = await read_body(request, state.config.max_body_bytes)
+    reply = await asyncio.to_thread(_convert_body, state, raw)
+    return web.json_response(reply)
+
+
+def _convert_body(state: ServerState, raw: bytes) -> dict[str, Any]:
+    data = parse_json(raw)
+    graph = ui_graph(data)
+    if graph is None:
+        raise ApiError(400, "invalid_request", "expected a UI workflow (nodes and links), or {\"workflow\": ...}")
+    with collector_paused():
+        return {"prompt": _convert(state, graph).to_api()}
 
 
 async def get_prompt(request: web.Request) -> web.Response:
@@ -116,6 +155,7 @@ async def post_history(request: web.Request) -> web.Response:
 
 ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/prompt", post_prompt),
+    ("POST", "/workflow/convert", post_workflow_convert),
     ("GET", "/prompt", get_prompt),
     ("GET", "/queue", get_queue),
     ("POST", "/queue", post_queue),

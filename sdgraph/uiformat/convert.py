@@ -39,7 +39,15 @@ class Conversion:
 
 
 def convert(workflow: dict[str, Any], registry: Registry | None = None) -> Conversion:
-    """Convert, collecting problems instead of raising."""
+    """Convert, collecting problems instead of raising (a malformed file is one problem, not a crash)."""
+    try:
+        return _convert(workflow, registry)
+    except (TypeError, KeyError, ValueError, IndexError, AttributeError, RecursionError) as exc:
+        message = f"malformed UI workflow ({type(exc).__name__}: {str(exc)[:200]})"
+        return Conversion(problems=[{"node_id": None, "title": "", "path": "", "message": message}])
+
+
+def _convert(workflow: dict[str, Any], registry: Registry | None) -> Conversion:
     flat = flatten(workflow)
     out = Conversion()
     for item in flat.problems:

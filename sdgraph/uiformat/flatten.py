@@ -55,7 +55,7 @@ class Flat:
 
 def flatten(workflow: dict[str, Any]) -> Flat:
     definitions = (workflow.get("definitions") or {}).get("subgraphs") or []
-    subgraphs = {d.get("id"): d for d in definitions if isinstance(d, dict)}
+    subgraphs = {d["id"]: d for d in definitions if isinstance(d, dict) and isinstance(d.get("id"), str)}
     groups = ((workflow.get("extra") or {}).get("groupNodes")) or {}
     flat = Flat()
     _Expander(flat, subgraphs, groups if isinstance(groups, dict) else {}).expand(workflow, "", "", 0, ())

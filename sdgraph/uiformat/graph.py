@@ -35,6 +35,8 @@ def _id(value: Any) -> int | str:
     """Node ids are ints in most files and strings in some; compare them in one form."""
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"a node id must be an integer or a string, got {value!r:.40}")
     return value
 
 
@@ -75,4 +77,5 @@ def output_types(node: dict[str, Any]) -> list[str]:
 
 
 def node_list(graph: dict[str, Any]) -> list[dict[str, Any]]:
-    return [n for n in graph.get("nodes") or [] if isinstance(n, dict) and "id" in n]
+    return [n for n in graph.get("nodes") or []
+            if isinstance(n, dict) and isinstance(n.get("id"), (int, str)) and not isinstance(n["id"], bool)]
