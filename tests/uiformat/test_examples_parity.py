@@ -181,3 +181,30 @@ def test_renamed_ids_are_the_only_difference(name):
     theirs = json.loads(pair["prompt"])
     assert compare(theirs, ours)[0], "it differs as it is"
     assert compare(theirs, renamed(ours, RENAMED_IDS[name]))[0] == []
+
+
+def test_count_templates_sorts_and_converts(tmp_path):
+    """tools/count_templates.py (the templates figure): a UI-format core template converts, an API-format file is
+    not counted as UI, a template with a node from a pack is set apart, a broken one is listed as failed."""
+    import sys  # noqa: PLC0415
+
+    sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "tools")]
+    try:
+        from count_templates import count  # noqa: PLC0415
+    finally:
+        del sys.path[0]
+    pair = next(p for p in core_pairs() if not results()[p["name"]][0])
+    workflow = json.loads(pair["workflow"])
+    (tmp_path / "core.json").write_text(pair["workflow"])
+    (tmp_path / "api.json").write_text(pair["prompt"])
+    (tmp_path / "pack.json").write_text(json.dumps({**workflow, "nodes": [*workflow["nodes"], {
+        "id": 999, "type": "SomePackNode", "mode": 0, "inputs": [], "outputs": [], "widgets_values": []}]}))
+    node = {"id": 1, "type": "sub-1", "mode": 0, "inputs": [], "outputs": []}  # a subgraph that holds itself
+    broken = {"nodes": [node], "links": [], "version": 0.4, "definitions": {"subgraphs": [
+        {"id": "sub-1", "nodes": [node], "links": [], "inputs": [], "outputs": []}]}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    result = count([tmp_path])
+    assert result["not_ui"] == ["api.json"]
+    assert result["non_core"] == {"pack.json": ["SomePackNode"]}
+    assert result["core_ui"] == 2 and result["converted"] == ["core.json"]
+    assert list(result["failed"]) == ["broken.json"]
