@@ -60,6 +60,16 @@ def test_bypassed_node_passes_on_the_input_of_the_matching_type():
     assert prompt["6"]["inputs"]["clip"] == ["4", 1]  # output 1 (CLIP) takes input 1, not input 0 (MODEL)
 
 
+def test_bypass_prefers_the_input_in_the_same_slot_among_several_of_the_type():
+    pair = node(5, "ImageBatch", [], mode=4, inputs=[("image1", "IMAGE", 1), ("image2", "IMAGE", 2)],
+                outputs=["IMAGE", "IMAGE"])
+    first = node(7, "LoadImage", ["a.png"], outputs=["IMAGE", "MASK"])
+    second = node(9, "LoadImage", ["b.png"], outputs=["IMAGE", "MASK"])
+    save = node(8, "SaveImage", ["out"], inputs=[("images", "IMAGE", 3)])
+    links = [[1, 7, 0, 5, 0, "IMAGE"], [2, 9, 0, 5, 1, "IMAGE"], [3, 5, 1, 8, 0, "IMAGE"]]
+    assert ui_to_api(graph([first, second, pair, save], links))["8"]["inputs"]["images"] == ["9", 0]
+
+
 def test_bypass_falls_back_to_the_first_input_of_that_type():
     cut = node(5, "JoinImageWithAlpha", [], mode=4,
                inputs=[("alpha", "MASK", 3), ("image", "IMAGE", 1)], outputs=["IMAGE"])
