@@ -10,6 +10,7 @@ How the two are compared, decided case by case:
 - A link is `[source id, output slot]`; ids compare as strings (the frontend writes them as strings).
 - Numbers compare by value: `8` and `8.0` are the same JSON number to ComfyUI's server, which coerces widget
   values to the input's type (a widget stored 8 in widgets_values comes out as 8.0 from a FLOAT widget).
+  Booleans are not numbers here: `true` never equals `1`.
 - An input only ComfyUI's prompt has, that the node does not declare in ComfyUI's /object_info, is a
   frontend-only widget that some frontend versions serialised and the server ignores (LoadImage's upload button,
   `upload` or `choose file to upload` = "image"; SaveWEBM's `video-preview` = ""). Only the ones named in
@@ -72,6 +73,8 @@ def _normal(value: Any) -> Any:
     if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str | int)
             and isinstance(value[1], int) and not isinstance(value[1], bool)):
         return ("link", str(value[0]), value[1])
+    if isinstance(value, bool):  # True == 1 in Python, not to ComfyUI's validation
+        return ("boolean", value)
     return value
 
 
@@ -166,7 +169,7 @@ def test_the_comparison_sees_a_difference():
 
 def renamed(prompt: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
     def rename(value: Any) -> Any:
-        if isinstance(_normal(value), tuple):
+        if isinstance(_normal(value), tuple) and _normal(value)[0] == "link":
             return [ids.get(str(value[0]), str(value[0])), value[1]]
         return value
 
