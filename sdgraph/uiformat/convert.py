@@ -74,7 +74,8 @@ def _emit(flat: Flat, node: FlatNode, registry: Registry | None, out: Conversion
     if widgets is None:
         out.problems.append(_problem(node, _unknown(node)))
         widgets = file_widgets(node.raw)
-    inputs = map_values(widgets, node.raw.get("widgets_values"))
+    # a widget always holds a value in the editor; null only comes from files written without one (api_to_ui)
+    inputs = {k: v for k, v in map_values(widgets, node.raw.get("widgets_values")).items() if v is not None}
     dropped: dict[str, str] = {}
     for slot in node.inputs:
         if slot.source is None or not slot.name:
