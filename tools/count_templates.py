@@ -8,6 +8,7 @@ file. A template is counted when it is in the UI format (sdgraph.uiformat.is_ui_
 inside subgraph definitions too, is a ComfyUI core node (tests/uiformat/data/comfyui_core_node_names.txt), one of
 the frontend's own nodes, or an instance of a subgraph it defines. Those are converted with
 sdgraph.uiformat.ui_to_api (the shipped core table, no registry); the failures are listed with their problems.
+The templates with other nodes are converted too, and listed if anything but their unknown node types is a problem.
 Nothing is written; the templates stay where they are (never in the repository).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 from extract_comfy_examples import FRONTEND_NODES, core_names, workflow_types  # noqa: E402
 
-from sdgraph.uiformat import ConversionError, is_ui_workflow, ui_to_api  # noqa: E402
+from sdgraph.uiformat import ConversionError, convert, is_ui_workflow, ui_to_api  # noqa: E402
 
 
 def templates(sources: list[Path]) -> Iterator[tuple[str, bytes]]:
@@ -43,7 +44,7 @@ def templates(sources: list[Path]) -> Iterator[tuple[str, bytes]]:
 
 def count(sources: list[Path]) -> dict:
     core = core_names()
-    seen, not_ui, non_core, converted, failed = 0, [], {}, [], {}
+    seen, not_ui, non_core, converted, failed, other_problems = 0, [], {}, [], {}, {}
     for name, raw in templates(sources):
         seen += 1
         try:
@@ -58,6 +59,12 @@ def count(sources: list[Path]) -> dict:
         outside = sorted(used - core - FRONTEND_NODES - defined)
         if outside:
             non_core[name] = outside
+            try:  # the rest of the file must still convert: only the unknown nodes may be reported
+                problems = [p for p in convert(workflow).problems if not p["message"].startswith("unknown node type")]
+            except Exception as exc:  # noqa: BLE001
+                problems = [{"message": f"crash: {type(exc).__name__}: {exc}"}]
+            if problems:
+                other_problems[name] = [p["message"] for p in problems]
             continue
         try:
             ui_to_api(workflow)
@@ -69,7 +76,7 @@ def count(sources: list[Path]) -> dict:
             continue
         converted.append(name)
     return {"files": seen, "not_ui": not_ui, "non_core": non_core, "core_ui": len(converted) + len(failed),
-            "converted": converted, "failed": failed}
+            "converted": converted, "failed": failed, "non_core_other_problems": other_problems}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['files']} files: {len(result['not_ui'])} not in the UI format, "
           f"{len(result['non_core'])} with nodes outside ComfyUI's core, {result['core_ui']} UI-format core-only")
     print(f"converted without error: {len(result['converted'])}/{result['core_ui']}")
+    print(f"with nodes outside the core: {len(result['non_core']) - len(result['non_core_other_problems'])}"
+          f"/{len(result['non_core'])} have no problem but their unknown node types")
+    for name, problems in sorted(result["non_core_other_problems"].items()):
+        print(f"PROBLEM {name}: {'; '.join(problems[:3])}")
     for name, problems in sorted(result["failed"].items()):
         print(f"FAILED {name}")
         for problem in problems[:5]:

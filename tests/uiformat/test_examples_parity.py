@@ -209,5 +209,6 @@ def test_count_templates_sorts_and_converts(tmp_path):
     result = count([tmp_path])
     assert result["not_ui"] == ["api.json"]
     assert result["non_core"] == {"pack.json": ["SomePackNode"]}
+    assert result["non_core_other_problems"] == {}  # only its unknown node is a problem
     assert result["core_ui"] == 2 and result["converted"] == ["core.json"]
     assert list(result["failed"]) == ["broken.json"]
