@@ -92,12 +92,19 @@ def _emit(flat: Flat, node: FlatNode, registry: Registry | None, out: Conversion
     title = node.title or _display_name(node.type, registry)
     out.prompt[node.gid] = {"inputs": inputs, "class_type": node.type, "_meta": {"title": title}}
     out.origin[node.gid] = {"ui_id": node.ui_id, "title": title, "path": node.path, "dropped": dropped}
+    if _pack(node):
+        out.origin[node.gid]["pack"] = _pack(node)
+
+
+def _pack(node: FlatNode) -> str | None:
+    props = node.raw.get("properties") if isinstance(node.raw.get("properties"), dict) else {}
+    pack = props.get("cnr_id") or props.get("aux_id")
+    return pack if isinstance(pack, str) and pack and pack != "comfy-core" else None
 
 
 def _unknown(node: FlatNode) -> str:
-    props = node.raw.get("properties") if isinstance(node.raw.get("properties"), dict) else {}
-    pack = props.get("cnr_id") or props.get("aux_id")
-    hint = f" (from the node pack {pack!r}; install it)" if pack and pack != "comfy-core" else ""
+    pack = _pack(node)
+    hint = f" (from the node pack {pack!r}; install it)" if pack else ""
     return f"unknown node type {node.type!r}{hint}"
 
 

@@ -42,6 +42,18 @@ def name_node_errors(node_errors: dict[str, dict[str, Any]], origin: dict[str, d
         entry["ui_node"] = {k: info[k] for k in ("ui_id", "title", "path") if k in info}
         dropped = info.get("dropped") or {}
         for err in entry.get("errors") or []:
-            name = (err.get("extra_info") or {}).get("input_name") if isinstance(err, dict) else None
+            if not isinstance(err, dict):
+                continue
+            name = (err.get("extra_info") or {}).get("input_name")
             if name in dropped:
                 err["ui_hint"] = dropped[name]
+            elif err.get("type") == "missing_node_type":
+                err["ui_hint"] = _missing_hint(entry.get("class_type"), info.get("pack"))
+
+
+def _missing_hint(class_type: Any, pack: Any) -> str:
+    from sdgraph.uiformat.widgets import core_table
+
+    if class_type in core_table():
+        return "a ComfyUI core node that sdgraph does not implement yet"
+    return f"from the node pack {pack!r}; install it" if pack else "from a node pack that is not installed"

@@ -92,3 +92,15 @@ def test_errors_inside_a_subgraph_name_its_path(base, capsys):
     assert main(["validate", write(base, wf), "--base-dir", str(base), "--json"]) == 2
     entry = json.loads(capsys.readouterr().out)["node_errors"]["9:5"]
     assert entry["ui_node"] == {"ui_id": 5, "title": "inner add", "path": "Box (#9)"}
+
+
+def test_a_core_node_sdgraph_lacks_converts_and_validation_names_it(base, capsys):
+    wf = graph([node(1, "Number", [2], outputs=["INT"]),
+                node(2, "ImageInvert", [], inputs=[("image", "IMAGE", 1)], outputs=["IMAGE"], title="Flip"),
+                node(4, "Show", [""], inputs=[("value", "*", 2)])],
+               [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 4, 0, "IMAGE"]])
+    assert main(["validate", write(base, wf), "--base-dir", str(base), "--json"]) == 2
+    entry = json.loads(capsys.readouterr().out)["node_errors"]["2"]
+    assert entry["ui_node"]["title"] == "Flip"
+    assert entry["errors"][0]["type"] == "missing_node_type"
+    assert entry["errors"][0]["ui_hint"] == "a ComfyUI core node that sdgraph does not implement yet"
