@@ -165,7 +165,9 @@ def _promoted_values(instance: FlatNode) -> dict[str, Any]:
     if isinstance(values, dict):
         return values
     names = [slot.name for slot in instance.inputs if slot.widget]
-    return dict(zip(names, values)) if isinstance(values, list) else {}
+    if not isinstance(values, list) or len(values) != len(names):
+        return {}  # values that do not pair one to one are not trusted; the inner widget keeps its own
+    return dict(zip(names, values))
 
 
 def _bypass(node: FlatNode, slot: int, wanted: str) -> Resolved:

@@ -100,3 +100,10 @@ def test_old_group_node_expands_with_outer_index_ids():
     assert prompt["15:0"]["inputs"] == {"text": "a dog", "clip": ["4", 1]}
     assert prompt["15:1"]["inputs"] == {"conditioning": ["15:0", 0]}
     assert prompt["8"]["inputs"] == {"conditioning": ["15:1", 0]}
+
+
+def test_instance_values_that_do_not_pair_with_its_widget_inputs_leave_the_inner_value():
+    wf = graph([ckpt(), instance(12, ENCODE_ID, 1, values=["a", "b"]), consumer(2)],
+               [[1, 4, 1, 12, 0, "CLIP"], [2, 12, 0, 8, 0, "CONDITIONING"]],
+               definitions={"subgraphs": [encode_subgraph()]})
+    assert ui_to_api(wf)["12:3"]["inputs"]["text"] == "inner default"
