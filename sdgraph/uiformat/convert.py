@@ -105,6 +105,8 @@ def _pack(node: FlatNode) -> str | None:
 def _unknown(node: FlatNode) -> str:
     pack = _pack(node)
     hint = f" (from the node pack {pack!r}; install it)" if pack else ""
+    if (node.raw.get("properties") or {}).get("cnr_id") == "comfy-core":
+        hint = " (a ComfyUI core node newer than sdgraph knows)"
     return f"unknown node type {node.type!r}{hint}"
 
 

@@ -111,3 +111,9 @@ def test_unknown_types_are_reported_by_name_with_the_pack_hint_not_raised_as_cra
 def test_link_from_a_node_that_is_not_there_is_dropped():
     prompt = ui_to_api(graph([encode(6, "a cat", 1)], [[1, 99, 0, 6, 0, "CLIP"]]))
     assert prompt["6"]["inputs"] == {"text": "a cat"}
+
+
+def test_an_unknown_core_node_says_so():
+    newer = node(3, "ComfyFutureNode", [1], properties={"cnr_id": "comfy-core"})
+    with pytest.raises(ConversionError, match="'ComfyFutureNode' \\(a ComfyUI core node newer than sdgraph knows\\)"):
+        ui_to_api(graph([newer], []))
