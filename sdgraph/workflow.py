@@ -8,7 +8,6 @@ A file may hold the API format alone, or `{"prompt": <api format>, "workflow": <
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

@@ -92,7 +92,7 @@ def build() -> dict[str, Any]:
                                    **_errors(400, 413)}}},
         "/workflow/convert": {"post": {
             "summary": "convert a UI (litegraph) workflow to the API format without queueing it",
-            "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": "#/components/schemas/UiWorkflow"}}}},
+            "requestBody": _body("UiWorkflow"),
             "responses": {"200": _json({"type": "object", "required": ["prompt"], "properties": {
                 "prompt": {"$ref": "#/components/schemas/Workflow"}}}),
                 "400": _json({"$ref": "#/components/schemas/ConversionFailed"}, "not a UI workflow, or it cannot "
