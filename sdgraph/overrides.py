@@ -37,12 +37,29 @@ def resolve_node(workflow: Workflow, ref: str) -> str:
     raise OverrideError(f"no node with id, title or class {ref!r}")
 
 
+def primitive_targets(workflow: Workflow, title: str) -> list[tuple[str, str]]:
+    """(node id, input) pairs that took their value from a UI PrimitiveNode with this title."""
+    found = []
+    for node_id, info in (workflow.origin or {}).items():
+        for input_name, source in (info.get("primitives") or {}).items():
+            if source == title and node_id in workflow.nodes:
+                found.append((node_id, input_name))
+    return found
+
+
 def apply_override(workflow: Workflow, text: str) -> None:
+    """Set one literal; NODE may also be the title of a UI file's PrimitiveNode, which sets all it feeds."""
     node_ref, input_name, value = parse_override(text)
-    node_id = resolve_node(workflow, node_ref)
-    node = workflow.nodes[node_id]
-    if is_link(node.inputs.get(input_name)):
-        raise OverrideError(f"node {node_id} input {input_name!r} is a link, not a literal; it cannot be set")
     if isinstance(value, list):
         value = {"__value__": value}
-    node.inputs[input_name] = value
+    try:
+        targets = [(resolve_node(workflow, node_ref), input_name)]
+    except OverrideError:
+        targets = primitive_targets(workflow, node_ref) if input_name == "value" else []
+        if not targets:
+            raise
+    for node_id, name in targets:
+        node = workflow.nodes[node_id]
+        if is_link(node.inputs.get(name)):
+            raise OverrideError(f"node {node_id} input {name!r} is a link, not a literal; it cannot be set")
+        node.inputs[name] = value

@@ -20,6 +20,7 @@ MAX_HOPS = 10_000
 @dataclass(frozen=True)
 class Value:
     value: Any
+    source: FlatNode | None = field(default=None, compare=False)  # the PrimitiveNode it came from
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def _emit(flat: Flat, node: FlatNode, registry: Registry | None, out: Conversion
     # a widget always holds a value in the editor; null only comes from files written without one (api_to_ui)
     inputs = {k: v for k, v in map_values(widgets, node.raw.get("widgets_values")).items() if v is not None}
     dropped: dict[str, str] = {}
+    fed: dict[str, str] = {}  # input -> title of the PrimitiveNode whose value it took
     for slot in node.inputs:
         if slot.source is None or not slot.name:
             continue
@@ -85,6 +87,8 @@ def _emit(flat: Flat, node: FlatNode, registry: Registry | None, out: Conversion
             inputs[slot.name] = [found.gid, found.slot]
         elif isinstance(found, Value):
             inputs[slot.name] = found.value
+            if found.source is not None and found.source.title:
+                fed[slot.name] = found.source.title
         elif found.muted is not None:
             inputs.pop(slot.name, None)
             dropped[slot.name] = f"input {slot.name!r} came from muted node {label(found.muted)}"
@@ -92,6 +96,8 @@ def _emit(flat: Flat, node: FlatNode, registry: Registry | None, out: Conversion
     title = node.title or _display_name(node.type, registry)
     out.prompt[node.gid] = {"inputs": inputs, "class_type": node.type, "_meta": {"title": title}}
     out.origin[node.gid] = {"ui_id": node.ui_id, "title": title, "path": node.path, "dropped": dropped}
+    if fed:
+        out.origin[node.gid]["primitives"] = fed
     if _pack(node):
         out.origin[node.gid]["pack"] = _pack(node)
 
@@ -144,7 +150,7 @@ def _virtual_step(flat: Flat, node: FlatNode, slot: int, wanted: str) -> Resolve
         return node.inputs[0].source or Missing() if node.inputs else Missing()
     if node.kind == "primitive":
         values = node.raw.get("widgets_values")
-        return Value(values[0]) if isinstance(values, list) and values else Missing()
+        return Value(values[0], node) if isinstance(values, list) and values else Missing()
     if node.kind == "subgraph":
         if node.mode == MUTED:
             return Missing(node)

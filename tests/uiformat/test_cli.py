@@ -104,3 +104,18 @@ def test_a_core_node_sdgraph_lacks_converts_and_validation_names_it(base, capsys
     assert entry["ui_node"]["title"] == "Flip"
     assert entry["errors"][0]["type"] == "missing_node_type"
     assert entry["errors"][0]["ui_hint"] == "a ComfyUI core node that sdgraph does not implement yet"
+
+
+def test_set_on_a_primitive_node_title_sets_every_input_it_feeds(base, capsys):
+    prim = node(9, "PrimitiveNode", [5, "fixed"], outputs=["INT"], title="shared")
+    add = node(3, "Add", [0], inputs=[("a", "INT", 1), ("b", "INT", 2), ("bias", "INT", 3, "bias")],
+               outputs=["INT"])
+    wf = graph([prim, add, node(4, "Show", [""], inputs=[("value", "*", 4)])],
+               [[1, 9, 0, 3, 0, "INT"], [2, 9, 0, 3, 1, "INT"], [3, 9, 0, 3, 2, "INT"], [4, 3, 0, 4, 0, "INT"]])
+    path = write(base, wf)
+    assert main(["run", path, "--base-dir", str(base), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"]["4"] == {"text": ["15"]}
+    assert main(["run", path, "--base-dir", str(base), "--json", "--set", "shared.value=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"]["4"] == {"text": ["21"]}
+    assert main(["run", path, "--base-dir", str(base), "--set", "nothing.value=7"]) == 2
+    assert "no node with id, title or class 'nothing'" in capsys.readouterr().err
