@@ -97,6 +97,16 @@ def build() -> dict[str, Any]:
                 "prompt": {"$ref": "#/components/schemas/Workflow"}}}),
                 "400": _json({"$ref": "#/components/schemas/ConversionFailed"}, "not a UI workflow, or it cannot "
                              "be converted (each problem names the node)"), **_errors(413)}}},
+        "/workflow/ui": {"post": {
+            "summary": "an API-format workflow as a UI (litegraph) workflow, laid out, for ComfyUI and the editor",
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "type": "object", "required": ["prompt"], "properties": {
+                    "prompt": {"$ref": "#/components/schemas/Workflow"},
+                    "positions": {"type": "object", "description": "node id -> [x, y]; other nodes are laid out",
+                                  "additionalProperties": {"type": "array", "items": {"type": "number"},
+                                                           "minItems": 2, "maxItems": 2}}}}}}},
+            "responses": {"200": _json({"type": "object", "required": ["workflow"], "properties": {
+                "workflow": {"$ref": "#/components/schemas/UiWorkflow"}}}), **_errors(400, 413)}}},
         "/queue": {
             "get": {"summary": "running and pending prompts", "responses": {"200": _json(OBJECT)}},
             "post": {"summary": "clear the queue or delete pending prompts", "requestBody": _body("QueueAction"),

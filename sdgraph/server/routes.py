@@ -13,8 +13,8 @@ from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, 
 from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
 from sdgraph.server.state import ServerState, state_of
-from sdgraph.uiformat import ConversionError, is_ui_workflow, load_any, name_node_errors, ui_graph
-from sdgraph.workflow import Workflow, WorkflowFormatError
+from sdgraph.uiformat import ConversionError, api_to_ui, is_ui_workflow, load_any, name_node_errors, ui_graph
+from sdgraph.workflow import Workflow, WorkflowFormatError, parse_workflow
 
 log = logging.getLogger("sdgraph.server")
 MAX_QUERY_INT = 2**31 - 1
@@ -91,6 +91,33 @@ def _convert_body(state: ServerState, raw: bytes) -> dict[str, Any]:
         return {"prompt": _convert(state, graph).to_api()}
 
 
+async def post_workflow_ui(request: web.Request) -> web.Response:
+    """{"prompt": <API format>, "positions": {id: [x, y]}?} in, {"workflow": <UI workflow>} out (the editor's save)."""
+    state = state_of(request)
+    raw = await read_body(request, state.config.max_body_bytes)
+    reply = await asyncio.to_thread(_ui_body, state, raw)
+    return web.json_response(reply)
+
+
+def _ui_body(state: ServerState, raw: bytes) -> dict[str, Any]:
+    data = parse_json(raw)
+    prompt = data.get("prompt") if isinstance(data, dict) else None
+    positions = data.get("positions", {}) if isinstance(data, dict) else {}
+    if not (isinstance(positions, dict) and all(map(_is_point, positions.values()))):
+        raise ApiError(400, "invalid_request", "positions must map node ids to [x, y]")
+    try:
+        parsed = parse_workflow(prompt)
+    except WorkflowFormatError as exc:
+        raise ApiError(400, "invalid_request", f"expected {{\"prompt\": <API-format workflow>}}: {exc}") from None
+    with collector_paused():
+        return {"workflow": api_to_ui(parsed.to_api(), state.executor.registry, positions)}
+
+
+def _is_point(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
 async def get_prompt(request: web.Request) -> web.Response:
     return web.json_response({"exec_info": {"queue_remaining": state_of(request).store.remaining()}})
 
@@ -156,6 +183,7 @@ async def post_history(request: web.Request) -> web.Response:
 ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/prompt", post_prompt),
     ("POST", "/workflow/convert", post_workflow_convert),
+    ("POST", "/workflow/ui", post_workflow_ui),
     ("GET", "/prompt", get_prompt),
     ("GET", "/queue", get_queue),
     ("POST", "/queue", post_queue),

@@ -10,7 +10,9 @@ from sdgraph.workflow import is_link
 COLUMN_WIDTH, NODE_WIDTH, ROW_GAP, SLOT_HEIGHT, HEADER = 380, 320, 40, 24, 40
 
 
-def api_to_ui(prompt: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+def api_to_ui(prompt: dict[str, Any], registry: Registry | None = None,
+              positions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`positions`: API id -> [x, y] for nodes that already have a place (the editor's); the rest are laid out."""
     ids = _ui_ids(prompt)
     links, outputs = _links(prompt, ids)
     depth = _depths(prompt)
@@ -22,6 +24,9 @@ def api_to_ui(prompt: dict[str, Any], registry: Registry | None = None) -> dict[
         node["pos"] = [column * COLUMN_WIDTH, y]
         node["order"] = order
         bottoms[column] = y + node["size"][1] + ROW_GAP
+        given = (positions or {}).get(api_id)
+        if given is not None:
+            node["pos"] = [given[0], given[1]]
         nodes.append(node)
     return {"last_node_id": max(ids.values(), default=0), "last_link_id": len(links),
             "nodes": nodes, "links": [list(link) for link in links], "groups": [], "config": {}, "extra": {},

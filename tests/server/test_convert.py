@@ -76,3 +76,30 @@ async def test_workflow_convert_400s(server: Harness):
 async def test_openapi_describes_the_route(server: Harness):
     spec = await (await server.client.get("/openapi.json")).json()
     assert "post" in spec["paths"]["/workflow/convert"]
+
+
+async def test_workflow_ui_answers_a_ui_workflow_that_converts_back(server: Harness):
+    prompt = {"1": {"class_type": "Number", "inputs": {"value": 2}, "_meta": {"title": "left"}},
+              "2": {"class_type": "Number", "inputs": {"value": 40}},
+              "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+              "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}}}
+    resp = await server.client.post("/workflow/ui", json={"prompt": prompt, "positions": {"3": [500, 70]}})
+    data = await resp.json()
+    assert resp.status == 200, data
+    ui = data["workflow"]
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    assert by_id[3]["pos"] == [500, 70] and by_id[1]["title"] == "left"
+    assert by_id[1]["widgets_values"] == [2] and len(ui["links"]) == 3 and ui["last_link_id"] == 3
+    back = await (await server.client.post("/workflow/convert", json=ui)).json()
+    assert {k: v["inputs"] for k, v in back["prompt"].items()} == {k: v["inputs"] for k, v in prompt.items()}
+    assert server.state.store.remaining() == 0
+
+
+async def test_workflow_ui_400s(server: Harness):
+    for body in ({"nodes": [], "links": []}, {"prompt": {"1": {"inputs": {}}}}, {"prompt": [1]}, [1],
+                 {"prompt": {}, "positions": {"1": [1, "2"]}}):
+        resp = await server.client.post("/workflow/ui", json=body)
+        assert resp.status == 400, body
+        assert (await resp.json())["error"]["type"] == "invalid_request"
+    spec = await (await server.client.get("/openapi.json")).json()
+    assert "post" in spec["paths"]["/workflow/ui"]
