@@ -34,6 +34,8 @@ Listener = Callable[[str, dict[str, Any]], None]
 Recorder = Callable[["RunResult"], None]
 
 # The events a run's history keeps, as `[event, data]` pairs (the ecosystem's `status.messages`).
+REFREEZE_EVERY = 1024  # nodes between moves of what the run holds out of the collector's sight
+
 HISTORY_EVENTS = frozenset({"execution_start", "execution_cached", "execution_success", "execution_error",
                             "execution_interrupted"})
 
@@ -238,8 +240,10 @@ class _Run:
             self.result.cached = cached
             self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": _now_ms()})
             with _engine_state_frozen():
-                for node_id in plan:
+                for index, node_id in enumerate(plan, 1):
                     self._step(node_id, keys[node_id])
+                    if index % REFREEZE_EVERY == 0:
+                        gc.freeze()  # the outputs kept so far too, or each full collection walks them all again
         except Interrupted:
             self._interrupted()
         except NodeError as exc:

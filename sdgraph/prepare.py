@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdgraph.collector import drain
 from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
 from sdgraph.validate import PreparedNode, ValidationReport, problem, validate
@@ -47,6 +48,11 @@ class PreparedPrompt:
 
     def as_dict(self) -> dict[str, Any]:
         return self.report.as_dict()
+
+    def release(self) -> None:
+        """Free the nodes one at a time (see `collector.drain`); the prompt is empty afterwards."""
+        drain(self.report.prepared, self.workflow.nodes if self.workflow is not None else None)
+        self.plan = []
 
 
 def prepare(source: Workflow | Any, registry: Registry, dirs: Dirs | None = None) -> PreparedPrompt:

@@ -88,8 +88,6 @@ class Workflow:
         return {"prompt": self.to_api(), "workflow": self.layout}
 
 
-_ADAPTER = ApiWorkflow
-
 
 def parse_workflow(data: Any) -> Workflow:
     """Read the API format, or the `{"prompt", "workflow"}` envelope, into a Workflow."""
@@ -99,26 +97,30 @@ def parse_workflow(data: Any) -> Workflow:
         data = data["prompt"]
     if not isinstance(data, dict):
         raise WorkflowFormatError(f"a workflow must be a JSON object of nodes by id, got {type(data).__name__}")
-    try:
-        parsed = _ADAPTER.model_validate(data)
-    except ValidationError as exc:
-        raise WorkflowFormatError(_describe(exc)) from None
-    return Workflow({str(k): v for k, v in parsed.root.items()}, layout)
+    nodes: dict[str, PromptNode] = {}
+    problems: list[str] = []
+    for node_id, node in data.items():  # node by node: one call over a huge workflow would hold the GIL long
+        try:
+            nodes[str(node_id)] = PromptNode.model_validate(node)
+        except ValidationError as exc:
+            problems.extend(_describe(exc, str(node_id)))
+    if problems:
+        raise WorkflowFormatError("invalid workflow JSON: " + "; ".join(problems))
+    return Workflow(nodes, layout)
 
 
 def _looks_enveloped(data: dict[str, Any]) -> bool:
     return "class_type" not in data["prompt"] and set(data) <= {"prompt", "workflow", "extra_data", "client_id"}
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, node_id: str) -> list[str]:
     lines = []
     for err in exc.errors():
-        loc = list(err["loc"])
-        where = f"node {loc[0]!r}" if loc else "workflow"
-        if len(loc) > 1:
-            where += " field " + ".".join(str(p) for p in loc[1:])
+        where = f"node {node_id!r}"
+        if err["loc"]:
+            where += " field " + ".".join(str(p) for p in err["loc"])
         lines.append(f"{where}: {err['msg']}")
-    return "invalid workflow JSON: " + "; ".join(lines)
+    return lines
 
 
 def load_workflow(path: str | Path, registry: Any = None) -> Workflow:

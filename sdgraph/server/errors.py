@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sdgraph.paths import UnsafePath
+from sdgraph.server import piecewise_json
 
 log = logging.getLogger("sdgraph.server")
 Model = TypeVar("Model", bound=BaseModel)
@@ -75,6 +76,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_STRICT = json.JSONDecoder(parse_constant=_no_constants)
+PIECEWISE_BYTES = 1 << 20
+
+
 async def read_json(request: web.Request, limit: int, *, allow_empty: bool = False) -> Any:
     return parse_json(await read_body(request, limit), allow_empty=allow_empty)
 
@@ -85,7 +90,10 @@ def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
             return {}
         raise ApiError(400, "invalid_json", "the request body is empty; expected a JSON object")
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        if len(body) < PIECEWISE_BYTES:
+            return json.loads(body, parse_constant=_no_constants)
+        # A large body (a big workflow): the envelope and the prompt member by member, so the loop keeps its turn.
+        return piecewise_json.loads(body.decode(), depth=2, decoder=_STRICT)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
 

@@ -17,7 +17,6 @@ import heapq
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdgraph.execute import error_payload
+from sdgraph.server import piecewise_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -72,7 +72,7 @@ class QueueItem:
 
     @property
     def prompt(self) -> dict[str, Any]:
-        return load_nodes(self.prompt_json)
+        return piecewise_json.loads(self.prompt_json)
 
     @property
     def extra_data(self) -> dict[str, Any]:
@@ -177,7 +177,7 @@ class PromptStore:
 
         Raises DuplicatePrompt for a prompt_id in use, QueueFull when the queue is at its bounds."""
         secrets = {k: v for k, v in extra_data.items() if k in SENSITIVE_KEYS}
-        texts = (dump_nodes(prompt), _dumps(_public(extra_data)))
+        texts = (piecewise_json.dumps_members(prompt, _dumps), _dumps(_public(extra_data)))
         with self._lock:
             if prompt_id in self._pending or prompt_id in self._running:
                 raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted")
@@ -352,6 +352,10 @@ class PromptStore:
 
     def history(self, max_items: int | None = None, offset: int = -1) -> dict[str, Any]:
         """Finished prompts, oldest first. Without an offset, `max_items` gives the most recent ones."""
+        return json.loads(self.history_json(max_items, offset))
+
+    def history_json(self, max_items: int | None = None, offset: int = -1) -> bytes:
+        """`history` as UTF-8 JSON, spliced from the stored texts (no prompt is parsed to be shown)."""
         with self._db_lock:
             self._trim()
             total = self._db.execute("SELECT COUNT(*) FROM prompts WHERE state='done'").fetchone()[0]
@@ -361,7 +365,7 @@ class PromptStore:
             rows = self._db.execute(
                 "SELECT prompt_id, number, prompt, extra_data, outputs_to_execute, result FROM prompts "
                 "WHERE state='done' ORDER BY finished LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        return dict(_history_entry(row) for row in rows)
+        return _history_json(rows)
 
     def _trim(self) -> None:
         if self.max_history > 0:
@@ -369,11 +373,14 @@ class PromptStore:
                              (self.finished - self.max_history,))
 
     def history_item(self, prompt_id: str) -> dict[str, Any]:
+        return json.loads(self.history_item_json(prompt_id))
+
+    def history_item_json(self, prompt_id: str) -> bytes:
         with self._db_lock:
             rows = self._db.execute(
                 "SELECT prompt_id, number, prompt, extra_data, outputs_to_execute, result FROM prompts "
                 "WHERE state='done' AND prompt_id=?", (prompt_id,)).fetchall()
-        return dict(_history_entry(row) for row in rows)
+        return _history_json(rows)
 
     def delete_history(self, prompt_ids: list[str]) -> None:
         with self._db_lock, self._db:
@@ -401,43 +408,17 @@ class PromptStore:
             self._db.close()
 
 
-def _history_entry(row: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+def _history_json(rows: list[tuple[Any, ...]]) -> bytes:
+    return ("{" + ", ".join(_history_entry(row) for row in rows) + "}").encode()
+
+
+def _history_entry(row: tuple[Any, ...]) -> str:
+    """`"<id>": {<result's members>, "prompt": [number, id, prompt, extra_data, outputs]}` as JSON text."""
     pid, number, prompt, extra, outs, result = row
-    entry = json.loads(result) if result else {}
-    entry["prompt"] = [_number(number), pid, json.loads(prompt), _public(json.loads(extra)), json.loads(outs)]
-    return pid, entry
-
-
-def dump_nodes(prompt: dict[str, Any]) -> str:
-    """A prompt as JSON text, written node by node: one call over a large prompt would hold the GIL (and stall
-    the server's event loop) for a tenth of a second or more."""
-    return "{" + ", ".join(f"{json.dumps(str(key))}: {_dumps(node)}" for key, node in prompt.items()) + "}"
-
-
-_DECODER = json.JSONDecoder()
-_SEPARATOR = re.compile(r"\s*([:,}])\s*")
-
-
-def load_nodes(text: str) -> dict[str, Any]:
-    """Read a JSON object node by node (the inverse of `dump_nodes`, for any JSON object text)."""
-    nodes: dict[str, Any] = {}
-    pos = _skip_space(text, text.index("{") + 1)
-    if text[pos] == "}":
-        return nodes
-    while True:
-        key, pos = _DECODER.raw_decode(text, _skip_space(text, pos))
-        pos = _SEPARATOR.match(text, pos).end()
-        nodes[key], pos = _DECODER.raw_decode(text, pos)
-        separator = _SEPARATOR.match(text, pos)
-        if separator.group(1) == "}":
-            return nodes
-        pos = separator.end()
-
-
-def _skip_space(text: str, pos: int) -> int:
-    while text[pos].isspace():
-        pos += 1
-    return pos
+    listing = f"{json.dumps([_number(number), pid])[:-1]}, {prompt}, {_dumps(_public(json.loads(extra)))}, {outs}]"
+    members = (result or "{}").strip()[1:-1].strip()
+    members = f'{members}, "prompt": {listing}' if members else f'"prompt": {listing}'
+    return f"{json.dumps(pid)}: {{{members}}}"
 
 
 def _crashed_result(prompt_id: str, attempts: int) -> dict[str, Any]:

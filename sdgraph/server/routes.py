@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from sdgraph.collector import collector_paused
+from sdgraph.collector import collector_paused, drain
+from sdgraph.prepare import PreparedPrompt
 from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, read_model
 from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
@@ -30,11 +31,15 @@ async def post_prompt(request: web.Request) -> web.Response:
 def _admit(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
     """Parse, prepare and queue one submission (in a worker thread); the reply and its status."""
     with collector_paused():
-        return _admit_parsed(state, raw)
+        data = parse_json(raw)
+        try:
+            return _admit_parsed(state, data)
+        finally:  # a large prompt is freed node by node, not in one long hold of the GIL
+            drain(data.get("prompt") if isinstance(data, dict) and isinstance(data.get("prompt"), dict) else None)
 
 
-def _admit_parsed(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
-    body = parse_model(PromptRequest, parse_json(raw))
+def _admit_parsed(state: ServerState, data: Any) -> tuple[dict[str, Any], int]:
+    body = parse_model(PromptRequest, data)
     extra_data = dict(body.extra_data)
     source: Any = body.prompt
     if is_ui_workflow(body.prompt):  # a UI workflow: queue its API form, keep it as the picture's workflow
@@ -45,6 +50,14 @@ def _admit_parsed(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
         pnginfo.setdefault("workflow", source.layout)
         extra_data["extra_pnginfo"] = pnginfo
     prompt = state.executor.prepare(source)
+    try:
+        return _queue(state, body, extra_data, prompt, source)
+    finally:
+        prompt.release()
+
+
+def _queue(state: ServerState, body: PromptRequest, extra_data: dict[str, Any], prompt: PreparedPrompt,
+           source: Any) -> tuple[dict[str, Any], int]:
     name_node_errors(prompt.node_errors, getattr(source, "origin", None))
     if not prompt.ok:
         return {"error": prompt.error, "node_errors": prompt.node_errors}, 400
@@ -161,13 +174,14 @@ async def get_history(request: web.Request) -> web.Response:
     max_items = _int_query(request, "max_items", None, 0)
     offset = _int_query(request, "offset", -1, -1)
     store = state_of(request).store
-    history = await asyncio.to_thread(store.history, max_items, offset if offset is not None else -1)
-    return web.json_response(history)
+    history = await asyncio.to_thread(store.history_json, max_items, offset if offset is not None else -1)
+    return web.Response(body=history, content_type="application/json")
 
 
 async def get_history_item(request: web.Request) -> web.Response:
     store = state_of(request).store
-    return web.json_response(await asyncio.to_thread(store.history_item, request.match_info["prompt_id"]))
+    history = await asyncio.to_thread(store.history_item_json, request.match_info["prompt_id"])
+    return web.Response(body=history, content_type="application/json")
 
 
 async def post_history(request: web.Request) -> web.Response:

@@ -100,10 +100,13 @@ class Worker:
                                                        "prompt_id": item.prompt_id}), item.client_id)
 
     def _run(self, item: QueueItem) -> None:
-        with collector_paused():  # again: files and nodes may have changed since submission
-            prompt = self.executor.prepare(item.prompt)
-        result = self.executor.execute(prompt, prompt_id=item.prompt_id, listener=self._listener(item.client_id),
-                                       extra_data=item.extra_data, record=self._recorder(item))
+        # Paused from preparing until the prompt is freed (nodes still run with the collector): otherwise full
+        # collections walk a large prompt, holding the GIL for a third of a second each.
+        with collector_paused():
+            prompt = self.executor.prepare(item.prompt)  # again: files and nodes may have changed meanwhile
+            result = self.executor.execute(prompt, prompt_id=item.prompt_id, listener=self._listener(item.client_id),
+                                           extra_data=item.extra_data, record=self._recorder(item))
+            prompt.release()
         self.completed += 1
         self.hub.post_status()
         if result.status == "error" and _out_of_memory(result.error or {}):

@@ -64,8 +64,7 @@ def test_a_100k_node_workflow_does_not_stall_other_requests(tmp_path: Path, proc
     """Preparing and running a 100,000-node prompt (4.8 MB of JSON) happens off the event loop.
 
     GET /prompt (the queue's state) must stay fast; GET /queue lists the whole prompt in every answer, so it
-    is bounded more loosely. Measured alone on the 2-core machine: GET /prompt p99 17-33 ms, GET /queue p99
-    78-233 ms (issue 12 asks 50 ms for /queue: not met yet, see its notes)."""
+    is bounded more loosely here, for a busy machine (measured: see issue 12's closing note)."""
     server = Process(tmp_path / "base", free_port(), "--max-body-mb", "64")
     processes.append(server)
     server.wait_ready()
@@ -104,4 +103,4 @@ def test_a_100k_node_workflow_does_not_stall_other_requests(tmp_path: Path, proc
     assert len(latencies["/prompt"]) > 50
     # Bounds with room for a busy machine; validating on the event loop stalled every request for seconds.
     assert percentile(latencies["/prompt"], 0.99) < 0.100
-    assert percentile(latencies["/queue"], 0.99) < 0.500
+    assert percentile(latencies["/queue"], 0.99) < 0.200
