@@ -120,6 +120,8 @@ def _ui_body(state: ServerState, raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "invalid_request", "positions must map node ids to [x, y]")
     try:
         parsed = parse_workflow(prompt)
+        if isinstance(prompt, dict) and set(parsed.nodes) != {str(k) for k in prompt}:  # an envelope, not nodes
+            raise WorkflowFormatError("the prompt must be the API format's nodes by id")
     except WorkflowFormatError as exc:
         raise ApiError(400, "invalid_request", f"expected {{\"prompt\": <API-format workflow>}}: {exc}") from None
     with collector_paused():

@@ -97,7 +97,7 @@ async def test_workflow_ui_answers_a_ui_workflow_that_converts_back(server: Harn
 
 async def test_workflow_ui_400s(server: Harness):
     for body in ({"nodes": [], "links": []}, {"prompt": {"1": {"inputs": {}}}}, {"prompt": [1]}, [1],
-                 {"prompt": {}, "positions": {"1": [1, "2"]}}):
+                 {"prompt": {}, "positions": {"1": [1, "2"]}}, {"prompt": {"prompt": {}, "workflow": {}}}):
         resp = await server.client.post("/workflow/ui", json=body)
         assert resp.status == 400, body
         assert (await resp.json())["error"]["type"] == "invalid_request"
