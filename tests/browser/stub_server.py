@@ -182,6 +182,23 @@ class Stub:
             self.run(prompt_id, prompt, body.get("client_id"), body.get("extra_data", {})))
         return web.json_response({"prompt_id": prompt_id, "number": self.number, "node_errors": {}})
 
+    async def convert(self, request):
+        """The engine's own UI-format converter (pure Python), as `sdgraph serve` answers /workflow/convert."""
+        from sdgraph.uiformat import ConversionError, ui_graph, ui_to_api
+        graph = ui_graph(await request.json())
+        if graph is None:
+            return web.json_response({"error": {"type": "invalid_request", "message": "not a UI workflow"}}, status=400)
+        try:
+            return web.json_response({"prompt": ui_to_api(graph)})
+        except ConversionError as exc:
+            return web.json_response({"error": {"type": "invalid_prompt", "message": str(exc)},
+                                      "problems": exc.problems}, status=400)
+
+    async def to_ui(self, request):
+        from sdgraph.uiformat import api_to_ui
+        body = await request.json()
+        return web.json_response({"workflow": api_to_ui(body["prompt"], None, body.get("positions"))})
+
     async def websocket(self, request):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -204,6 +221,8 @@ class Stub:
         app.router.add_get("/", lambda r: web.FileResponse(WEB / "index.html"))
         app.router.add_get("/object_info", lambda r: web.json_response(object_info(self.input)))
         app.router.add_post("/prompt", self.post_prompt)
+        app.router.add_post("/workflow/convert", self.convert)
+        app.router.add_post("/workflow/ui", self.to_ui)
         app.router.add_get("/queue", lambda r: web.json_response(
             {"queue_running": [self.running] if self.running else [], "queue_pending": []}))
         app.router.add_post("/queue", lambda r: web.json_response({}))

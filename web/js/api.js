@@ -46,6 +46,10 @@ export const api = {
   objectInfo: () => request('object_info'),
   queuePrompt: (prompt, workflow) => request('prompt', { method: 'POST',
     body: { prompt, client_id: clientId, extra_data: { extra_pnginfo: { workflow } } } }),
+  // UI workflow -> {prompt}; a 400 carries `problems` (node_id, title, path, message)
+  convertWorkflow: workflow => request('workflow/convert', { method: 'POST', body: workflow }),
+  // API prompt (+ node id -> [x, y]) -> {workflow} in ComfyUI's UI format
+  uiWorkflow: (prompt, positions) => request('workflow/ui', { method: 'POST', body: { prompt, positions } }),
   queue: () => request('queue'),
   deleteQueued: ids => request('queue', { method: 'POST', body: { delete: ids } }),
   clearQueue: () => request('queue', { method: 'POST', body: { clear: true } }),

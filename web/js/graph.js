@@ -302,33 +302,3 @@ export function detectFormat(data) {
   if (values.length && values.every(v => v && typeof v === 'object' && 'class_type' in v)) return 'api';
   return null;
 }
-
-// A ComfyUI editor workflow to the editor format: widgets_values follow the widget inputs in order,
-// with an extra control value after each seed.
-export function fromLitegraph(data, defs) {
-  const nodes = [], links = [];
-  for (const n of data.nodes) {
-    const widgets = {}, control = {};
-    const def = defs[n.type];
-    const values = Array.isArray(n.widgets_values) ? [...n.widgets_values] : [];
-    const linked = new Set((n.inputs || []).filter(i => i.link != null && i.widget).map(i => i.name));
-    if (def) {
-      for (const input of describeInputs(def)) {
-        if (!input.widget || !values.length) continue;
-        widgets[input.name] = values.shift();
-        if (input.seed && SEED_MODES.includes(values[0])) control[input.name] = values.shift();
-        if (linked.has(input.name)) delete widgets[input.name];
-      }
-    }
-    nodes.push({ id: String(n.id), class_type: n.type, title: n.title, pos: n.pos, size: n.size, widgets, control_after_generate: control,
-      converted: [...linked] });
-  }
-  const byId = Object.fromEntries(data.nodes.map(n => [String(n.id), n]));
-  for (const l of data.links || []) {
-    const [id, from, fromSlot, to, toSlot, type] = l;
-    const target = byId[String(to)];
-    const input = target && target.inputs && target.inputs[toSlot];
-    if (input) links.push({ id, from: [String(from), fromSlot], to: [String(to), input.name], type });
-  }
-  return { nodes, links };
-}

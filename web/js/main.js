@@ -1,8 +1,8 @@
 // The editor app: wires the graph, the canvas, the palette, the server and the files together.
 import { api, connect } from './api.js';
-import { Graph, detectFormat, fromLitegraph, describeInputs, primaryNames } from './graph.js';
+import { Graph, detectFormat, describeInputs, primaryNames } from './graph.js';
 import { Editor } from './canvas.js';
-import { pngText } from './png.js';
+import { pngText, webpText } from './png.js';
 import { QueuePanel } from './panel.js';
 import { toast, showMenu, closeMenu, closeOverlay, showHelp, showImage, buildPalette, searchPopup } from './ui.js';
 
@@ -49,20 +49,68 @@ function loadDefault() {
   if (Object.keys(ids).length < DEFAULT_NODES.length) toast('Some nodes of the default workflow are not installed on this server.', 'error');
 }
 
-export function loadWorkflow(data, { fit = true } = {}) {
+// UI-format files (ComfyUI's) go through the server's converter, the one implementation of its rules.
+export async function loadWorkflow(data, { fit = true, name = 'the workflow' } = {}) {
+  if (data && detectFormat(data.workflow)) data = data.workflow; // {"workflow": ...} or {"prompt", "workflow"}
   const format = detectFormat(data);
   if (!format) { toast('This file holds no workflow sdgraph can read.', 'error'); return false; }
-  if (format === 'api') {
-    graph.loadApi(data);
-    editor.render();
-    const heights = Object.fromEntries([...editor.nodeEls].map(([id, el]) => [id, el.offsetHeight]));
-    graph.autoLayout(heights);
-  } else graph.load(format === 'litegraph' ? fromLitegraph(data, graph.defs) : data);
+  if (format === 'litegraph') {
+    let prompt;
+    try { ({ prompt } = await api.convertWorkflow(data)); } catch (e) { conversionFailed(name, e); return false; }
+    loadApi(prompt, uiPositions(data));
+  } else if (format === 'api') loadApi(data);
+  else graph.load(data);
   editor.reset();
   if (data.view && !fit) { editor.view = { ...data.view }; editor.applyView(); } else editor.fit();
   const unknown = [...new Set([...graph.nodes.values()].filter(n => !graph.defs[n.type]).map(n => n.type))];
   if (unknown.length) toast(`Unknown node types: ${unknown.join(', ')}.`, 'error');
   return true;
+}
+
+function conversionFailed(name, e) {
+  const problems = (e.data && e.data.problems) || [];
+  const lines = problems.map(p => `#${p.node_id}${p.title ? ` ${p.title}` : ''}${p.path ? ` (in ${p.path})` : ''}: ${p.message}`);
+  toast(`Could not open ${name}: ${lines.length ? lines.join('; ') : e.message}`, 'error', 8000);
+}
+
+// Top-level UI nodes keep their ids through the conversion, so they keep their places; the insides of subgraphs
+// (ids "outer:inner") are laid out automatically, below them.
+function uiPositions(data) {
+  const out = {};
+  for (const n of data.nodes) {
+    const x = Number(n.pos && n.pos[0]), y = Number(n.pos && n.pos[1]);
+    if (Number.isFinite(x) && Number.isFinite(y)) out[String(n.id)] = [x, y];
+  }
+  return out;
+}
+
+function loadApi(prompt, positions = {}) {
+  graph.loadApi(prompt);
+  editor.render();
+  const heights = Object.fromEntries([...editor.nodeEls].map(([id, el]) => [id, el.offsetHeight]));
+  graph.autoLayout(heights);
+  const nodes = [...graph.nodes.values()];
+  const placed = nodes.filter(n => positions[n.id]), rest = nodes.filter(n => !positions[n.id]);
+  if (!placed.length) return;
+  for (const n of placed) n.pos = positions[n.id].map(Math.round);
+  if (!rest.length) return;
+  const left = Math.min(...placed.map(n => n.pos[0]));
+  const below = Math.max(...placed.map(n => n.pos[1] + (heights[n.id] || 200))) + 60;
+  const x0 = Math.min(...rest.map(n => n.pos[0])), y0 = Math.min(...rest.map(n => n.pos[1]));
+  for (const n of rest) n.pos = [n.pos[0] - x0 + left, n.pos[1] - y0 + below];
+}
+
+// Save in ComfyUI's UI format, built by the server (api_to_ui) from the API prompt and the nodes' places.
+async function saveFile() {
+  const prompt = graph.toApi();
+  for (const n of graph.nodes.values()) if (!n.title) delete prompt[n.id]._meta;
+  const positions = Object.fromEntries([...graph.nodes.values()].map(n => [n.id, n.pos]));
+  try {
+    const { workflow } = await api.uiWorkflow(prompt, positions);
+    download('workflow.json', workflow);
+  } catch (e) {
+    toast(`Could not save: ${e.message}`, 'error');
+  }
 }
 
 function save() { localStorage.setItem(STORE, JSON.stringify(graph.serialize({ view: editor.view }))); }
@@ -80,16 +128,18 @@ async function openFile(file, dropTarget = null) {
   const uploadInput = uploadNode && graph.inputsOf(uploadNode).find(i => i.opts.image_upload);
   if (uploadInput && file.type.startsWith('image/')) return upload(uploadNode, uploadInput.name, file);
   try {
-    if (file.type === 'image/png' || /\.png$/i.test(file.name)) {
-      const text = await pngText(await file.arrayBuffer());
+    const png = file.type === 'image/png' || /\.png$/i.test(file.name);
+    if (png || file.type === 'image/webp' || /\.webp$/i.test(file.name)) {
+      const buffer = await file.arrayBuffer();
+      const text = png ? await pngText(buffer) : webpText(buffer);
       const found = text && (text.workflow || text.prompt);
-      if (!found) return toast('This PNG holds no sdgraph workflow.', 'error');
+      if (!found) return toast(`This ${png ? 'PNG' : 'WebP'} holds no workflow.`, 'error');
       let data = JSON.parse(text.workflow || 'null');
       if (!detectFormat(data)) data = JSON.parse(text.prompt);
-      if (loadWorkflow(data)) toast(`Opened the workflow from ${file.name}.`);
+      if (await loadWorkflow(data, { name: file.name })) toast(`Opened the workflow from ${file.name}.`);
       return;
     }
-    if (loadWorkflow(JSON.parse(await file.text()))) toast(`Opened ${file.name}.`);
+    if (await loadWorkflow(JSON.parse(await file.text()), { name: file.name })) toast(`Opened ${file.name}.`);
   } catch (e) {
     toast(`Could not read ${file.name}: ${e.message}`, 'error');
   }
@@ -231,7 +281,7 @@ function onKey(e) {
     c: () => { const data = editor.copy(); if (data) localStorage.setItem('sdgraph.clipboard', JSON.stringify(data)); },
     v: () => editor.paste(JSON.parse(localStorage.getItem('sdgraph.clipboard') || 'null'), pointer && editor.toWorld(...pointer)),
     d: () => editor.paste(editor.copy()), a: () => editor.select(graph.nodes.keys()),
-    s: () => download('workflow.json', graph.serialize()), o: () => $('#file-input').click(),
+    s: saveFile, o: () => $('#file-input').click(),
   };
   if (mod && actions[key]) { e.preventDefault(); actions[key](); return; }
   if (mod || e.altKey) return;
@@ -259,12 +309,12 @@ async function start() {
   let restored = false;
   try {
     const stored = JSON.parse(localStorage.getItem(STORE) || 'null');
-    if (stored) restored = loadWorkflow(stored, { fit: false });
+    if (stored) restored = await loadWorkflow(stored, { fit: false });
   } catch { /* a broken store falls back to the default */ }
   if (!restored) loadDefault();
   const buttons = {
     'btn-queue': queue, 'btn-stop': () => api.interrupt().catch(e => toast(e.message, 'error')),
-    'btn-open': () => $('#file-input').click(), 'btn-save': () => download('workflow.json', graph.serialize()),
+    'btn-open': () => $('#file-input').click(), 'btn-save': saveFile,
     'btn-export': () => download('workflow_api.json', graph.toApi()), 'btn-default': loadDefault,
     'btn-clear': () => { graph.clear(); editor.reset(); editor.fit(); }, 'btn-undo': () => editor.undo(), 'btn-redo': () => editor.redo(),
     'btn-fit': () => editor.fit(), 'btn-panel': () => panel.toggle(), 'btn-help': showHelp,
