@@ -81,6 +81,9 @@ def test_ui_file_with_a_subgraph_opens_runs_saves_and_reopens(editor, server, mo
 
     prompt = run_and_wait(editor, server, runs)
     assert prompt["10:1"]["inputs"]["width"] == 48 and prompt["10:2"]["inputs"]["samples"] == ["10:1", 0]
+    # the picture's workflow is ComfyUI's UI format, so ComfyUI opens it too
+    carried = list(get_json(f"{server}/history").values())[-1]["prompt"][3]["extra_pnginfo"]["workflow"]
+    assert {"nodes", "links", "last_node_id"} <= set(carried) and len(carried["links"]) == 3
 
     with page.expect_download() as download:
         page.click("#btn-save")

@@ -100,14 +100,17 @@ function loadApi(prompt, positions = {}) {
   for (const n of rest) n.pos = [n.pos[0] - x0 + left, n.pos[1] - y0 + below];
 }
 
-// Save in ComfyUI's UI format, built by the server (api_to_ui) from the API prompt and the nodes' places.
-async function saveFile() {
+// The graph in ComfyUI's UI format, built by the server (api_to_ui) from the API prompt and the nodes' places.
+async function uiWorkflow() {
   const prompt = graph.toApi();
   for (const n of graph.nodes.values()) if (!n.title) delete prompt[n.id]._meta;
   const positions = Object.fromEntries([...graph.nodes.values()].map(n => [n.id, n.pos]));
+  return (await api.uiWorkflow(prompt, positions)).workflow;
+}
+
+async function saveFile() {
   try {
-    const { workflow } = await api.uiWorkflow(prompt, positions);
-    download('workflow.json', workflow);
+    download('workflow.json', await uiWorkflow());
   } catch (e) {
     toast(`Could not save: ${e.message}`, 'error');
   }
@@ -172,7 +175,9 @@ async function queue() {
   editor.setRun({ errors: {} });
   setStatus('Queuing…');
   try {
-    const res = await api.queuePrompt(graph.toApi(), graph.serialize());
+    // Pictures carry the UI format, so ComfyUI opens them too (the editor's own layout if that fails).
+    const workflow = await uiWorkflow().catch(() => graph.serialize());
+    const res = await api.queuePrompt(graph.toApi(), workflow);
     if ($('#status').textContent === 'Queuing…') setStatus(`Queued #${res.number ?? ''}`.trim()); // events may come first
     if (graph.applyControlAfterRun()) editor.commit();
   } catch (e) {
