@@ -1,7 +1,7 @@
 """The discrete-time Stable Diffusion denoiser: a UNet, its noise schedule and classifier-free guidance, seen by
 the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + sigma * eps.
 
-- sigma -> the UNet's (fractional) training timestep by log-sigma interpolation;
+- sigma -> the UNet's training timestep: the whole one nearest in log-sigma, as ComfyUI's discrete models do;
 - c_in = 1 / sqrt(sigma^2 + 1) scales x to the UNet's variance-preserving input; epsilon models give
   x0 = x - sigma * eps, v-prediction models x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1);
 - guidance: eps = eps_uncond + cfg * (eps_cond - eps_uncond); with one positive and one negative entry (the
@@ -111,7 +111,7 @@ class SDDenoiser:
     # ---- evaluation -----------------------------------------------------------------------------------------
 
     def timestep(self, sigma: float) -> float:
-        return self.schedule.timestep(sigma)
+        return float(self.schedule.nearest_timestep(sigma))
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """x0 estimated from x at noise level sigma (call it under torch.inference_mode(), as sampling does)."""

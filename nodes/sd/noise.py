@@ -1,10 +1,14 @@
-"""Seeded noise drawn on the CPU, so that a seed gives the same picture on any device.
+"""Seeded noise drawn on the CPU, as ComfyUI draws it.
 
-Each batch item has its own generator, seeded with `seed + index` (index = the item's position, or its
-`batch_index` when the latent carries one). Item i's noise, initial and ancestral alike, therefore does not depend
-on the batch size, and item i of seed s is item 0 of seed s + i. With one item the stream is exactly
-`torch.randn(shape, generator=torch.Generator().manual_seed(seed))` followed by the per-step draws, which is what a
-diffusers pipeline given that generator draws.
+Initial noise: one CPU generator seeded with `seed` draws the whole batch at once. With a `batch_index` (a batch
+taken from a larger one) the generator draws one item per index up to the largest and keeps the listed ones, so
+an item gets the noise it had in the full batch.
+
+Sampler noise (ancestral, LCM, DDPM): a fresh generator seeded with `seed` draws batch-shaped noise at each step,
+so its first draw repeats the initial noise of an unindexed batch.
+
+`per_item=True` is sdgraph's alternative: item i (or its batch_index) has its own generator seeded with
+`seed + i`, so an item's noise does not depend on the batch it is in. It is off by default.
 """
 from __future__ import annotations
 
@@ -17,22 +21,37 @@ NoiseSampler = Callable[[float, float], torch.Tensor]
 _SEED_SPACE = 2 ** 64
 
 
-class SeededNoise:
-    """One CPU generator per batch item; draws are [B, ...] float32 CPU tensors."""
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(int(seed) % _SEED_SPACE)
 
-    def __init__(self, seed: int, batch: int, batch_index: Sequence[int] | None = None) -> None:
-        usable = batch_index is not None and len(batch_index) == batch
-        indices = list(batch_index) if usable else list(range(batch))
-        self.generators = [torch.Generator("cpu").manual_seed((int(seed) + int(k)) % _SEED_SPACE)
-                           for k in indices]
+
+def _indices(batch: int, batch_index: Sequence[int] | None) -> list[int] | None:
+    if batch_index is None or len(batch_index) != batch:
+        return None
+    return [int(k) for k in batch_index]
+
+
+class SeededNoise:
+    """Sampler noise for a batch; draws are [B, ...] float32 CPU tensors."""
+
+    def __init__(self, seed: int, batch: int, batch_index: Sequence[int] | None = None,
+                 per_item: bool = False) -> None:
+        self.per_item = per_item
+        if per_item:
+            indices = _indices(batch, batch_index) or list(range(batch))
+            self.generators = [_generator(int(seed) + k) for k in indices]
+        else:
+            self.generators = [_generator(seed)]
+        self.batch = batch
 
     def draw(self, item_shape: Sequence[int]) -> torch.Tensor:
-        """Noise [B, *item_shape]: one draw from each item's generator."""
-        shape = (1, *item_shape)
-        return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in self.generators])
+        if self.per_item:
+            shape = (1, *item_shape)
+            return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in self.generators])
+        return torch.randn((self.batch, *item_shape), generator=self.generators[0], dtype=torch.float32)
 
     def sampler(self, like: torch.Tensor) -> NoiseSampler:
-        """A `noise_sampler(sigma, sigma_next)` for ancestral/SDE steps, on `like`'s device and dtype."""
+        """A `noise_sampler(sigma, sigma_next)` for ancestral steps, on `like`'s device and dtype."""
         item_shape, device, dtype = tuple(like.shape[1:]), like.device, like.dtype
 
         def sample(sigma: float, sigma_next: float) -> torch.Tensor:
@@ -48,8 +67,21 @@ def to_device(cpu: torch.Tensor, device: torch.device, dtype: torch.dtype = torc
     return cpu.to(device=device, dtype=dtype)
 
 
-def initial_noise(seed: int, latent: torch.Tensor, batch_index: Sequence[int] | None = None
-                  ) -> tuple[torch.Tensor, SeededNoise]:
-    """The CPU noise for a latent batch and the generators that go on to feed the sampler's noise."""
-    noise = SeededNoise(seed, latent.shape[0], batch_index)
-    return noise.draw(latent.shape[1:]), noise
+def batch_noise(seed: int, shape: Sequence[int], batch_index: Sequence[int] | None = None) -> torch.Tensor:
+    """The initial noise of a batch of `shape` (see the module docstring)."""
+    generator = _generator(seed)
+    indices = _indices(shape[0], batch_index)
+    if indices is None:
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    item = (1, *shape[1:])
+    drawn = [torch.randn(item, generator=generator, dtype=torch.float32) for _ in range(max(indices) + 1)]
+    return torch.cat([drawn[k] for k in indices])
+
+
+def initial_noise(seed: int, latent: torch.Tensor, batch_index: Sequence[int] | None = None,
+                  per_item: bool = False) -> tuple[torch.Tensor, SeededNoise]:
+    """The CPU noise for a latent batch, and the source of the sampler's later noise."""
+    if per_item:
+        noise = SeededNoise(seed, latent.shape[0], batch_index, per_item=True)
+        return noise.draw(latent.shape[1:]), noise
+    return batch_noise(seed, latent.shape, batch_index), SeededNoise(seed, latent.shape[0])

@@ -6,9 +6,9 @@ Inputs, their order and the step semantics are ComfyUI's, so exported API workfl
 - KSamplerAdvanced keeps steps [start_at_step, end_at_step) of a `steps`-step schedule, ends at sigma 0 unless
   return_with_leftover_noise is enabled, and adds no noise when add_noise is disabled.
 
-Noise comes from seeded CPU generators (see `noise`). When sampling starts at the top of the schedule, the noise is
-scaled by sqrt(1 + sigma_0^2) (unit variance in the model's variance-preserving input, like the diffusers pipelines
-and ComfyUI at sigma_max); part-way in (img2img, later KSamplerAdvanced stages) by sigma_0.
+Noise comes from seeded CPU generators (see `noise`). When the first sigma is the model's sigma_max (or above), the
+noise is scaled by sqrt(1 + sigma_0^2), as ComfyUI does; anywhere below it (img2img, later KSamplerAdvanced stages,
+a schedule such as ddim_uniform that starts under the top) by sigma_0.
 """
 from __future__ import annotations
 
@@ -77,22 +77,30 @@ def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, st
     return Plan(sigmas, from_start)
 
 
+def noise_scale(sigma_0: float, sigma_max: float) -> float:
+    """The initial noise's factor: sqrt(1 + sigma^2) only at the top of the model's range."""
+    if math.isclose(sigma_0, sigma_max, rel_tol=1e-5) or sigma_0 > sigma_max:
+        return math.sqrt(1.0 + sigma_0 ** 2)
+    return sigma_0
+
+
 def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, Any], *, seed: int, cfg: float,
                   sampler_name: str, plan: Plan, add_noise: bool = True, manager: Any = None,
                   on_step: Callable[[Step, int], None] | None = None,
-                  noise_sampler: NoiseSampler | None = None) -> dict[str, Any]:
-    """Sample a LATENT; returns a new LATENT dict (CPU float32 samples, other keys kept)."""
+                  noise_sampler: NoiseSampler | None = None, per_item_noise: bool = False) -> dict[str, Any]:
+    """Sample a LATENT; returns a new LATENT dict (CPU float32 samples, other keys kept). `per_item_noise` seeds
+    each batch item on its own (see `noise`) instead of ComfyUI's one stream for the batch."""
     samples = latent["samples"]
     if len(plan.sigmas) < 2:
         return dict(latent)
-    noise, seeded = initial_noise(seed, samples, latent.get("batch_index"))
+    noise, seeded = initial_noise(seed, samples, latent.get("batch_index"), per_item_noise)
     device = torch.device(model.compute_device(manager))
     with torch.inference_mode():
         clean = samples.to(device=device, dtype=torch.float32)
         sigma_0 = float(plan.sigmas[0])
         x = clean
         if add_noise:
-            scale = math.sqrt(1.0 + sigma_0 ** 2) if plan.from_start else sigma_0
+            scale = noise_scale(sigma_0, schedule_of(model.alphas_cumprod).sigma_max)
             x = torch.add(clean, to_device(noise, device), alpha=scale)
         denoiser = SDDenoiser(model, positive, negative, cfg, samples, manager)
         denoise: DenoiseFn = denoiser

@@ -48,6 +48,14 @@ class DiscreteSchedule:
         low = high - 1
         return low + (log_sigma - ls[low]) / (ls[high] - ls[low])
 
+    def nearest_timestep(self, sigma: float) -> int:
+        """The training timestep whose log-sigma is closest to sigma's: what the UNet is given."""
+        log_sigma = math.log(max(float(sigma), 1e-12))
+        ls = self.log_sigmas
+        high = min(bisect.bisect_left(ls, log_sigma), len(ls) - 1)
+        low = max(high - 1, 0)
+        return low if abs(log_sigma - ls[low]) <= abs(ls[high] - log_sigma) else high
+
     def percent_to_sigma(self, percent: float) -> float:
         """ComfyUI's percent of the sampling process (0 = start) as the sigma where it is reached."""
         if percent <= 0.0:

@@ -2,6 +2,7 @@
 and interrupts, previews, img2img, ComfyUI's step semantics, inpainting masks, batching of the guidance."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -109,9 +110,13 @@ def sample_gaussian(model: TinyModel, sampler: str, scheduler: str, steps: int, 
                     ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """KSampler on Gaussian data: (samples float64, the noised start x, the sigmas it ran)."""
     latent = empty_latent(hw=64)  # 4096 values per channel: enough for the statistics
-    out = run_node(KSampler, ksampler(model, seed=seed, steps=steps, cfg=CFG, sampler_name=sampler,
-                                      scheduler=scheduler, positive=mean_conditioning(POS),
-                                      negative=mean_conditioning(NEG), latent_image=latent))["samples"]
+    # The analytic answers need the model to see sigma exactly, so here the UNet gets the fractional timestep;
+    # the nearest whole one that sampling really uses is pinned in test_unet_gets_the_nearest_whole_timestep.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SDDenoiser, "timestep", lambda self, sigma: self.schedule.timestep(sigma))
+        out = run_node(KSampler, ksampler(model, seed=seed, steps=steps, cfg=CFG, sampler_name=sampler,
+                                          scheduler=scheduler, positive=mean_conditioning(POS),
+                                          negative=mean_conditioning(NEG), latent_image=latent))["samples"]
     assert out.shape == latent["samples"].shape and out.dtype == torch.float32
     sigmas = plan_sigmas(model, scheduler, steps).sigmas.tolist()
     noise, _ = initial_noise(seed, latent["samples"])
@@ -192,21 +197,37 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(model: Any) -> None
     assert (first - other).abs().max() > 0.1
 
 
-def test_batch_items_have_their_own_reproducible_noise(model: Any) -> None:
-    noise3, _ = initial_noise(5, torch.zeros(3, 4, 8, 8))
-    noise1, _ = initial_noise(7, torch.zeros(1, 4, 8, 8))
-    assert torch.equal(noise3[2], noise1[0])  # item i of seed s is item 0 of seed s + i
-    assert torch.equal(initial_noise(5, torch.zeros(2, 4, 8, 8))[0], noise3[:2])
-    pair = run_node(KSampler, ksampler(model, seed=5, sampler_name="dpmpp_2m_sde",
-                                       latent_image=empty_latent(batch=2)))["samples"]
-    single = run_node(KSampler, ksampler(model, seed=6, sampler_name="dpmpp_2m_sde"))["samples"]
-    torch.testing.assert_close(pair[1:], single, atol=1e-4, rtol=1e-4)  # ancestral noise per item too
+def test_batch_noise_is_one_draw_from_the_seed_as_comfyui() -> None:
+    noise, _ = initial_noise(5, torch.zeros(3, 4, 8, 8))
+    assert torch.equal(noise, torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(5)))
 
 
-def test_batch_index_picks_the_items_noise(model: Any) -> None:
-    latent = {"samples": torch.zeros(1, 4, 8, 8), "batch_index": [3]}
-    noise, _ = initial_noise(10, latent["samples"], latent["batch_index"])
-    assert torch.equal(noise, initial_noise(13, latent["samples"])[0])
+def test_ancestral_noise_restarts_from_the_seed() -> None:
+    """ComfyUI's sampler noise is a fresh stream from the seed: its first draw is the initial noise."""
+    x = torch.zeros(2, 4, 8, 8)
+    noise, seeded = initial_noise(5, x)
+    draw = seeded.sampler(x)
+    assert torch.equal(draw(1.0, 0.5), noise)
+    assert not torch.equal(draw(0.5, 0.1), noise)
+
+
+def test_batch_index_picks_the_items_noise_in_the_full_batch() -> None:
+    full = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(10))
+    noise, _ = initial_noise(10, torch.zeros(2, 4, 8, 8), [3, 1])
+    assert torch.equal(noise, full[[3, 1]])
+
+
+def test_per_item_noise_option_seeds_item_i_with_seed_plus_i(model: Any) -> None:
+    noise3, _ = initial_noise(5, torch.zeros(3, 4, 8, 8), per_item=True)
+    noise1, _ = initial_noise(7, torch.zeros(1, 4, 8, 8), per_item=True)
+    assert torch.equal(noise3[2], noise1[0])
+    indexed, _ = initial_noise(10, torch.zeros(1, 4, 8, 8), [3], per_item=True)
+    assert torch.equal(indexed, initial_noise(13, torch.zeros(1, 4, 8, 8), per_item=True)[0])
+    plan = plan_sigmas(model, "normal", 4)
+    kw = dict(cfg=1.0, sampler_name="dpmpp_2m_sde", plan=plan, per_item_noise=True)
+    pair = sampling.sample_latent(model, conditioning(1), conditioning(2), empty_latent(batch=2), seed=5, **kw)["samples"]
+    single = sampling.sample_latent(model, conditioning(1), conditioning(2), empty_latent(), seed=6, **kw)["samples"]
+    torch.testing.assert_close(pair[1:], single, atol=1e-4, rtol=1e-4)  # sampler noise per item too
 
 
 # ---- progress, interrupt, preview ---------------------------------------------------------------------------
@@ -387,3 +408,39 @@ def test_a_model_under_the_model_manager_samples_the_same(model: Any) -> None:
     managed = DiffusionModel(slot=manager.manage(tiny_unet(), "unet", role="unet"))
     expected = run_node(KSampler, ksampler(model, sampler_name="dpmpp_2m"))["samples"]
     assert torch.equal(run_node(KSampler, ksampler(managed, sampler_name="dpmpp_2m"))["samples"], expected)
+
+
+# ---- ComfyUI's numerics -------------------------------------------------------------------------------------
+
+
+def test_unet_gets_the_nearest_whole_timestep(model: Any) -> None:
+    denoiser = SDDenoiser(model, conditioning(1), conditioning(2), 5.0, empty_latent()["samples"])
+    ls = denoiser.schedule.log_sigmas
+    between = math.exp(0.7 * ls[500] + 0.3 * ls[501])  # nearer 500
+    assert denoiser.timestep(between) == 500.0
+    assert denoiser.timestep(math.exp(0.2 * ls[500] + 0.8 * ls[501])) == 501.0
+    assert denoiser.timestep(1e-9) == 0.0 and denoiser.timestep(1e9) == 999.0
+
+
+def test_initial_noise_is_scaled_by_sigma_0_below_the_top(model: Any) -> None:
+    sigma_max = DiscreteSchedule(sd_alphas_cumprod()).sigma_max
+    assert sampling.noise_scale(sigma_max, sigma_max) == math.sqrt(1 + sigma_max ** 2)
+    assert sampling.noise_scale(8.0, sigma_max) == 8.0
+    plan = plan_sigmas(model, "ddim_uniform", 4)  # starts under sigma_max though it runs from step 0
+    assert plan.from_start and float(plan.sigmas[0]) < sigma_max - 1
+    latent = empty_latent()
+    seen: list[torch.Tensor] = []
+
+    def first(denoise: Any, x: torch.Tensor, sigmas: Any, **_: Any) -> torch.Tensor:
+        seen.append(x.clone())
+        return x
+
+    original = sampling.get_sampler
+    sampling.get_sampler = lambda name: first
+    try:
+        sampling.sample_latent(model, conditioning(1), conditioning(2), latent, seed=3, cfg=1.0,
+                               sampler_name="euler", plan=plan)
+    finally:
+        sampling.get_sampler = original
+    noise, _ = initial_noise(3, latent["samples"])
+    torch.testing.assert_close(seen[0], noise * float(plan.sigmas[0]))

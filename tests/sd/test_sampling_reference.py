@@ -23,6 +23,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from sampling_support import BETAS, TinyModel, conditioning, diffusers_loop, empty_latent, tiny_unet  # noqa: E402
 from sdgraph.nodes.sd import sampling  # noqa: E402
+from sdgraph.nodes.sd.denoiser import SDDenoiser  # noqa: E402
 from sdgraph.nodes.sd.k_multistep import sample_dpmpp_3m_sde  # noqa: E402
 from sdgraph.nodes.sd.sampling import Plan, plan_sigmas, sample_latent  # noqa: E402
 from sdgraph.nodes.sd.schedules import DiscreteSchedule  # noqa: E402
@@ -73,8 +74,14 @@ def _compare(unet: torch.nn.Module, sampler: str, plan: Plan, scheduler: Any, se
              prediction: str, scale_ref: float = 1.0) -> float:
     model = TinyModel(unet, prediction_type=prediction)
     positive, negative = conditioning(1), conditioning(2)
-    ours = sample_latent(model, positive, negative, empty_latent(), seed=SEED, cfg=CFG, sampler_name=sampler,
-                         plan=plan)["samples"]
+    # diffusers' conventions, not ComfyUI's (those are pinned in test_sampling.py): one noise stream that goes on
+    # from the initial draw (per-item noise, with one item), sqrt(1 + sigma_0^2) at step 0 of any schedule, and
+    # the fractional timestep of a sigma between training levels
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SDDenoiser, "timestep", lambda self, sigma: self.schedule.timestep(sigma))
+        patch.setattr(sampling, "noise_scale", lambda sigma_0, sigma_max: (1 + sigma_0 ** 2) ** 0.5)
+        ours = sample_latent(model, positive, negative, empty_latent(), seed=SEED, cfg=CFG, sampler_name=sampler,
+                             plan=plan, per_item_noise=True)["samples"]
     ref = diffusers_loop(unet, scheduler, positive[0][0], negative[0][0], CFG, SEED, tuple(ours.shape),
                          set_timesteps)
     assert torch.isfinite(ours).all() and ours.abs().max() > 1.0  # a real trajectory, not a trivial one
