@@ -12,7 +12,7 @@ from sdgraph.node import Boolean, Combo, Float, Hidden, Input, Int, Node, NodeOu
 from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.image_files import (
     check_image_file, file_sha256, input_images, input_path, missing_input, png_metadata, read_channel, read_image,
-    save_pngs,
+    save_pngs, save_webp, webp_metadata,
 )
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
@@ -181,4 +181,28 @@ class PreviewImage(Node):
         return NodeOutput(ui={"images": records})
 
 
-NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage]
+# How hard the WebP encoder works, by the names ComfyUI's node offers (libwebp's methods 0-6).
+WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+
+
+class SaveAnimatedWEBP(Node):
+    """Save the batch as one (animated) WebP in the output directory, with the workflow in its EXIF."""
+
+    category = "image/animation"
+    output_node = True
+    inputs = [Input("images", IMAGE), String("filename_prefix", "sdgraph"),
+              Float("fps", 6.0, min=0.01, max=1000.0, step=0.01), Boolean("lossless", True),
+              Int("quality", 80, min=0, max=100), Combo("method", list(WEBP_METHODS)),
+              Hidden("prompt", "PROMPT"), Hidden("extra_pnginfo", "EXTRA_PNGINFO")]
+    outputs = []
+
+    def run(self, images: torch.Tensor, filename_prefix: str, fps: float, lossless: bool, quality: int,
+            method: str, prompt: Any = None, extra_pnginfo: Any = None) -> NodeOutput:
+        records = save_webp(images, self.ctx.dirs.output, filename_prefix, "output",
+                            webp_metadata(prompt, extra_pnginfo), fps=fps, lossless=lossless, quality=quality,
+                            method=WEBP_METHODS[method])
+        return NodeOutput(ui={"images": records, "animated": [len(images) > 1]})
+
+
+NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
+         SaveAnimatedWEBP]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -110,6 +111,14 @@ def test_save_and_preview_image(ctx):
     assert image_nodes.SaveImage.output_node and image_nodes.PreviewImage.output_node
 
 
+def test_saved_pixels_are_truncated_as_comfyui(ctx):
+    levels = torch.tensor([0.0, 0.7, 1.5, 254.6, 255.0]) / 255.0
+    images = levels.view(1, 1, 5, 1).expand(1, 1, 5, 3).contiguous()
+    record = call(image_nodes.SaveImage, ctx, images=images, filename_prefix="levels").ui["images"][0]
+    pixels = np.asarray(Image.open(ctx.dirs.output / record["filename"]))[0, :, 0]
+    assert pixels.tolist() == [0, 0, 1, 254, 255]
+
+
 def test_inpainting_keeps_the_unmasked_region(ctx, sd1):
     sampling = pytest.importorskip("sdgraph.nodes.sd.sampling")
     from sdgraph.nodes.sd.conditioning import TextEncode
@@ -138,3 +147,22 @@ def test_inpainting_keeps_the_unmasked_region(ctx, sd1):
     # A random VAE's global mid-block attention lets every latent touch every pixel, so the decoded border moves
     # a little; the latents themselves are kept exactly (above). With the trained tiny model this gap is small.
     assert outside < 0.5 * inside
+
+
+def test_save_animated_webp_carries_the_workflow_as_comfyui_does(ctx):
+    from sdgraph.uiformat.pictures import read_picture_chunks
+
+    images = torch.rand(3, 8, 8, 3)
+    out = call(image_nodes.SaveAnimatedWEBP, ctx, images=images, filename_prefix="anim/clip", fps=4.0,
+               lossless=False, quality=70, method="fastest", prompt={"1": {"class_type": "X"}},
+               extra_pnginfo={"workflow": {"nodes": [], "links": []}})
+    record = out.ui["images"][0]
+    assert out.ui["animated"] == [True] and record["subfolder"] == "anim" and record["type"] == "output"
+    path = ctx.dirs.output / "anim" / record["filename"]
+    with Image.open(path) as webp:
+        assert webp.format == "WEBP" and webp.n_frames == 3
+    chunks = read_picture_chunks(path)
+    assert json.loads(chunks["prompt"]) == {"1": {"class_type": "X"}}
+    assert json.loads(chunks["workflow"]) == {"nodes": [], "links": []}
+    names = [spec.name for spec in image_nodes.SaveAnimatedWEBP.inputs]  # ComfyUI's inputs, in its order
+    assert names == ["images", "filename_prefix", "fps", "lossless", "quality", "method", "prompt", "extra_pnginfo"]
