@@ -119,6 +119,11 @@ def webp_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] |
     return comfy_metadata(prompt, extra_pnginfo, "webp")
 
 
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """An IMAGE in [0, 1] as 8-bit pixels, truncated (not rounded) as ComfyUI writes them."""
+    return np.clip(255.0 * image.float().cpu().numpy(), 0, 255).astype(np.uint8)
+
+
 def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
               compress_level: int = 4) -> list[dict[str, str]]:
     """Write each image as `<prefix>_<counter:05>_.png` under root, never overwriting; return UI records."""
@@ -128,8 +133,7 @@ def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata
     counter = _next_counter(folder, stem)
     results = []
     for image in images:
-        arr = (image.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-        png = Image.fromarray(arr)
+        png = Image.fromarray(to_uint8(image))
         while True:
             name = f"{stem}_{counter:05}_.png"
             try:
@@ -151,7 +155,7 @@ def save_webp(images: torch.Tensor, root: Path, prefix: str, kind: str, exif: Im
     folder_part, _, stem = prefix.replace("\\", "/").rpartition("/")
     folder = safe_join(root, folder_part) if folder_part else root.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    frames = [Image.fromarray((image.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)) for image in images]
+    frames = [Image.fromarray(to_uint8(image)) for image in images]
     options: dict[str, Any] = {"lossless": lossless, "quality": quality, "method": method}
     if exif is not None:
         options["exif"] = exif
