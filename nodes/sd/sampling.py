@@ -112,8 +112,6 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
         callback = (lambda step: on_step(step, total)) if on_step is not None else None
         out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback,
                                         noise_sampler=noise_sampler or seeded.sampler(x))
-        if mask is not None and float(plan.sigmas[-1]) == 0.0:
-            out = torch.lerp(clean, out, mask)
         result = out.float().cpu()
     return {**latent, "samples": result}
 

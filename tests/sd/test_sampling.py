@@ -444,3 +444,13 @@ def test_initial_noise_is_scaled_by_sigma_0_below_the_top(model: Any) -> None:
         sampling.get_sampler = original
     noise, _ = initial_noise(3, latent["samples"])
     torch.testing.assert_close(seen[0], noise * float(plan.sigmas[0]))
+
+
+def test_the_noise_mask_is_not_applied_again_after_sampling(model: Any) -> None:
+    """The mask acts inside the denoiser only, as ComfyUI's: a soft edge m weighs m, not m^2."""
+    latent = {"samples": torch.zeros(1, 4, 8, 8), "noise_mask": torch.full((1, 1, 8, 8), 0.5)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sampling, "get_sampler", lambda name: lambda denoise, x, sigmas, **_: torch.full_like(x, 10.0))
+        out = sampling.sample_latent(model, conditioning(1), conditioning(2), latent, seed=3, cfg=1.0,
+                                     sampler_name="euler", plan=plan_sigmas(model, "normal", 2))["samples"]
+    assert torch.equal(out, torch.full_like(out, 10.0))
