@@ -214,6 +214,8 @@ def sample_uni_pc(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float
     """UniPC (Zhao et al. 2023): multistep predictor UniP-p plus corrector UniC-p, data prediction, with
     lower orders for the first steps (warm-up) and the last ones (the lower_order_final of the reference code)."""
     s = as_floats(sigmas)
+    if len(s) > 1 and s[-1] == 0.0:
+        s[-1] = 0.001  # ComfyUI's UniPC ends at sigma 0.001 and returns that x, not the clean estimate
     steps = len(s) - 1
     outputs: list[tuple[Tensor, float]] = []
     x_prev: Tensor | None = None

@@ -54,18 +54,31 @@ def check_schedule(limits: Limits, where: str, steps: int, denoise: float | None
                 schedule_length(steps, denoise), limits.max_schedule_steps, "--max-schedule-steps")
 
 
+# These samplers get a schedule of one step more without its next-to-last sigma, as in ComfyUI.
+DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
+
+
+def sampler_sigmas(schedule: Any, scheduler: str, steps: int, sampler_name: str | None = None) -> torch.Tensor:
+    """The schedule's sigmas for `steps` steps, as the named sampler is given them."""
+    if sampler_name not in DISCARD_PENULTIMATE or steps <= 0:
+        return compute_sigmas(schedule, scheduler, steps)
+    sigmas = compute_sigmas(schedule, scheduler, steps + 1)
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
 def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, start_step: int | None = None,
-                last_step: int | None = None, force_full_denoise: bool = False) -> Plan:
+                last_step: int | None = None, force_full_denoise: bool = False,
+                sampler_name: str | None = None) -> Plan:
     """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule."""
     schedule = schedule_of(model.alphas_cumprod)
     from_start = True
     if denoise is None or denoise > 0.9999:
-        sigmas = compute_sigmas(schedule, scheduler, steps)
+        sigmas = sampler_sigmas(schedule, scheduler, steps, sampler_name)
     elif denoise <= 0.0:
         sigmas = torch.zeros(0, dtype=torch.float64)
     else:
         total = schedule_length(steps, denoise)
-        sigmas = compute_sigmas(schedule, scheduler, total)[-(steps + 1):]
+        sigmas = sampler_sigmas(schedule, scheduler, total, sampler_name)[-(steps + 1):]
         from_start = total == steps
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[:last_step + 1].clone()
@@ -169,7 +182,7 @@ class KSampler(Node):
     def run(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
             positive: list, negative: list, latent_image: dict, denoise: float = 1.0) -> tuple[dict]:
         check_schedule(self.ctx.limits, "KSampler.denoise", steps, denoise)
-        plan = plan_sigmas(model, scheduler, steps, denoise)
+        plan = plan_sigmas(model, scheduler, steps, denoise, sampler_name=sampler_name)
         return (sample_latent(model, positive, negative, latent_image, seed=seed, cfg=cfg,
                               sampler_name=sampler_name, plan=plan, manager=self.ctx.models,
                               on_step=step_reporter(self.ctx, model)),)
@@ -197,7 +210,7 @@ class KSamplerAdvanced(Node):
             end_at_step: int, return_with_leftover_noise: str) -> tuple[dict]:
         check_schedule(self.ctx.limits, "KSamplerAdvanced.steps", steps)
         plan = plan_sigmas(model, scheduler, steps, 1.0, start_at_step, end_at_step,
-                           force_full_denoise=return_with_leftover_noise != "enable")
+                           force_full_denoise=return_with_leftover_noise != "enable", sampler_name=sampler_name)
         return (sample_latent(model, positive, negative, latent_image, seed=noise_seed, cfg=cfg,
                               sampler_name=sampler_name, plan=plan, add_noise=add_noise == "enable",
                               manager=self.ctx.models, on_step=step_reporter(self.ctx, model)),)

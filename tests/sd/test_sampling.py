@@ -118,7 +118,7 @@ def sample_gaussian(model: TinyModel, sampler: str, scheduler: str, steps: int, 
                                           scheduler=scheduler, positive=mean_conditioning(POS),
                                           negative=mean_conditioning(NEG), latent_image=latent))["samples"]
     assert out.shape == latent["samples"].shape and out.dtype == torch.float32
-    sigmas = plan_sigmas(model, scheduler, steps).sigmas.tolist()
+    sigmas = plan_sigmas(model, scheduler, steps, sampler_name=sampler).sigmas.tolist()
     noise, _ = initial_noise(seed, latent["samples"])
     return out.double(), noise.double() * (1 + sigmas[0] ** 2) ** 0.5, sigmas
 
@@ -454,3 +454,28 @@ def test_the_noise_mask_is_not_applied_again_after_sampling(model: Any) -> None:
         out = sampling.sample_latent(model, conditioning(1), conditioning(2), latent, seed=3, cfg=1.0,
                                      sampler_name="euler", plan=plan_sigmas(model, "normal", 2))["samples"]
     assert torch.equal(out, torch.full_like(out, 10.0))
+
+
+@pytest.mark.parametrize("sampler", ["dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"])
+def test_some_samplers_drop_the_next_to_last_sigma_of_a_longer_schedule(model: Any, sampler: str) -> None:
+    schedule = DiscreteSchedule(model.alphas_cumprod)
+    longer = compute_sigmas(schedule, "karras", 5)
+    plan = plan_sigmas(model, "karras", 4, sampler_name=sampler)
+    assert torch.equal(plan.sigmas, torch.cat([longer[:-2], longer[-1:]]))
+    assert torch.equal(plan_sigmas(model, "karras", 4, sampler_name="euler").sigmas,
+                       compute_sigmas(schedule, "karras", 4))
+    img2img = plan_sigmas(model, "karras", 4, denoise=0.5, sampler_name=sampler).sigmas
+    eight = compute_sigmas(schedule, "karras", 9)
+    assert torch.equal(img2img, torch.cat([eight[:-2], eight[-1:]])[-5:])
+
+
+def test_uni_pc_ends_at_sigma_0_001() -> None:
+    seen: list[float] = []
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        seen.append(sigma)
+        return torch.zeros_like(x)
+
+    out = get_sampler("uni_pc")(denoise, torch.ones(1, 1, 2, 2), [2.0, 1.0, 0.0])
+    # denoised 0 everywhere: x shrinks with sigma, so ending at 0.001 leaves x = 0.001 / 2 of the start
+    torch.testing.assert_close(out, torch.full((1, 1, 2, 2), 0.0005), atol=1e-6, rtol=1e-4)

@@ -88,9 +88,9 @@ def _compare(unet: torch.nn.Module, sampler: str, plan: Plan, scheduler: Any, se
     return float((ours - ref * scale_ref).abs().max())
 
 
-def _record(key: str, diff: float) -> None:
+def _record(key: str, diff: float, tolerance: float = TOLERANCE) -> None:
     RESULTS[key] = diff
-    assert diff <= TOLERANCE, f"{key}: max abs diff {diff:.2e} > {TOLERANCE}"
+    assert diff <= tolerance, f"{key}: max abs diff {diff:.2e} > {tolerance}"
 
 
 def _case_id(case: tuple) -> str:
@@ -112,8 +112,10 @@ def test_ksampler_matches_diffusers(unet: torch.nn.Module, case: tuple, predicti
         set_timesteps = {"timesteps": [round(schedule.timestep(s)) for s in plan.sigmas[:-1].tolist()]}
     else:
         set_timesteps = {"num_inference_steps": steps}
+    # our UniPC, as ComfyUI's, stops at sigma 0.001 (x there, ~0.001 * eps from diffusers' clean estimate)
+    tolerance = 3 * TOLERANCE if sampler.startswith("uni_pc") else TOLERANCE
     _record(f"{prediction:12s} {sampler:16s} {scheduler_name:12s} vs {cls_name}",
-            _compare(unet, sampler, plan, scheduler, set_timesteps, prediction))
+            _compare(unet, sampler, plan, scheduler, set_timesteps, prediction), tolerance)
 
 
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
