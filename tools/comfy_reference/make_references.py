@@ -1,0 +1,121 @@
+"""Write ComfyUI reference images for the parity cases (tests/parity/cases.py), headless on the CPU.
+
+Dev tooling, not part of sdgraph: it imports a ComfyUI checkout in this process (`--cpu`), evaluates each
+API-format case with ComfyUI's own node classes (nodes.NODE_CLASS_MAPPINGS) in dependency order under
+inference mode, and stores the decoded float image of node "8" and its truncated 8-bit pixels as
+`<out>/<case>.npz`, with `<out>/references.json` describing how they were made.
+
+ComfyUI imports torchvision, which cannot be installed on this machine (CUDA-only wheel). The harness writes a
+tiny import-time stand-in package for it into its own temporary directory, put first on sys.path; nothing in the
+SD1.x path it runs calls into it. The stand-in never lives in the sdgraph package or in this repository.
+
+    python tools/comfy_reference/make_references.py --comfyui /tmp/comfyui --out tests/parity/data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "parity"))
+import cases as parity_cases  # noqa: E402
+import checkpoints  # noqa: E402
+
+_STUB = (
+    "class _Missing:\n"
+    "    def __init__(self, *a, **k):\n"
+    "        raise RuntimeError('torchvision stand-in: not available in the reference harness')\n"
+    "def __getattr__(name):\n"
+    "    if name.startswith('__'):\n"
+    "        raise AttributeError(name)\n"
+    "    return _Missing\n"
+)
+_STUB_MODULES = ("", "transforms", "transforms/functional", "io", "ops", "utils", "models")
+
+
+def write_torchvision_stand_in(where: Path) -> None:
+    for sub in _STUB_MODULES:
+        package = where / "torchvision" / sub
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(_STUB + "__version__ = '0.0.0+stand-in'\n")
+
+
+def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir: Path):
+    write_torchvision_stand_in(scratch)
+    sys.path[:0] = [str(scratch), str(comfyui)]
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import folder_paths
+    folder_paths.add_model_folder_path("checkpoints", str(checkpoint_dir), is_default=True)
+    folder_paths.set_input_directory(str(input_dir))
+    import nodes
+    return nodes
+
+
+def evaluate(nodes_module, prompt: dict, wanted: str):
+    """Run the prompt's nodes that `wanted` depends on, each once, with ComfyUI's node classes."""
+    import torch
+
+    done: dict[str, tuple] = {}
+
+    def value(node_id: str) -> tuple:
+        if node_id not in done:
+            spec = prompt[node_id]
+            kwargs = {k: value(v[0])[v[1]] if isinstance(v, list) else v for k, v in spec["inputs"].items()}
+            cls = nodes_module.NODE_CLASS_MAPPINGS[spec["class_type"]]
+            done[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+        return done[node_id]
+
+    with torch.inference_mode():
+        return value(wanted)[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--comfyui", type=Path, required=True, help="an exported ComfyUI checkout")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "parity" / "data")
+    parser.add_argument("--cases", nargs="*", default=list(parity_cases.CASES))
+    parser.add_argument("--seed", type=int, default=0, help="the checkpoint's weight seed")
+    args = parser.parse_args()
+
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(2)
+    ckpt = checkpoints.sd15_checkpoint(args.seed)
+    scratch = Path(tempfile.mkdtemp(prefix="comfy-reference-"))
+    input_dir = scratch / "input"
+    input_dir.mkdir()
+    Image.fromarray(parity_cases.input_image()).save(input_dir / parity_cases.INPUT_IMAGE)
+    nodes_module = import_comfyui(args.comfyui.resolve(), scratch, ckpt.parent, input_dir)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta_path = args.out / "references.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"cases": {}}
+    commit_file = args.comfyui / "COMMIT"
+    meta.update(comfyui_commit=commit_file.read_text().strip() if commit_file.exists() else "unknown",
+                checkpoint=ckpt.name, checkpoint_seed=args.seed, checkpoint_version=checkpoints.VERSION,
+                torch=torch.__version__, sdgraph_commit=subprocess.run(
+                    ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip())
+    for name in args.cases:
+        start = time.perf_counter()
+        image = evaluate(nodes_module, parity_cases.prompt(name, ckpt.name), parity_cases.DECODE_NODE)
+        array = image.float().cpu().numpy()
+        np.savez_compressed(args.out / f"{name}.npz", image=array, pixels=parity_cases.png_pixels(array))
+        meta["cases"][name] = {"shape": list(array.shape), "seconds": round(time.perf_counter() - start, 1),
+                               "finite": bool(np.isfinite(array).all()),
+                               "range": [float(array.min()), float(array.max())]}
+        print(name, meta["cases"][name], flush=True)
+        meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
