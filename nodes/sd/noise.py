@@ -5,10 +5,13 @@ taken from a larger one) the generator draws one item per index up to the larges
 an item gets the noise it had in the full batch.
 
 Sampler noise (ancestral, LCM, DDPM): a fresh generator seeded with `seed` draws batch-shaped noise at each step,
-so its first draw repeats the initial noise of an unindexed batch.
+so its first draw repeats the initial noise of an unindexed batch. The SDE samplers (dpmpp_sde, dpmpp_2m_sde,
+dpmpp_3m_sde and their _gpu names) instead read a Brownian tree seeded with `seed` (torchsde; see
+`brownian_sampler`).
 
 `per_item=True` is sdgraph's alternative: item i (or its batch_index) has its own generator seeded with
-`seed + i`, so an item's noise does not depend on the batch it is in. It is off by default.
+`seed + i`, so an item's noise does not depend on the batch it is in, and every sampler (SDE ones too) goes on
+drawing from those generators. It is off by default.
 """
 from __future__ import annotations
 
@@ -85,3 +88,29 @@ def initial_noise(seed: int, latent: torch.Tensor, batch_index: Sequence[int] | 
         noise = SeededNoise(seed, latent.shape[0], batch_index, per_item=True)
         return noise.draw(latent.shape[1:]), noise
     return batch_noise(seed, latent.shape, batch_index), SeededNoise(seed, latent.shape[0])
+
+
+BROWNIAN_SAMPLERS = frozenset({"dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde",
+                               "dpmpp_3m_sde_gpu"})
+
+
+def brownian_sampler(seed: int, like: torch.Tensor, sigmas: Sequence[float]) -> NoiseSampler:
+    """SDE noise from one seeded Brownian tree on the CPU over [smallest non-zero sigma, largest sigma], as
+    ComfyUI's SDE samplers draw it: the increment between two sigmas, divided by the root of their distance."""
+    import torchsde  # noqa: PLC0415 - only the SDE samplers need it
+
+    values = [float(s) for s in sigmas]
+    lo = torch.tensor(min(s for s in values if s > 0), dtype=torch.float32)
+    hi = torch.tensor(max(values), dtype=torch.float32)
+    tree = torchsde.BrownianTree(lo, torch.zeros(like.shape, dtype=torch.float32), hi, entropy=int(seed))
+    device, dtype = like.device, like.dtype
+
+    def sample(sigma: float, sigma_next: float) -> torch.Tensor:
+        a = torch.tensor(float(sigma), dtype=torch.float32)
+        b = torch.tensor(float(sigma_next), dtype=torch.float32)
+        low, high = (a, b) if a < b else (b, a)
+        sign = 1.0 if a < b else -1.0
+        w = tree(low, high) * sign
+        return to_device(w / (b - a).abs().sqrt(), device, dtype)
+
+    return sample

@@ -26,7 +26,7 @@ from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
-from sdgraph.nodes.sd.noise import initial_noise, to_device
+from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, brownian_sampler, initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
 from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas, schedule_of
 
@@ -123,8 +123,10 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
             denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)
         total = len(plan.sigmas) - 1
         callback = (lambda step: on_step(step, total)) if on_step is not None else None
-        out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback,
-                                        noise_sampler=noise_sampler or seeded.sampler(x))
+        if noise_sampler is None:
+            brownian = sampler_name in BROWNIAN_SAMPLERS and not per_item_noise
+            noise_sampler = brownian_sampler(seed, x, plan.sigmas.tolist()) if brownian else seeded.sampler(x)
+        out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback, noise_sampler=noise_sampler)
         result = out.float().cpu()
     return {**latent, "samples": result}
 

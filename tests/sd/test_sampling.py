@@ -479,3 +479,28 @@ def test_uni_pc_ends_at_sigma_0_001() -> None:
     out = get_sampler("uni_pc")(denoise, torch.ones(1, 1, 2, 2), [2.0, 1.0, 0.0])
     # denoised 0 everywhere: x shrinks with sigma, so ending at 0.001 leaves x = 0.001 / 2 of the start
     torch.testing.assert_close(out, torch.full((1, 1, 2, 2), 0.0005), atol=1e-6, rtol=1e-4)
+
+
+def test_sde_samplers_draw_from_a_seeded_brownian_tree(model: Any) -> None:
+    from sdgraph.nodes.sd.noise import brownian_sampler
+
+    plan = plan_sigmas(model, "karras", 4)
+    s = plan.sigmas.tolist()
+    latent = empty_latent(batch=2)
+    drawn: list[torch.Tensor] = []
+
+    def record(denoise: Any, x: torch.Tensor, sigmas: Any, noise_sampler: Any, **_: Any) -> torch.Tensor:
+        drawn.append(noise_sampler(s[0], s[2]))
+        return x
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sampling, "get_sampler", lambda name: record)
+        sampling.sample_latent(model, conditioning(1), conditioning(2), latent, seed=4, cfg=1.0,
+                               sampler_name="dpmpp_2m_sde", plan=plan)
+    tree = brownian_sampler(4, latent["samples"], s)
+    torch.testing.assert_close(drawn[0], tree(s[0], s[2]))
+    # increments of one Brownian path add up: W(s0, s2) = W(s0, s1) + W(s1, s2)
+    whole = drawn[0] * (s[0] - s[2]) ** 0.5
+    parts = tree(s[0], s[1]) * (s[0] - s[1]) ** 0.5 + tree(s[1], s[2]) * (s[1] - s[2]) ** 0.5
+    torch.testing.assert_close(whole, parts, atol=1e-4, rtol=1e-4)
+    assert 0.8 < float(drawn[0].std()) < 1.2
