@@ -12,6 +12,7 @@ import numpy as np
 
 INPUT_IMAGE = "parity_input.png"
 DECODE_NODE = "8"
+SAMPLER_NODE = "3"  # its LATENT output is stored too, unscaled as ComfyUI keeps it
 
 _BASE: dict[str, Any] = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": None}},

@@ -29,7 +29,7 @@ from sdgraph.models import ModelManager  # noqa: E402
 from sdgraph.node import Input, Node, NodeOutput  # noqa: E402
 from sdgraph.paths import Dirs  # noqa: E402
 from sdgraph.plugins import build_registry  # noqa: E402
-from sdgraph.types import IMAGE  # noqa: E402
+from sdgraph.types import IMAGE, LATENT  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TOLERANCE = 1e-4
@@ -59,6 +59,20 @@ class ParityCapture(Node):
         return NodeOutput(ui={})
 
 
+class ParityCaptureLatent(Node):
+    """Keeps the latent it is given (its `samples`), for the test to read."""
+
+    category = "testing"
+    output_node = True
+    inputs = [Input("samples", LATENT)]
+    outputs = []
+    seen: dict[str, Any] = {}
+
+    def run(self, samples: Any) -> NodeOutput:
+        ParityCaptureLatent.seen[self.ctx.prompt_id] = samples["samples"].detach().float().cpu().numpy()
+        return NodeOutput(ui={})
+
+
 @pytest.fixture(scope="module")
 def sdgraph_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """Every case's decoded image from sdgraph, run in one executor so the checkpoint loads once."""
@@ -79,16 +93,18 @@ def sdgraph_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.nda
     Image.fromarray(parity_cases.input_image()).save(base / "input" / parity_cases.INPUT_IMAGE)
 
     registry = build_registry(plugins=False)
-    registry.add_native([ParityCapture], "parity-tests")
+    registry.add_native([ParityCapture, ParityCaptureLatent], "parity-tests")
     executor = Executor(registry, Services(dirs=Dirs(base=base, extra_model_roots=[]),
                                            models=ModelManager(force_cpu=True)))
     images = {}
     for name in parity_cases.CASES:
         prompt = parity_cases.prompt(name, ckpt.name)
         prompt["99"] = {"class_type": "ParityCapture", "inputs": {"images": [parity_cases.DECODE_NODE, 0]}}
+        prompt["98"] = {"class_type": "ParityCaptureLatent", "inputs": {"samples": [parity_cases.SAMPLER_NODE, 0]}}
         result = executor.run(prompt, prompt_id=name)
         assert result.ok, (name, result.error)
         images[name] = ParityCapture.seen.pop(name)
+        images[name + ":latent"] = ParityCaptureLatent.seen.pop(name)
     yield images
     executor.cache.clear()
 
@@ -100,11 +116,16 @@ def _params() -> list:
 
 @pytest.mark.parametrize("name", _params())
 def test_decoded_image_matches_comfyui(name: str, sdgraph_images: dict[str, np.ndarray]) -> None:
-    reference = np.load(DATA / f"{name}.npz")["image"]
-    ours = sdgraph_images[name]
+    stored = np.load(DATA / f"{name}.npz")
+    reference, ours = stored["image"], sdgraph_images[name]
     assert ours.shape == reference.shape
     diff = float(np.abs(ours.astype(np.float64) - reference).max())
     print(f"{name}: max |sdgraph - ComfyUI| = {diff:.3g}")
+    # Where a difference starts: reported, not asserted. The raw figure also reflects the LATENT convention
+    # (ComfyUI's samples are unscaled; sdgraph's were pre-scaled by the VAE factor at ba36a92).
+    if "latent" in stored.files:
+        print(f"{name}: sampled latent, max |sdgraph - ComfyUI| = "
+              f"{float(np.abs(sdgraph_images[name + ':latent'] - stored['latent']).max()):.3g}")
     assert diff <= TOLERANCE, f"{name}: max abs difference {diff:.3g} > {TOLERANCE}"
 
 

@@ -2,7 +2,7 @@
 
 Dev tooling, not part of sdgraph: it imports a ComfyUI checkout in this process (`--cpu`), evaluates each
 API-format case with ComfyUI's own node classes (nodes.NODE_CLASS_MAPPINGS) in dependency order under
-inference mode, and stores the decoded float image of node "8" and its truncated 8-bit pixels as
+inference mode, and stores the decoded float image of node "8", its truncated 8-bit pixels and the sampled latent as
 `<out>/<case>.npz`, with `<out>/references.json` describing how they were made.
 
 ComfyUI imports torchvision, which cannot be installed on this machine (CUDA-only wheel). The harness writes a
@@ -60,8 +60,8 @@ def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir
     return nodes
 
 
-def evaluate(nodes_module, prompt: dict, wanted: str):
-    """Run the prompt's nodes that `wanted` depends on, each once, with ComfyUI's node classes."""
+def evaluate(nodes_module, prompt: dict, wanted: str) -> dict[str, tuple]:
+    """Run the prompt's nodes that `wanted` depends on, each once, with ComfyUI's node classes; all outputs."""
     import torch
 
     done: dict[str, tuple] = {}
@@ -75,7 +75,8 @@ def evaluate(nodes_module, prompt: dict, wanted: str):
         return done[node_id]
 
     with torch.inference_mode():
-        return value(wanted)[0]
+        value(wanted)
+    return done
 
 
 def main() -> None:
@@ -107,9 +108,11 @@ def main() -> None:
                     ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip())
     for name in args.cases:
         start = time.perf_counter()
-        image = evaluate(nodes_module, parity_cases.prompt(name, ckpt.name), parity_cases.DECODE_NODE)
-        array = image.float().cpu().numpy()
-        np.savez_compressed(args.out / f"{name}.npz", image=array, pixels=parity_cases.png_pixels(array))
+        outputs = evaluate(nodes_module, parity_cases.prompt(name, ckpt.name), parity_cases.DECODE_NODE)
+        array = outputs[parity_cases.DECODE_NODE][0].float().cpu().numpy()
+        latent = outputs[parity_cases.SAMPLER_NODE][0]["samples"].float().cpu().numpy()
+        np.savez_compressed(args.out / f"{name}.npz", image=array, pixels=parity_cases.png_pixels(array),
+                            latent=latent)
         meta["cases"][name] = {"shape": list(array.shape), "seconds": round(time.perf_counter() - start, 1),
                                "finite": bool(np.isfinite(array).all()),
                                "range": [float(array.min()), float(array.max())]}
