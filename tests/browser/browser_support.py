@@ -82,8 +82,10 @@ class Page:
     def add_by_drag(self, type_: str, x: float, y: float):
         """Drag a palette entry onto the canvas; x, y are relative to the canvas's top-left corner."""
         self.page.fill("#palette-search", "")
+        entry = self.page.locator(selector("data-palette-item", type_, "#palette")).first
+        entry.scroll_into_view_if_needed()  # a long palette scrolls
         box = self.page.locator("#canvas").bounding_box()
-        self.drag(self.page.locator(selector("data-palette-item", type_, "#palette")).first, (box["x"] + x, box["y"] + y))
+        self.drag(entry, (box["x"] + x, box["y"] + y))
 
     def links(self) -> list[dict]:
         return self.page.evaluate("""() => [...document.querySelectorAll('svg.wires path[data-link-id]')]

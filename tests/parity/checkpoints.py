@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sd"))
-from tiny_models import TinyParts, _randomize, single_file_state  # noqa: E402
+from tests.sd.tiny_models import TinyParts, _randomize, single_file_state
 
 VERSION = 1
 CACHE_ENV = "SDGRAPH_PARITY_CACHE"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-sys.path.insert(0, str(Path(__file__).parent))
-import cases as parity_cases  # noqa: E402
-import checkpoints  # noqa: E402
+from tests.parity import cases as parity_cases  # noqa: E402 - after the skips: they need torch
+from tests.parity import checkpoints  # noqa: E402
 
 from sdgraph.context import Services  # noqa: E402
 from sdgraph.execute import Executor  # noqa: E402

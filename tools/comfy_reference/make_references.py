@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "parity"))
-import cases as parity_cases  # noqa: E402
-import checkpoints  # noqa: E402
+sys.path.insert(0, str(ROOT))  # a dev tool run as a script: the checkout's tests hold the shared cases
+from tests.parity import cases as parity_cases  # noqa: E402
+from tests.parity import checkpoints  # noqa: E402
 
 _STUB = (
     "class _Missing:\n"
