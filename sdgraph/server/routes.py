@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -89,10 +89,15 @@ def _convert(state: ServerState, data: Any) -> Workflow:
 
 async def post_workflow_convert(request: web.Request) -> web.Response:
     """A UI workflow (bare, or as {"workflow": ...}) in, {"prompt": <API format>} out."""
+    return await _answer_in_thread(request, _convert_body)
+
+
+async def _answer_in_thread(request: web.Request, work: Callable[[ServerState, bytes], dict[str, Any]]
+                            ) -> web.Response:
+    """Read the body on the loop; parse it and do the work in a thread (a large workflow must not stall it)."""
     state = state_of(request)
     raw = await read_body(request, state.config.max_body_bytes)
-    reply = await asyncio.to_thread(_convert_body, state, raw)
-    return web.json_response(reply)
+    return web.json_response(await asyncio.to_thread(work, state, raw))
 
 
 def _convert_body(state: ServerState, raw: bytes) -> dict[str, Any]:
@@ -106,10 +111,7 @@ def _convert_body(state: ServerState, raw: bytes) -> dict[str, Any]:
 
 async def post_workflow_ui(request: web.Request) -> web.Response:
     """{"prompt": <API format>, "positions": {id: [x, y]}?} in, {"workflow": <UI workflow>} out (the editor's save)."""
-    state = state_of(request)
-    raw = await read_body(request, state.config.max_body_bytes)
-    reply = await asyncio.to_thread(_ui_body, state, raw)
-    return web.json_response(reply)
+    return await _answer_in_thread(request, _ui_body)
 
 
 def _ui_body(state: ServerState, raw: bytes) -> dict[str, Any]:
