@@ -1,10 +1,12 @@
 """Prompt -> CONDITIONING: weighted tokens in 77-token chunks, through one or two CLIP text encoders.
 
-- A prompt is tokenized per weighted run (see `prompt_weights`) and cut into chunks of 75 tokens, each framed by
-  begin/end tokens and padded to 77; the chunks are encoded in batches of at most `ENCODE_BATCH` and
+- A prompt is tokenized per emphasis segment (see `prompt_weights`) and cut into chunks of 75 tokens, each framed
+  by begin/end tokens and padded to 77; a segment of fewer than 8 tokens that would straddle a cut moves whole
+  into the next chunk, as ComfyUI places it. The chunks are encoded in batches of at most `ENCODE_BATCH` and
   concatenated along the sequence, so a long prompt gives a [1, 77*n, D] tensor. A prompt over the budget's
   character or token limit is refused before it is tokenised or encoded.
-- Emphasis moves each token's embedding away from the empty prompt's: z = z_empty + (z - z_empty) * weight.
+- Emphasis moves each weighted token's embedding away from the empty prompt's: z = (z - z_empty) * weight + z_empty;
+  tokens of weight 1 keep the encoder's output exactly.
 - The hidden layer is ComfyUI's `stop_at_clip_layer` (or the model default), with the final layer norm where
   the family uses it (SD 1.x/2.x). SDXL concatenates CLIP-L and OpenCLIP-G features (768+1280 = 2048 wide on the
   real model) and pools from OpenCLIP-G's projection of the first chunk.
@@ -20,6 +22,7 @@ from sdgraph.nodes.sd.model_objects import ClipModel, EncoderSpec
 from sdgraph.nodes.sd.prompt_weights import parse_weights
 
 CHUNK = 77
+KEEP_TOGETHER = 8  # a shorter emphasis segment is never cut across two chunks
 # Chunks per encoder call: memory stays flat in the prompt's length (the hidden states of every layer are kept
 # per call), and prompts of up to this many chunks are encoded exactly as in one batch.
 ENCODE_BATCH = 8
@@ -30,23 +33,50 @@ def check_prompt_chars(limits: Limits, where: str, text: str) -> None:
                 "--max-prompt-chars")
 
 
-def weighted_tokens(tokenizer: Any, text: str, max_tokens: int | None = None,
-                    where: str = "CLIPTextEncode.text") -> list[tuple[int, float]]:
-    """(token id, weight) of each token; refused as soon as the count passes `max_tokens`."""
-    tokens: list[tuple[int, float]] = []
+Token = tuple[int, float]  # (token id, weight)
+
+
+def weighted_groups(tokenizer: Any, text: str, max_tokens: int | None = None,
+                    where: str = "CLIPTextEncode.text") -> list[list[Token]]:
+    """Each emphasis segment's (token id, weight) list, in order; refused as soon as the count passes
+    `max_tokens`."""
+    groups: list[list[Token]] = []
+    count = 0
     for run, weight in parse_weights(text):
         ids = tokenizer(run, add_special_tokens=False)["input_ids"]
-        tokens.extend((int(t), weight) for t in ids)
+        groups.append([(int(t), weight) for t in ids])
+        count += len(ids)
         if max_tokens is not None:
-            check_count(where, "the prompt's token count (at least)", len(tokens), max_tokens, "--max-tokens")
-    return tokens
+            check_count(where, "the prompt's token count (at least)", count, max_tokens, "--max-tokens")
+    return groups
 
 
-def chunk_tokens(tokens: list[tuple[int, float]], bos: int, eos: int, pad: int,
+def weighted_tokens(tokenizer: Any, text: str, max_tokens: int | None = None,
+                    where: str = "CLIPTextEncode.text") -> list[Token]:
+    """(token id, weight) of each token of the prompt, in order."""
+    return [token for group in weighted_groups(tokenizer, text, max_tokens, where) for token in group]
+
+
+def chunk_tokens(groups: list[list[Token]], bos: int, eos: int, pad: int,
                  size: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and weights [n, size]: BOS + up to size-2 tokens + EOS + padding, at least one chunk."""
+    """Token ids and weights [n, size]: BOS + up to size-2 tokens + EOS + padding, at least one chunk.
+
+    Segments are placed in order; a segment of fewer than KEEP_TOGETHER tokens that does not fit in what is left
+    of a chunk starts the next one (the rest of the chunk is padding), longer ones are cut where the chunk is full.
+    """
     body = size - 2
-    pieces = [tokens[i:i + body] for i in range(0, len(tokens), body)] or [[]]
+    pieces: list[list[Token]] = [[]]
+    for group in groups:
+        keep_whole = len(group) < KEEP_TOGETHER
+        while group:
+            room = body - len(pieces[-1])
+            if len(group) <= room:
+                pieces[-1].extend(group)
+                break
+            if not keep_whole:
+                pieces[-1].extend(group[:room])
+                group = group[room:]
+            pieces.append([])
     ids, weights = [], []
     for piece in pieces:
         row = [bos] + [t for t, _ in piece] + [eos]
@@ -94,9 +124,9 @@ def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None,
     check_prompt_chars(limits, where, text)
     features, pooled = [], None
     for index, (tokenizer, spec) in enumerate(zip(clip.tokenizers, clip.specs)):
-        tokens = weighted_tokens(tokenizer, text, limits.max_tokens, where)
+        groups = weighted_groups(tokenizer, text, limits.max_tokens, where)
         module = clip.encoder(index)
-        ids, weights = chunk_tokens(tokens, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
+        ids, weights = chunk_tokens(groups, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
         weighted = bool((weights != 1.0).any())
         if weighted:
             empty, _ = chunk_tokens([], tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
@@ -104,7 +134,8 @@ def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None,
         hidden, pool = _encode_in_batches(module, spec, clip.clip_skip, ids, clip.compute_device())
         if weighted:
             hidden, z_empty = hidden[:-1], hidden[-1:]
-            hidden = z_empty + (hidden - z_empty) * weights[..., None]
+            moved = (hidden - z_empty) * weights[..., None] + z_empty
+            hidden = torch.where(weights[..., None] != 1.0, moved, hidden)  # weight 1: exactly the encoder's
         features.append(hidden.reshape(1, -1, hidden.shape[-1]))
         pooled = pool[:1] if pool is not None else pooled
     return torch.cat(features, dim=-1), pooled

@@ -166,8 +166,8 @@ def test_long_prompts_are_encoded_in_bounded_batches_with_the_same_result(dirs, 
     with mock.patch.object(text_encoding, "_run_encoder", spy):
         cond = call(TextEncode, ctx, text=text, clip=clip)[0][0][0]
     assert max(batches) == text_encoding.ENCODE_BATCH and sum(batches) == cond.shape[1] // 77 > 16
-    tokens = text_encoding.weighted_tokens(clip.tokenizers[0], text)
-    ids, _ = text_encoding.chunk_tokens(tokens, clip.tokenizers[0].bos_token_id, clip.tokenizers[0].eos_token_id,
+    groups = text_encoding.weighted_groups(clip.tokenizers[0], text)
+    ids, _ = text_encoding.chunk_tokens(groups, clip.tokenizers[0].bos_token_id, clip.tokenizers[0].eos_token_id,
                                         clip.specs[0].pad_id)
     whole, _ = original(clip.encoder(0), clip.specs[0], clip.clip_skip, ids, clip.compute_device())
     assert torch.allclose(cond, whole.reshape(1, -1, whole.shape[-1]), atol=1e-5)

@@ -14,15 +14,40 @@ from conftest import call
 def test_emphasis_syntax():
     assert parse_weights("a (cat:1.5) b") == [("a ", 1.0), ("cat", 1.5), (" b", 1.0)]
     runs = dict((t, round(w, 4)) for t, w in parse_weights("((x)) (y (z:2):0.5)"))
-    assert runs == {"x": 1.21, " ": 1.0, "y ": 0.5, "z": 1.0}
-    assert parse_weights(r"\(literal\) (open") == [("(literal) (open", 1.0)]
+    assert runs == {"x": 1.21, " ": 1.0, "y ": 0.5, "z": 2.0}  # an explicit weight is absolute, not multiplied
+    assert parse_weights(r"\(literal\) (open") == [("(literal) ", 1.0), ("(open", 1.0)]
     assert parse_weights("(a:b)") == [("a:b", 1.1)]
+    assert parse_weights("((a:1.5))") == [("a", 1.5)]
+
+
+def test_emphasis_edge_cases_read_as_comfyui_reads_them():
+    assert parse_weights("a (b:1.0) c") == [("a ", 1.0), ("b", 1.0), (" c", 1.0)]  # segments are not merged
+    assert parse_weights("(:1.5)") == [(":1.5", 1.1)]  # a colon first in the group is text
+    assert parse_weights("(a:1.2 (b))") == [("a:1.2 ", 1.1), ("b", 1.1 * 1.1)]  # not a number: the colon is text
+    assert parse_weights("a) (b) c") == [("a) (b) c", 1.0)]  # after a stray ")" brackets are text
+    assert parse_weights("a) ((b)) c") == [("a) (", 1.0), ("b", 1.1), (") c", 1.0)]
+    assert parse_weights("(a (b) c") == [("(a (b) c", 1.0)]  # never closed: text
+    assert parse_weights("((a)") == [("(a", 1.1)]  # never closed but ends in ")": read as a group
+    assert parse_weights("(a:1.3)(b)") == [("a", 1.3), ("b", 1.1)]
+    assert parse_weights("()") == [] and parse_weights("") == []
 
 
 def test_chunks_frame_and_pad():
-    ids, weights = chunk_tokens([(5, 2.0)] * 80, bos=1, eos=2, pad=0)
+    ids, weights = chunk_tokens([[(5, 2.0)] * 80], bos=1, eos=2, pad=0)
     assert ids.shape == (2, 77) and ids[0, 0] == 1 and ids[0, 76] == 2 and ids[1, 6] == 2 and ids[1, 7] == 0
     assert weights[0, 1] == 2.0 and weights[0, 0] == 1.0
+
+
+def test_a_short_segment_at_the_cut_moves_whole_into_the_next_chunk():
+    plain = [(5, 1.0)] * 72
+    ids, weights = chunk_tokens([plain, [(7, 1.3)] * 7], bos=1, eos=2, pad=0)
+    assert ids.shape == (2, 77)
+    assert ids[0, 73] == 2 and (ids[0, 74:] == 0).all()  # 72 tokens, EOS, padding where the segment did not fit
+    assert (ids[1, 1:8] == 7).all() and (weights[1, 1:8] == 1.3).all() and ids[1, 8] == 2
+    ids, _ = chunk_tokens([plain, [(7, 1.3)] * 8], bos=1, eos=2, pad=0)  # 8 tokens: cut where the chunk is full
+    assert (ids[0, 73:76] == 7).all() and ids[0, 76] == 2 and (ids[1, 1:6] == 7).all() and ids[1, 6] == 2
+    ids, _ = chunk_tokens([plain, [(7, 1.3)] * 3], bos=1, eos=2, pad=0)  # fits exactly: one chunk
+    assert ids.shape == (1, 77) and (ids[0, 73:76] == 7).all()
 
 
 def test_text_encode_shapes_and_pooled(ctx, sd1):
@@ -75,6 +100,10 @@ def test_emphasis_parsing_is_linear_in_unmatched_and_nested_brackets():
 
     start = time.process_time()
     assert parse_weights("(" * 100_000) == [("(" * 100_000, 1.0)]
-    nested = parse_weights("(" * 5000 + "x:1.0" + ")" * 5000)  # deeper than Python's recursion limit
-    assert len(nested) == 1 and nested[0][0] == "x" and abs(nested[0][1] / 1.1 ** 4999 - 1) < 1e-6
+    nested = parse_weights("(" * 5000 + "x:1.7" + ")" * 5000)  # deeper than Python's recursion limit
+    assert nested == [("x", 1.7)]
+    nested = parse_weights("(" * 5000 + "x" + ")" * 5000)
+    assert len(nested) == 1 and nested[0][0] == "x" and abs(nested[0][1] / 1.1 ** 5000 - 1) < 1e-6
+    colons = parse_weights("(" * 20_000 + "x:" + "y" * 100_000 + ")" * 20_000)  # one colon every group looks at
+    assert colons[0][0].startswith("x:y") and len(colons) == 1
     assert time.process_time() - start < 2.0
