@@ -18,7 +18,8 @@ MAX_RESOLUTION = 8192
 
 
 class EmptyLatent(Node):
-    """An empty (zero) latent batch to start sampling from."""
+    """An empty (zero) latent batch to start sampling from; zeros mean "empty": the sampler does not scale or
+    shift them into the model's space (ComfyUI's convention)."""
 
     category = "latent"
     aliases = ("EmptyLatentImage",)
