@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -124,24 +124,38 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * image.float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
-def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
-              compress_level: int = 4) -> list[dict[str, str]]:
-    """Write each image as `<prefix>_<counter:05>_.png` under root, never overwriting; return UI records."""
+def output_folder(root: Path, prefix: str) -> tuple[Path, str, str]:
+    """(folder, subfolder, stem) of a filename prefix such as `sub/name` under root, the folder created;
+    refused when it would leave root."""
     folder_part, _, stem = prefix.replace("\\", "/").rpartition("/")
     folder = safe_join(root, folder_part) if folder_part else root.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    counter = _next_counter(folder, stem)
+    return folder, folder_part, stem
+
+
+def write_new(folder: Path, stem: str, suffix: str, counter: int, write: Callable[[BinaryIO], None]) -> tuple[str, int]:
+    """Write `<stem>_<counter:05>_<suffix>` with `write(file)`, counting up from `counter` past names that exist
+    (never overwriting); returns the name and the counter it took."""
+    while True:
+        name = f"{stem}_{counter:05}_{suffix}"
+        try:
+            with (folder / name).open("xb") as f:
+                write(f)
+            return name, counter
+        except FileExistsError:
+            counter += 1
+
+
+def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
+              compress_level: int = 4) -> list[dict[str, str]]:
+    """Write each image as `<prefix>_<counter:05>_.png` under root, never overwriting; return UI records."""
+    folder, folder_part, stem = output_folder(root, prefix)
+    counter = next_counter(folder, stem)
     results = []
     for image in images:
         png = Image.fromarray(to_uint8(image))
-        while True:
-            name = f"{stem}_{counter:05}_.png"
-            try:
-                with (folder / name).open("xb") as f:
-                    png.save(f, format="PNG", pnginfo=metadata, compress_level=compress_level)
-                break
-            except FileExistsError:
-                counter += 1
+        name, counter = write_new(folder, stem, ".png", counter,
+                                  lambda f: png.save(f, format="PNG", pnginfo=metadata, compress_level=compress_level))
         results.append({"filename": name, "subfolder": folder_part, "type": kind})
         counter += 1
     return results
@@ -152,28 +166,20 @@ def save_webp(images: torch.Tensor, root: Path, prefix: str, kind: str, exif: Im
     """Write the batch as one animated WebP (one frame per image; a still picture for a batch of one),
     `<prefix>_<counter:05>_.webp` under root, never overwriting, with the EXIF metadata of webp_metadata;
     return its UI record."""
-    folder_part, _, stem = prefix.replace("\\", "/").rpartition("/")
-    folder = safe_join(root, folder_part) if folder_part else root.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder, folder_part, stem = output_folder(root, prefix)
     frames = [Image.fromarray(to_uint8(image)) for image in images]
     options: dict[str, Any] = {"lossless": lossless, "quality": quality, "method": method}
     if exif is not None:
         options["exif"] = exif
     if len(frames) > 1:
         options.update(save_all=True, append_images=frames[1:], duration=int(1000.0 / fps))
-    counter = _next_counter(folder, stem, ".webp")
-    while True:
-        name = f"{stem}_{counter:05}_.webp"
-        try:
-            with (folder / name).open("xb") as f:
-                frames[0].save(f, format="WEBP", **options)
-            break
-        except FileExistsError:
-            counter += 1
+    name, _ = write_new(folder, stem, ".webp", next_counter(folder, stem, ".webp"),
+                        lambda f: frames[0].save(f, format="WEBP", **options))
     return [{"filename": name, "subfolder": folder_part, "type": kind}]
 
 
-def _next_counter(folder: Path, stem: str, suffix: str = ".png") -> int:
+def next_counter(folder: Path, stem: str, suffix: str = ".png") -> int:
+    """One more than the largest counter of the `<stem>_<counter>_<suffix>` files in folder (1 when none)."""
     pattern = re.compile(re.escape(stem) + r"_(\d+)_?" + re.escape(suffix) + "$")
     used = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
     return max(used, default=0) + 1

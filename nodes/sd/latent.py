@@ -1,4 +1,5 @@
-"""Latent nodes: empty latents, VAE encode/decode (incl. inpainting), noise masks, latent upscaling."""
+"""Latent nodes: empty latents, VAE encode/decode (incl. inpainting), noise masks, latent upscaling, and (from
+`latent_files`) SaveLatent / LoadLatent."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from sdgraph.limits import Limits, check_memory, current_limits, refusal
 from sdgraph.node import Combo, Float, Input, Int, Node, Output
 from sdgraph.paths import Dirs
+from sdgraph.nodes.sd.latent_files import LoadLatent, SaveLatent
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
 from sdgraph.types import IMAGE, LATENT, MASK, VAE
@@ -18,7 +20,8 @@ MAX_RESOLUTION = 8192
 
 
 class EmptyLatent(Node):
-    """An empty (zero) latent batch to start sampling from."""
+    """An empty (zero) latent batch to start sampling from; zeros mean "empty": the sampler does not scale or
+    shift them into the model's space (ComfyUI's convention)."""
 
     category = "latent"
     aliases = ("EmptyLatentImage",)
@@ -163,4 +166,5 @@ class LatentUpscaleBy(Node):
                                 self.ctx.limits, "LatentUpscaleBy.scale_by"),)
 
 
-NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy]
+NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy,
+         SaveLatent, LoadLatent]

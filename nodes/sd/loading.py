@@ -24,7 +24,7 @@ from sdgraph.nodes.sd.checkpoint_layout import (
     read_layout,
 )
 from sdgraph.nodes.sd.model_objects import (
-    ClipModel, ControlNetModel, DiffusionModel, EncoderSpec, VaeModel, sd_alphas_cumprod,
+    ClipModel, ControlNetModel, DiffusionModel, EncoderSpec, LatentFormat, VaeModel, sd_alphas_cumprod,
 )
 from sdgraph.nodes.sd.text_precision import round_weights_to_half
 
@@ -122,7 +122,8 @@ def _assemble(manager: Any, name: str, layout: CheckpointLayout, unet: torch.nn.
     alphas, _ = scheduler_schedule(layout.scheduler)
     model = DiffusionModel(slot=manager.manage(unet, f"{name}:unet", "unet"), prediction_type=layout.prediction_type,
                            alphas_cumprod=alphas, is_sdxl=layout.is_sdxl,
-                           latent_channels=int(layout.unet.get("out_channels", 4)), name=name)
+                           latent_channels=int(layout.unet.get("out_channels", 4)),
+                           latent_format=LatentFormat.from_vae_config(layout.vae), name=name)
     specs = tuple(
         EncoderSpec(kind=cfg["kind"], default_skip=layout.default_clip_skip[i], final_norm=layout.final_norm[i],
                     dropped_layers=layout.dropped_layers[i] if i < len(layout.dropped_layers) else 0,

@@ -4,13 +4,14 @@ Socket values (what a node receives / returns):
 
 - MODEL -> `DiffusionModel`. `prediction_type` ("epsilon" | "v_prediction"), `alphas_cumprod` (1-D float64 CPU
   tensor of the training schedule; SD: scaled_linear betas 0.00085..0.012 over 1000 steps), `is_sdxl`,
-  `latent_channels`, `unet(manager)` -> the diffusers `UNet2DConditionModel` on its compute device with this
+  `latent_channels`, `latent_format` (a `LatentFormat`: how the sampler maps LATENT samples into the UNet's space
+  and back), `unet(manager)` -> the diffusers `UNet2DConditionModel` on its compute device with this
   model's LoRA patches applied, `compute_device(manager)`, `dtype(manager)` (cast UNet inputs to it and the output
   back to float32), `clone()`, `patches` (a tuple of `LoraPatch`), `sdxl_added_cond(...)` (SDXL's
   `added_cond_kwargs`). `manager` may be omitted: every object remembers the manager that loaded it.
 - CLIP -> `ClipModel` (tokenizers + text encoders, `clip_skip`, LoRA patches); `TextEncode` turns it into CONDITIONING.
-- VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents * scaling_factor` and
-  `decode(latents) -> pixels [B,H,W,C] in 0..1` (the scaling factor is applied here, nowhere else).
+- VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents` and `decode(latents) -> pixels [B,H,W,C]
+  in 0..1`, the latents unscaled (what the VAE's encoder gives and its decoder takes).
 - CONTROL_NET -> `ControlNetModel`: `module(manager)` -> the diffusers `ControlNetModel` on its compute device.
 - CONDITIONING -> a list of `[cond, extras]` pairs, `cond` a float32 tensor [1, T, D] (T a multiple of 77 for
   long prompts), `extras` a dict that may hold:
@@ -18,7 +19,9 @@ Socket values (what a node receives / returns):
     size conditioning, pixels), "control" (a `ControlHint`, chained through `.previous`),
     "area" (h, w, y, x) in latent units (pixels // 8) with "strength", "mask" [1, H, W].
   Several pairs are combined by the sampler (ConditioningCombine concatenates the lists).
-- LATENT -> {"samples": Tensor [B, C, h, w] float32, already multiplied by the VAE scaling factor,
+- LATENT -> {"samples": Tensor [B, C, h, w] float32, unscaled as in ComfyUI (the VAE's own latents; the sampler
+  scales them into the model's space with the MODEL's `latent_format` and back; all zeros means "empty" and is
+  not shifted),
   optional "noise_mask": [B, 1, h', w'] float 0..1 (1 = regenerate; resize to the latent size if h', w' differ),
   optional "batch_index": list[int]}.
 - IMAGE -> Tensor [B, H, W, C] float32 in 0..1 (CPU). MASK -> Tensor [B, H, W] float32 in 0..1.
@@ -77,6 +80,28 @@ def _patch_nbytes(patches: tuple[LoraPatch, ...]) -> int:
     return sum(t.nbytes for p in patches for up, down, _ in p.deltas.values() for t in (up, down))
 
 
+@dataclass(frozen=True)
+class LatentFormat:
+    """A model family's latent space: the UNet samples (latent - shift_factor) * scale_factor of the VAE's latents
+    (SD 1.x/2.x scale 0.18215, SDXL 0.13025; no shift for either)."""
+
+    scale_factor: float = 0.18215
+    shift_factor: float = 0.0
+
+    @classmethod
+    def from_vae_config(cls, config: dict[str, Any]) -> "LatentFormat":
+        """The format a checkpoint was trained with, from its VAE config's scaling_factor / shift_factor."""
+        return cls(float(config.get("scaling_factor") or 0.18215), float(config.get("shift_factor") or 0.0))
+
+    def process_in(self, latent: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> the model's sampling space."""
+        return (latent - self.shift_factor) * self.scale_factor
+
+    def process_out(self, latent: torch.Tensor) -> torch.Tensor:
+        """The model's sampling space -> VAE latents."""
+        return latent / self.scale_factor + self.shift_factor
+
+
 @dataclass
 class DiffusionModel:
     """MODEL: a denoising UNet with its noise schedule and the LoRA patches to apply when it is used."""
@@ -86,6 +111,7 @@ class DiffusionModel:
     alphas_cumprod: torch.Tensor = field(default_factory=sd_alphas_cumprod)
     is_sdxl: bool = False
     latent_channels: int = 4
+    latent_format: LatentFormat = LatentFormat()
     patches: tuple[LoraPatch, ...] = ()
     name: str = ""
 
@@ -201,7 +227,11 @@ class _SingleModule:
 
 @dataclass
 class VaeModel(_SingleModule):
-    """VAE: pixels [B,H,W,C] 0..1 <-> scaled latents [B,C,H/8,W/8]. The scaling factor lives here only."""
+    """VAE: pixels [B,H,W,C] 0..1 <-> unscaled latents [B,C,H/8,W/8].
+
+    `scaling_factor` / `shift_factor` are the VAE config's, for information only: encode and decode never apply
+    them; the MODEL's `latent_format` scales latents in and out of sampling, as in ComfyUI.
+    """
 
     slot: "ManagedModule"
     scaling_factor: float = 0.18215
@@ -212,20 +242,19 @@ class VaeModel(_SingleModule):
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
-        """Encode images (mode of the posterior, deterministic) to scaled float32 CPU latents."""
+        """Encode images (mode of the posterior, deterministic) to unscaled float32 CPU latents."""
         vae = self.module(manager)
         device, dtype = self.placement(manager)
         x = pixels[..., :3].movedim(-1, 1).to(device=device, dtype=dtype) * 2.0 - 1.0
         latents = vae.encode(x).latent_dist.mode()
-        return ((latents.float() - self.shift_factor) * self.scaling_factor).cpu()
+        return latents.float().cpu()
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
-        """Decode scaled latents to float32 CPU images [B,H,W,C] in 0..1."""
+        """Decode unscaled latents to float32 CPU images [B,H,W,C] in 0..1."""
         vae = self.module(manager)
         device, dtype = self.placement(manager)
-        z = latents.to(device=device, dtype=dtype) / self.scaling_factor + self.shift_factor
-        images = vae.decode(z).sample.float()
+        images = vae.decode(latents.to(device=device, dtype=dtype)).sample.float()
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
 
 

@@ -1,7 +1,8 @@
 """A cheap per-step preview: the denoised latent projected to RGB by a fixed linear map (no VAE decode).
 
 The factors are the well-known least-squares fits from latent channels to RGB of the SD 1.x and SDXL VAEs
-(published with several UIs); they apply to latents already scaled by the VAE's scaling factor.
+(published with several UIs); they apply to latents in the model's (scaled) space, where the sampler's steps
+report their denoised estimate, not to the unscaled LATENT samples.
 """
 from __future__ import annotations
 

@@ -9,6 +9,11 @@ Inputs, their order and the step semantics are ComfyUI's, so exported API workfl
 Noise comes from seeded CPU generators (see `noise`). When the first sigma is the model's sigma_max (or above), the
 noise is scaled by sqrt(1 + sigma_0^2), as ComfyUI does; anywhere below it (img2img, later KSamplerAdvanced stages,
 a schedule such as ddim_uniform that starts under the top) by sigma_0.
+
+LATENT samples are unscaled (ComfyUI's convention). Sampling works in the model's space, in ComfyUI's order: the
+input latent is scaled in with the MODEL's latent format (an all-zero latent, EmptyLatentImage's, is left as it
+is: empty, not shifted), the noise is added there, the noise mask blends with that scaled latent at every step,
+and the result is scaled out. Progress previews see the denoised estimate in the model's space.
 """
 from __future__ import annotations
 
@@ -97,19 +102,29 @@ def noise_scale(sigma_0: float, sigma_max: float) -> float:
     return sigma_0
 
 
+def scale_in(model: Any, samples: torch.Tensor) -> torch.Tensor:
+    """LATENT samples in the model's space; an all-zero (empty) latent stays zero, as in ComfyUI."""
+    if not torch.count_nonzero(samples):
+        return samples
+    return model.latent_format.process_in(samples)
+
+
 def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, Any], *, seed: int, cfg: float,
                   sampler_name: str, plan: Plan, add_noise: bool = True, manager: Any = None,
                   on_step: Callable[[Step, int], None] | None = None,
                   noise_sampler: NoiseSampler | None = None, per_item_noise: bool = False) -> dict[str, Any]:
-    """Sample a LATENT; returns a new LATENT dict (CPU float32 samples, other keys kept). `per_item_noise` seeds
-    each batch item on its own (see `noise`) instead of ComfyUI's one stream for the batch."""
+    """Sample a LATENT (unscaled samples in and out; see the module docstring); returns a new LATENT dict (CPU
+    float32 samples, other keys kept). `per_item_noise` seeds each batch item on its own (see `noise`) instead
+    of ComfyUI's one stream for the batch."""
     samples = latent["samples"]
     if len(plan.sigmas) < 2:
         return dict(latent)
     noise, seeded = initial_noise(seed, samples, latent.get("batch_index"), per_item_noise)
+    if not add_noise:  # as ComfyUI: no initial noise, so the noise mask's blend renoises nothing either
+        noise = torch.zeros_like(noise)
     device = torch.device(model.compute_device(manager))
     with torch.inference_mode():
-        clean = samples.to(device=device, dtype=torch.float32)
+        clean = scale_in(model, samples.to(device=device, dtype=torch.float32))
         sigma_0 = float(plan.sigmas[0])
         x = clean
         if add_noise:
@@ -127,7 +142,7 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
             brownian = sampler_name in BROWNIAN_SAMPLERS and not per_item_noise
             noise_sampler = brownian_sampler(seed, x, plan.sigmas.tolist()) if brownian else seeded.sampler(x)
         out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback, noise_sampler=noise_sampler)
-        result = out.float().cpu()
+        result = model.latent_format.process_out(out.float()).cpu()
     return {**latent, "samples": result}
 
 

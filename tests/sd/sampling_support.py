@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sdgraph.nodes.sd.model_objects import DiffusionModel, sd_alphas_cumprod
+from sdgraph.nodes.sd.model_objects import DiffusionModel, LatentFormat, sd_alphas_cumprod
 
 TEXT_DIM = 32
 TOKENS = 77
@@ -37,6 +37,7 @@ class TinyModel:
     alphas_cumprod: torch.Tensor = field(default_factory=sd_alphas_cumprod)
     is_sdxl: bool = False
     device: str = "cpu"
+    latent_format: LatentFormat = LatentFormat()  # SD 1.x's, as DiffusionModel's default
 
     def unet(self, manager: Any = None) -> torch.nn.Module:
         return self.module

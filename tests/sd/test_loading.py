@@ -40,6 +40,8 @@ def test_single_file_detection_and_exact_weights(tiny_tree, dirs, manager, name,
     for slot, original in zip(clip.encoders, parts.encoders):
         _same(slot.module, original, half_values=True)
     assert vae.scaling_factor == (0.13025 if family == "sdxl" else 0.18215)
+    assert model.latent_format.scale_factor == (0.13025 if family == "sdxl" else 0.18215)
+    assert model.latent_format.shift_factor == 0.0
     assert model.alphas_cumprod.dtype == torch.float64 and model.alphas_cumprod.shape == (1000,)
 
 

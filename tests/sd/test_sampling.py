@@ -108,7 +108,7 @@ def gaussian() -> TinyModel:
 
 def sample_gaussian(model: TinyModel, sampler: str, scheduler: str, steps: int, seed: int = 5
                     ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """KSampler on Gaussian data: (samples float64, the noised start x, the sigmas it ran)."""
+    """KSampler on Gaussian data, in the model's space: (samples float64, the noised start x, the sigmas it ran)."""
     latent = empty_latent(hw=64)  # 4096 values per channel: enough for the statistics
     # The analytic answers need the model to see sigma exactly, so here the UNet gets the fractional timestep;
     # the nearest whole one that sampling really uses is pinned in test_unet_gets_the_nearest_whole_timestep.
@@ -120,7 +120,8 @@ def sample_gaussian(model: TinyModel, sampler: str, scheduler: str, steps: int, 
     assert out.shape == latent["samples"].shape and out.dtype == torch.float32
     sigmas = plan_sigmas(model, scheduler, steps, sampler_name=sampler).sigmas.tolist()
     noise, _ = initial_noise(seed, latent["samples"])
-    return out.double(), noise.double() * (1 + sigmas[0] ** 2) ** 0.5, sigmas
+    scaled = model.latent_format.process_in(out.double())  # LATENT samples are unscaled; the data lives scaled
+    return scaled, noise.double() * (1 + sigmas[0] ** 2) ** 0.5, sigmas
 
 
 def exact_result(x: torch.Tensor, sigmas: list[float], sampler: str) -> torch.Tensor:
@@ -321,7 +322,9 @@ def test_noise_mask_keeps_the_unmasked_latent(model: Any) -> None:
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 4:] = 1.0
     out = run_node(KSampler, ksampler(model, latent_image={**source, "noise_mask": mask}))
-    assert torch.equal(out["samples"][..., :4], source["samples"][..., :4])
+    # kept exactly in the model's space: what comes out is the source scaled in and back out, as in ComfyUI
+    fmt = model.latent_format
+    assert torch.equal(out["samples"][..., :4], fmt.process_out(fmt.process_in(source["samples"]))[..., :4])
     assert (out["samples"][..., 4:] - source["samples"][..., 4:]).abs().mean() > 0.1
     assert "noise_mask" in out
 
@@ -453,7 +456,7 @@ def test_the_noise_mask_is_not_applied_again_after_sampling(model: Any) -> None:
         patch.setattr(sampling, "get_sampler", lambda name: lambda denoise, x, sigmas, **_: torch.full_like(x, 10.0))
         out = sampling.sample_latent(model, conditioning(1), conditioning(2), latent, seed=3, cfg=1.0,
                                      sampler_name="euler", plan=plan_sigmas(model, "normal", 2))["samples"]
-    assert torch.equal(out, torch.full_like(out, 10.0))
+    assert torch.equal(out, model.latent_format.process_out(torch.full_like(out, 10.0)))
 
 
 @pytest.mark.parametrize("sampler", ["dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"])

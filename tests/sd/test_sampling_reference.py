@@ -1,5 +1,6 @@
 """KSampler against diffusers: the same tiny random UNet (fp32, CPU), seed, steps and cfg through KSampler's
-sampling path and through a hand-written diffusers denoising loop give the same latents (max abs diff <= 1e-3).
+sampling path and through a hand-written diffusers denoising loop give the same latents (max abs diff <= 1e-3),
+compared in the model's space (KSampler's unscaled LATENT scaled back in).
 
 Each sampler is paired with the diffusers scheduler implementing the same algorithm and configured for the same
 timesteps (the schedules are compared in test_sampling_schedules.py):
@@ -82,6 +83,7 @@ def _compare(unet: torch.nn.Module, sampler: str, plan: Plan, scheduler: Any, se
         patch.setattr(sampling, "noise_scale", lambda sigma_0, sigma_max: (1 + sigma_0 ** 2) ** 0.5)
         ours = sample_latent(model, positive, negative, empty_latent(), seed=SEED, cfg=CFG, sampler_name=sampler,
                              plan=plan, per_item_noise=True)["samples"]
+    ours = model.latent_format.process_in(ours)  # diffusers' loop ends in the model's (scaled) space
     ref = diffusers_loop(unet, scheduler, positive[0][0], negative[0][0], CFG, SEED, tuple(ours.shape),
                          set_timesteps)
     assert torch.isfinite(ours).all() and ours.abs().max() > 1.0  # a real trajectory, not a trivial one
