@@ -4,7 +4,9 @@ Families are told apart by the text encoder's keys (weights carry no architectur
 
 - SD 1.x: `cond_stage_model.transformer.*` (OpenAI CLIP ViT-L, Hugging Face layout);
 - SD 2.x: `cond_stage_model.model.*` (OpenCLIP ViT-H, open_clip layout);
-- SDXL base: `conditioner.embedders.0.transformer.*` (CLIP-L) + `conditioner.embedders.1.model.*` (OpenCLIP bigG).
+- SDXL base: `conditioner.embedders.0.transformer.*` (CLIP-L) + `conditioner.embedders.1.model.*` (OpenCLIP bigG);
+- SDXL refiner: `conditioner.embedders.0.model.*` (OpenCLIP bigG alone); its UNet's `label_emb` takes the pooled
+  text embedding and five Fourier-embedded time ids (size, crop, aesthetic score) where the base takes six.
 
 The diffusers configs start from the family's shipped defaults (`sdgraph/data/configs/<family>.json`) and take
 every size that the weights determine from their shapes (channels, blocks per level, attention levels,
@@ -40,6 +42,8 @@ SD2_CLIP = "cond_stage_model.model."
 SDXL_CLIP_L = "conditioner.embedders.0.transformer."
 SDXL_CLIP_G = "conditioner.embedders.1.model."
 SDXL_REFINER_CLIP_G = "conditioner.embedders.0.model."
+OPEN_CLIP_PREFIX = {"sd2": SD2_CLIP, "sdxl": SDXL_CLIP_G, "sdxl_refiner": SDXL_REFINER_CLIP_G}
+TIME_IDS = {"sdxl": 6, "sdxl_refiner": 5}  # base: size, crop, target size; refiner: size, crop, aesthetic score
 
 StateDict = dict[str, torch.Tensor]
 
@@ -50,7 +54,7 @@ class UnsupportedCheckpoint(ValueError):
 
 @dataclass
 class CheckpointLayout:
-    family: str  # "sd1" | "sd2" | "sdxl"
+    family: str  # "sd1" | "sd2" | "sdxl" | "sdxl_refiner"
     prediction_type: str
     unet: dict[str, Any]
     vae: dict[str, Any]
@@ -62,7 +66,11 @@ class CheckpointLayout:
 
     @property
     def is_sdxl(self) -> bool:
-        return self.family == "sdxl"
+        return self.family in TIME_IDS
+
+    @property
+    def is_sdxl_refiner(self) -> bool:
+        return self.family == "sdxl_refiner"
 
     @property
     def is_inpaint(self) -> bool:
@@ -79,8 +87,8 @@ def detect_family(sd: StateDict) -> str:
         raise UnsupportedCheckpoint("no UNet weights (model.diffusion_model.*): not a full SD checkpoint")
     if has(SDXL_CLIP_G) and has(SDXL_CLIP_L):
         return "sdxl"
-    if has(SDXL_REFINER_CLIP_G):
-        raise UnsupportedCheckpoint("SDXL refiner checkpoints are not supported")
+    if has(SDXL_REFINER_CLIP_G) and not has(SDXL_CLIP_G):
+        return "sdxl_refiner"
     if has(SD2_CLIP):
         return "sd2"
     if has(SD1_CLIP):
@@ -92,8 +100,11 @@ def read_layout(sd: StateDict, filename: str = "") -> CheckpointLayout:
     family = detect_family(sd)
     defaults = family_defaults(family)
     encoders = _text_encoder_configs(sd, family, defaults["text_encoders"])
-    pooled_dim = encoders[-1].get("projection_dim", 0) if family == "sdxl" else 0
-    unet = infer_unet_config(sd, UNET_PREFIX, defaults["unet"], defaults["head_rule"], pooled_dim)
+    pooled_dim = encoders[-1].get("projection_dim", 0) if family in TIME_IDS else 0
+    unet = infer_unet_config(sd, UNET_PREFIX, defaults["unet"], defaults["head_rule"], pooled_dim,
+                             TIME_IDS.get(family, 6))
+    if family == "sdxl_refiner":
+        _check_refiner_unet(sd, unet, encoders[0])
     vae = infer_vae_config(sd, _vae_prefix(sd), defaults["vae"])
     scheduler = dict(defaults["scheduler"])
     prediction = guess_prediction_type(sd, family, unet, filename)
@@ -141,7 +152,7 @@ def _count(sd: StateDict, pattern: str) -> int:
 
 
 def infer_unet_config(sd: StateDict, prefix: str, defaults: dict[str, Any], head_rule: dict[str, int],
-                      pooled_dim: int = 0) -> dict[str, Any]:
+                      pooled_dim: int = 0, time_ids: int = 6) -> dict[str, Any]:
     """A UNet2DConditionModel config from LDM-layout UNet weights (prefix `model.diffusion_model.`)."""
     p = prefix
     conv_in = sd[p + "input_blocks.0.0.weight"]
@@ -150,6 +161,9 @@ def infer_unet_config(sd: StateDict, prefix: str, defaults: dict[str, Any], head
     block_out = [lvl["channels"] for lvl in levels]
     depth = [_transformer_depth(sd, f"{p}input_blocks.{lvl['blocks'][0]}.1.") if lvl["attn"] else 1
              for lvl in levels]
+    mid_depth = _transformer_depth(sd, f"{p}middle_block.1.")
+    if mid_depth and not levels[-1]["attn"]:  # diffusers sizes the mid block by the last level's depth
+        depth[-1] = mid_depth
     cfg = copy.deepcopy(defaults)
     cfg.update(
         in_channels=int(conv_in.shape[1]),
@@ -161,7 +175,6 @@ def infer_unet_config(sd: StateDict, prefix: str, defaults: dict[str, Any], head
         transformer_layers_per_block=depth if len(set(depth)) > 1 else depth[0],
         attention_head_dim=_heads(block_out, head_rule),
     )
-    mid_depth = _transformer_depth(sd, f"{p}middle_block.1.")
     if mid_depth and mid_depth != depth[-1]:
         raise UnsupportedCheckpoint(f"mid-block transformer depth {mid_depth} differs from the last level's")
     to_k = next((v for k, v in sd.items() if k.startswith(p) and k.endswith("attn2.to_k.weight")), None)
@@ -176,9 +189,22 @@ def infer_unet_config(sd: StateDict, prefix: str, defaults: dict[str, Any], head
     if p + "label_emb.0.0.weight" in sd:
         adm = int(sd[p + "label_emb.0.0.weight"].shape[1])
         cfg["projection_class_embeddings_input_dim"] = adm
-        if pooled_dim and (adm - pooled_dim) % 6 == 0:
-            cfg["addition_time_embed_dim"] = (adm - pooled_dim) // 6
+        if pooled_dim and (adm - pooled_dim) % time_ids == 0:
+            cfg["addition_time_embed_dim"] = (adm - pooled_dim) // time_ids
     return cfg
+
+
+def _check_refiner_unet(sd: StateDict, unet: dict[str, Any], clip_g: dict[str, Any]) -> None:
+    """The refiner's UNet reads OpenCLIP-G's hidden states and its pooled output plus five time ids."""
+    where = "SDXL refiner checkpoint"
+    if UNET_PREFIX + "label_emb.0.0.weight" not in sd:
+        raise UnsupportedCheckpoint(f"{where}: no {UNET_PREFIX}label_emb.0.0.weight (the size/score embedding)")
+    adm, pooled = unet["projection_class_embeddings_input_dim"], clip_g["projection_dim"]
+    if adm <= pooled or (adm - pooled) % 5:
+        raise UnsupportedCheckpoint(f"{where}: label_emb takes {adm} inputs, not the pooled {pooled} + 5 time ids")
+    if unet.get("cross_attention_dim") != clip_g["hidden_size"]:
+        raise UnsupportedCheckpoint(f"{where}: the UNet's context width {unet.get('cross_attention_dim')} is not "
+                                    f"OpenCLIP-G's hidden size {clip_g['hidden_size']}")
 
 
 def _unet_levels(sd: StateDict, p: str) -> list[dict[str, Any]]:
@@ -240,6 +266,8 @@ def _text_encoder_configs(sd: StateDict, family: str, defaults: list[dict[str, A
         cfg = _open_clip_config(sd, SD2_CLIP, defaults[0])
         cfg["num_hidden_layers"] -= 1
         return [cfg]
+    if family == "sdxl_refiner":
+        return [_open_clip_config(sd, SDXL_REFINER_CLIP_G, defaults[0])]
     return [_hf_clip_config(sd, SDXL_CLIP_L, defaults[0]), _open_clip_config(sd, SDXL_CLIP_G, defaults[1])]
 
 

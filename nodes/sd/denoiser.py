@@ -11,7 +11,8 @@ the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + 
   area's crop) and the entries of a side are averaged with weights strength x area box x mask;
 - ControlNet: an entry's "control" hint (see `nodes.sd.control`) adds residuals while the step's percent
   (ComfyUI's: 1 - timestep / 999) lies in the hint's [start_percent, end_percent];
-- SDXL: `added_cond_kwargs` from the entry's pooled output and size/crop extras.
+- SDXL: `added_cond_kwargs` from the entry's pooled output and size/crop extras (the refiner's aesthetic score
+  defaults by the side the entry is on: positive or negative).
 """
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ class SDDenoiser:
         self.v_prediction = model.prediction_type == "v_prediction"
         self.cfg = float(cfg)
         self.batch, _, self.height, self.width = latent.shape
-        self.positive = [self._entry(c) for c in positive]
-        self.negative = [self._entry(c) for c in negative] if self.guided else []
+        self.positive = [self._entry(c, "positive") for c in positive]
+        self.negative = [self._entry(c, "negative") for c in negative] if self.guided else []
         if not self.positive:
             raise ValueError("sampling needs at least one positive conditioning entry")
         self.batched = self._plan_batched()
@@ -81,7 +82,7 @@ class SDDenoiser:
 
     # ---- preparation ----------------------------------------------------------------------------------------
 
-    def _entry(self, pair: Sequence[Any]) -> Entry:
+    def _entry(self, pair: Sequence[Any], prompt_type: str) -> Entry:
         cond, extras = pair[0], dict(pair[1]) if len(pair) > 1 and pair[1] else {}
         entry = Entry(context=cond.to(self.device, self.dtype), extras=extras,
                       area=tuple(extras["area"]) if extras.get("area") is not None else None,
@@ -90,7 +91,7 @@ class SDDenoiser:
             entry.mask = _resize_mask(extras["mask"], self.height, self.width).to(self.device)
         if getattr(self.model, "is_sdxl", False) and extras.get("pooled_output") is not None:
             entry.added = self.model.sdxl_added_cond(extras["pooled_output"], extras, (self.height, self.width),
-                                                     self.batch, self.device, self.dtype)
+                                                     self.batch, self.device, self.dtype, prompt_type)
         return entry
 
     def _plan_batched(self) -> _Batched | None:

@@ -20,7 +20,7 @@ import torch
 from sdgraph.paths import PACKAGE_DATA
 
 from sdgraph.nodes.sd.checkpoint_layout import (
-    SD2_CLIP, SDXL_CLIP_G, CheckpointLayout, StateDict, UnsupportedCheckpoint, family_defaults, infer_vae_config,
+    OPEN_CLIP_PREFIX, CheckpointLayout, StateDict, UnsupportedCheckpoint, family_defaults, infer_vae_config,
     read_layout,
 )
 from sdgraph.nodes.sd.model_objects import (
@@ -101,8 +101,7 @@ def _single_file_text_encoder(sd: StateDict, layout: CheckpointLayout, index: in
     if cfg["kind"] == "clip_l":
         weights = convert_ldm_clip_checkpoint(sd)
     else:
-        prefix = SD2_CLIP if layout.family == "sd2" else SDXL_CLIP_G
-        weights = convert_open_clip_checkpoint(model, sd, prefix=prefix)
+        weights = convert_open_clip_checkpoint(model, sd, prefix=OPEN_CLIP_PREFIX[layout.family])
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
     _load_weights(model, weights, f"text encoder {cfg['kind']}")
@@ -121,7 +120,7 @@ def _assemble(manager: Any, name: str, layout: CheckpointLayout, unet: torch.nn.
               encoders: list[torch.nn.Module], tokenizer: Any = None) -> tuple[DiffusionModel, ClipModel, VaeModel]:
     alphas, _ = scheduler_schedule(layout.scheduler)
     model = DiffusionModel(slot=manager.manage(unet, f"{name}:unet", "unet"), prediction_type=layout.prediction_type,
-                           alphas_cumprod=alphas, is_sdxl=layout.is_sdxl,
+                           alphas_cumprod=alphas, is_sdxl=layout.is_sdxl, is_sdxl_refiner=layout.is_sdxl_refiner,
                            latent_channels=int(layout.unet.get("out_channels", 4)),
                            latent_format=LatentFormat.from_vae_config(layout.vae), name=name)
     specs = tuple(

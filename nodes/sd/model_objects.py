@@ -3,12 +3,13 @@
 Socket values (what a node receives / returns):
 
 - MODEL -> `DiffusionModel`. `prediction_type` ("epsilon" | "v_prediction"), `alphas_cumprod` (1-D float64 CPU
-  tensor of the training schedule; SD: scaled_linear betas 0.00085..0.012 over 1000 steps), `is_sdxl`,
-  `latent_channels`, `latent_format` (a `LatentFormat`: how the sampler maps LATENT samples into the UNet's space
-  and back), `unet(manager)` -> the diffusers `UNet2DConditionModel` on its compute device with this
-  model's LoRA patches applied, `compute_device(manager)`, `dtype(manager)` (cast UNet inputs to it and the output
-  back to float32), `clone()`, `patches` (a tuple of `LoraPatch`), `sdxl_added_cond(...)` (SDXL's
-  `added_cond_kwargs`). `manager` may be omitted: every object remembers the manager that loaded it.
+  tensor of the training schedule; SD: scaled_linear betas 0.00085..0.012 over 1000 steps), `is_sdxl`
+  (base or refiner), `is_sdxl_refiner`, `latent_channels`, `latent_format` (a `LatentFormat`: how the sampler
+  maps LATENT samples into the UNet's space and back), `unet(manager)` -> the diffusers `UNet2DConditionModel` on
+  its compute device with this model's LoRA patches applied, `compute_device(manager)`, `dtype(manager)` (cast
+  UNet inputs to it and the output back to float32), `clone()`, `patches` (a tuple of `LoraPatch`),
+  `sdxl_added_cond(...)` (SDXL's `added_cond_kwargs`). `manager` may be omitted: every object remembers the
+  manager that loaded it.
 - CLIP -> `ClipModel` (tokenizers + text encoders, `clip_skip`, LoRA patches); `TextEncode` turns it into CONDITIONING.
 - VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents` and `decode(latents) -> pixels [B,H,W,C]
   in 0..1`, the latents unscaled (what the VAE's encoder gives and its decoder takes).
@@ -16,7 +17,9 @@ Socket values (what a node receives / returns):
 - CONDITIONING -> a list of `[cond, extras]` pairs, `cond` a float32 tensor [1, T, D] (T a multiple of 77 for
   long prompts), `extras` a dict that may hold:
     "pooled_output" [1, 1280] (SDXL), "width"/"height"/"crop_w"/"crop_h"/"target_width"/"target_height" (SDXL
-    size conditioning, pixels), "control" (a `ControlHint`, chained through `.previous`),
+    size conditioning, pixels), "aesthetic_score" (the SDXL refiner's; default 6, or 2.5 on the negative side),
+    "prompt_type" ("positive" | "negative": overrides the side the entry is sampled on),
+    "control" (a `ControlHint`, chained through `.previous`),
     "area" (h, w, y, x) in latent units (pixels // 8) with "strength", "mask" [1, H, W].
   Several pairs are combined by the sampler (ConditioningCombine concatenates the lists).
 - LATENT -> {"samples": Tensor [B, C, h, w] float32, unscaled as in ComfyUI (the VAE's own latents; the sampler
@@ -110,6 +113,7 @@ class DiffusionModel:
     prediction_type: str = "epsilon"
     alphas_cumprod: torch.Tensor = field(default_factory=sd_alphas_cumprod)
     is_sdxl: bool = False
+    is_sdxl_refiner: bool = False
     latent_channels: int = 4
     latent_format: LatentFormat = LatentFormat()
     patches: tuple[LoraPatch, ...] = ()
@@ -140,11 +144,18 @@ class DiffusionModel:
         return dataclasses.replace(self, patches=(*self.patches, patch))
 
     def sdxl_added_cond(self, pooled: torch.Tensor, extras: dict[str, Any], latent_hw: tuple[int, int],
-                        batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """SDXL's `added_cond_kwargs` (pooled text embeds + size/crop time ids) for one conditioning entry."""
+                        batch: int, device: torch.device, dtype: torch.dtype,
+                        prompt_type: str = "positive") -> dict[str, torch.Tensor]:
+        """SDXL's `added_cond_kwargs` (pooled text embeds + size/crop time ids) for one conditioning entry; the
+        refiner's last id is the aesthetic score instead of the target size."""
         height, width = latent_hw[0] * 8, latent_hw[1] * 8
         ids = [extras.get("height", height), extras.get("width", width), extras.get("crop_h", 0),
-               extras.get("crop_w", 0), extras.get("target_height", height), extras.get("target_width", width)]
+               extras.get("crop_w", 0)]
+        if self.is_sdxl_refiner:
+            negative = extras.get("prompt_type", prompt_type) == "negative"
+            ids.append(extras.get("aesthetic_score", 2.5 if negative else 6.0))
+        else:
+            ids += [extras.get("target_height", height), extras.get("target_width", width)]
         time_ids = torch.tensor([ids], dtype=dtype, device=device).repeat(batch, 1)
         text_embeds = pooled.to(device=device, dtype=dtype).expand(batch, -1)
         return {"text_embeds": text_embeds, "time_ids": time_ids}

@@ -36,6 +36,7 @@ class TinyModel:
     prediction_type: str = "epsilon"
     alphas_cumprod: torch.Tensor = field(default_factory=sd_alphas_cumprod)
     is_sdxl: bool = False
+    is_sdxl_refiner: bool = False
     device: str = "cpu"
     latent_format: LatentFormat = LatentFormat()  # SD 1.x's, as DiffusionModel's default
 

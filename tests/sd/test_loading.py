@@ -26,21 +26,24 @@ def _same(module: torch.nn.Module, original: torch.nn.Module, atol: float = 0.0,
 
 @pytest.mark.parametrize("name,family,prediction", [("sd1-tiny.safetensors", "sd1", "epsilon"),
                                                     ("sd2-tiny.safetensors", "sd2", "v_prediction"),
-                                                    ("sdxl-tiny.safetensors", "sdxl", "epsilon")])
+                                                    ("sdxl-tiny.safetensors", "sdxl", "epsilon"),
+                                                    ("sdxl-refiner-tiny.safetensors", "sdxl_refiner", "epsilon")])
 def test_single_file_detection_and_exact_weights(tiny_tree, dirs, manager, name, family, prediction):
     path = dirs.find_model("checkpoints", name)
     layout = read_layout(read_state_dict(path), name)
     assert layout.family == family and layout.prediction_type == prediction
     model, clip, vae = load_checkpoint(path, manager)
     parts = tiny_tree[family]
-    assert model.is_sdxl == (family == "sdxl") and model.prediction_type == prediction
+    sdxl = family.startswith("sdxl")
+    assert model.is_sdxl == sdxl and model.prediction_type == prediction
+    assert model.is_sdxl_refiner == (family == "sdxl_refiner")
     assert len(clip.encoders) == (2 if family == "sdxl" else 1)
     _same(model.slot.module, parts.unet)
     _same(vae.slot.module, parts.vae)
     for slot, original in zip(clip.encoders, parts.encoders):
         _same(slot.module, original, half_values=True)
-    assert vae.scaling_factor == (0.13025 if family == "sdxl" else 0.18215)
-    assert model.latent_format.scale_factor == (0.13025 if family == "sdxl" else 0.18215)
+    assert vae.scaling_factor == (0.13025 if sdxl else 0.18215)
+    assert model.latent_format.scale_factor == (0.13025 if sdxl else 0.18215)
     assert model.latent_format.shift_factor == 0.0
     assert model.alphas_cumprod.dtype == torch.float64 and model.alphas_cumprod.shape == (1000,)
 

@@ -1,7 +1,9 @@
 """Tiny random-weight Stable Diffusion models, saved in the real file layouts the loaders read.
 
-- `sd1-tiny.safetensors`, `sd2-tiny-v.safetensors`, `sdxl-tiny.safetensors`: original single-file checkpoints
-  (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*` / `conditioner.embedders.*`);
+- `sd1-tiny.safetensors`, `sd2-tiny-v.safetensors`, `sdxl-tiny.safetensors`, `sdxl-refiner-tiny.safetensors`:
+  original single-file checkpoints (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*` /
+  `conditioner.embedders.*`); the refiner has the real refiner's structure in small (four levels, attention on
+  the middle two, OpenCLIP-G alone under `conditioner.embedders.0.model.`, label_emb of pooled + 5 time ids);
 - `sd1-tiny-diffusers/`: a diffusers folder (model_index.json, unet/ vae/ text_encoder/ scheduler/), fp16 weights;
 - `vae/tiny-vae.safetensors` (LDM layout), `loras/tiny-lora.safetensors` (kohya keys, UNet and text encoder),
   `controlnet/tiny-controlnet/` (a diffusers ControlNetModel folder whose zero convolutions are not zero).
@@ -42,6 +44,15 @@ SDXL_UNET: dict[str, Any] = {
     "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
     "projection_class_embeddings_input_dim": TEXT + 6 * 8,
 }
+REFINER_TIME_DIM = 8
+SDXL_REFINER_UNET: dict[str, Any] = {
+    "sample_size": 8, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64, 64, 64],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2, "cross_attention_dim": TEXT, "attention_head_dim": 1, "transformer_layers_per_block": 2,
+    "norm_num_groups": 32, "use_linear_projection": True, "addition_embed_type": "text_time",
+    "addition_time_embed_dim": REFINER_TIME_DIM, "projection_class_embeddings_input_dim": TEXT + 5 * REFINER_TIME_DIM,
+}
 
 
 def clip_config(act: str = "quick_gelu", layers: int = 2) -> dict[str, Any]:
@@ -70,13 +81,15 @@ def build_parts(kind: str, seed: int = 0) -> TinyParts:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    unet_cfg = {"sd1": SD1_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET}[kind]
+    unet_cfg = {"sd1": SD1_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl_refiner": SDXL_REFINER_UNET}[kind]
     unet = UNet2DConditionModel(**unet_cfg)
-    vae = AutoencoderKL(**dict(VAE_CONFIG, scaling_factor=0.13025 if kind == "sdxl" else 0.18215))
+    vae = AutoencoderKL(**dict(VAE_CONFIG, scaling_factor=0.13025 if kind.startswith("sdxl") else 0.18215))
     if kind == "sd1":
         encoders = [CLIPTextModel(CLIPTextConfig(**clip_config()))]
     elif kind == "sd2":  # stored with OpenCLIP's extra last layer, which the loader drops
         encoders = [CLIPTextModel(CLIPTextConfig(**clip_config("gelu", 3)))]
+    elif kind == "sdxl_refiner":  # three layers, so the penultimate one it reads is a middle one
+        encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**clip_config("gelu", 3)))]
     else:
         encoders = [CLIPTextModel(CLIPTextConfig(**clip_config())),
                     CLIPTextModelWithProjection(CLIPTextConfig(**clip_config("gelu")))]
@@ -94,6 +107,8 @@ def single_file_state(kind: str, parts: TinyParts) -> dict[str, torch.Tensor]:
         sd.update(ldm_names.clip_to_ldm(parts.encoders[0].state_dict(), "cond_stage_model.transformer."))
     elif kind == "sd2":
         sd.update(ldm_names.open_clip_to_ldm(parts.encoders[0].state_dict(), "cond_stage_model.model."))
+    elif kind == "sdxl_refiner":
+        sd.update(ldm_names.open_clip_to_ldm(parts.encoders[0].state_dict(), "conditioner.embedders.0.model."))
     else:
         sd.update(ldm_names.clip_to_ldm(parts.encoders[0].state_dict(), "conditioner.embedders.0.transformer."))
         sd.update(ldm_names.open_clip_to_ldm(parts.encoders[1].state_dict(), "conditioner.embedders.1.model."))
@@ -163,13 +178,15 @@ def build_model_tree(root: Path) -> dict[str, Any]:
     for sub in ("checkpoints", "vae", "loras", "controlnet"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     sd1, sd2, sdxl = build_parts("sd1", 0), build_parts("sd2", 1), build_parts("sdxl", 2)
+    refiner = build_parts("sdxl_refiner", 3)
     with torch.no_grad():  # make the tiny SD 2.x look like a 768-v model to the norm-bias heuristic
         sd2.unet.up_blocks[-1].attentions[-1].transformer_blocks[0].norm1.bias.normal_(0, 0.5)
     save_single_file(models / "checkpoints" / "sd1-tiny.safetensors", "sd1", sd1)
     save_single_file(models / "checkpoints" / "sd2-tiny.safetensors", "sd2", sd2)
     save_single_file(models / "checkpoints" / "sdxl-tiny.safetensors", "sdxl", sdxl)
+    save_single_file(models / "checkpoints" / "sdxl-refiner-tiny.safetensors", "sdxl_refiner", refiner)
     save_diffusers_folder(models / "checkpoints" / "sd1-tiny-diffusers", sd1)
     save_ldm_vae(models / "vae" / "tiny-vae.safetensors", sd1.vae)
     save_kohya_lora(models / "loras" / "tiny-lora.safetensors", sd1.unet, sd1.encoders[0])
     controlnet = save_controlnet(models / "controlnet" / "tiny-controlnet", sd1.unet)
-    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, "controlnet": controlnet}
+    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, "sdxl_refiner": refiner, "controlnet": controlnet}
