@@ -14,6 +14,7 @@ from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
 from sdgraph.types import CLIP, CONDITIONING, CONTROL_NET, IMAGE, VAE
 
 MAX_RESOLUTION = 8192
+SDXL_MAX_SIZE = 16384  # the size inputs of ComfyUI's SDXL text-encode nodes reach its MAX_RESOLUTION
 
 
 class TextEncode(Node):
@@ -32,6 +33,28 @@ class TextEncode(Node):
     @classmethod
     def validate_inputs(cls, dirs: Dirs, text: str = "", **_: Any) -> str | None:
         return refusal(lambda: check_prompt_chars(current_limits(), "CLIPTextEncode.text", text))
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    """Encode a prompt for the SDXL refiner with its aesthetic score and the original image size."""
+
+    category = "advanced/conditioning"
+    inputs = [Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01),
+              Int("width", 1024, min=0, max=SDXL_MAX_SIZE), Int("height", 1024, min=0, max=SDXL_MAX_SIZE),
+              String("text", multiline=True, dynamicPrompts=True), Input("clip", CLIP)]
+    outputs = [Output(CONDITIONING)]
+
+    def run(self, ascore: float, width: int, height: int, text: str, clip: ClipModel) -> tuple:
+        where = "CLIPTextEncodeSDXLRefiner.text"
+        cond, pooled = encode_prompt(clip, text, self.ctx.limits, where)
+        extras: dict[str, Any] = {"aesthetic_score": ascore, "width": width, "height": height}
+        if pooled is not None:
+            extras["pooled_output"] = pooled
+        return ([[cond, extras]],)
+
+    @classmethod
+    def validate_inputs(cls, dirs: Dirs, text: str = "", **_: Any) -> str | None:
+        return refusal(lambda: check_prompt_chars(current_limits(), "CLIPTextEncodeSDXLRefiner.text", text))
 
 
 def _with_control(conditioning: list[Any], make: Any) -> list[list[Any]]:
@@ -127,4 +150,4 @@ class ConditioningZeroOut(Node):
         return (out,)
 
 
-NODES = [TextEncode, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut]
+NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut]
