@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from sdgraph.context import Services
+from sdgraph.context import InterruptFlag, NodeContext, Services
 from sdgraph.execute import Executor
 from sdgraph.nodes.sd.checkpoint_layout import UnsupportedCheckpoint, family_defaults, read_layout
 from sdgraph.nodes.sd.conditioning import CLIPTextEncodeSDXLRefiner, TextEncode
@@ -191,3 +191,20 @@ def _picture(dirs, record: dict) -> torch.Tensor:
 
     folder = dirs.temp if record["type"] == "temp" else dirs.output
     return torch.from_numpy(np.asarray(Image.open(folder / record["subfolder"] / record["filename"])).astype("float32"))
+
+
+def test_refiner_prompt_over_the_char_limit_is_refused_by_name(dirs, refiner):
+    from sdgraph.limits import BudgetExceeded, Limits, configure, current_limits
+
+    before = current_limits()
+    configure(Limits(max_prompt_chars=10))
+    try:
+        message = CLIPTextEncodeSDXLRefiner.validate_inputs(dirs, text="a" * 11)
+        assert message is not None and "CLIPTextEncodeSDXLRefiner.text" in message
+        assert CLIPTextEncodeSDXLRefiner.validate_inputs(dirs, text="a" * 10) is None
+    finally:
+        configure(before)
+    ctx = NodeContext(node_id="7", prompt_id="test", interrupt=InterruptFlag(),
+                      services=Services(dirs=dirs, models=refiner[1].manager, limits=Limits(max_prompt_chars=10)))
+    with pytest.raises(BudgetExceeded, match="CLIPTextEncodeSDXLRefiner.text"):
+        call(CLIPTextEncodeSDXLRefiner, ctx, ascore=6.0, width=64, height=64, text="a" * 11, clip=refiner[1])
