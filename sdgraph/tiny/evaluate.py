@@ -1,11 +1,17 @@
 """Judge the tiny models: prompt adherence, FID on classifier features, ControlNet IoU and the LoRA's effect.
 
-    python -m sdgraph.tiny.evaluate [--models DIR] [--count N] [--steps 20] [--cfg 7] [--grid-dir DIR]
+    python -m sdgraph.tiny.evaluate [--models DIR] [--count N] [--steps 20] [--cfg 7] [--scheduler ddim_uniform]
+                                    [--grid-dir DIR]
 
 Everything runs on a fixed held-out set (prompts and seeds drawn from ``EVAL_SEED``, never used in training),
-sampled with a plain Euler loop built from the checkpoint's own scheduler config (diffusers'
-EulerDiscreteScheduler, 20 steps, cfg 7 by default), with each picture's initial noise drawn from a CPU
-generator seeded by its seed.
+sampled through sdgraph's own nodes, as a user's workflow is: one API-format prompt per picture
+(CheckpointLoaderSimple "sdgraph-tiny", CLIPTextEncode for the prompt and for the empty negative,
+EmptyLatentImage 64x64, KSampler with euler, 20 steps, cfg 7 and the picture's seed, VAEDecode), run by an
+in-process ``Executor`` whose cache keeps the models loaded from picture to picture. The scheduler defaults to
+ComfyUI's ddim_uniform, whose sigmas are those of the checkpoint's own scheduler config. ControlNet pictures add
+LoadImage (the outline, written as a PNG into a temporary input folder), ControlNetLoader and
+ControlNetApplyAdvanced; LoRA pictures add LoraLoader at strength 0 and 1. ``EvalCapture`` hands each picture back
+as the 8-bit pixels SaveImage would write.
 
 - adherence: the classifier's reading of each picture against the prompt's shape, colour, background, position;
 - FID: Fréchet distance between classifier features of generated and of real pictures of the same prompts;
@@ -18,114 +24,125 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from sdgraph.context import Services
+from sdgraph.execute import Executor, RunResult
+from sdgraph.models import ModelManager
+from sdgraph.node import Input, Node, NodeOutput
+from sdgraph.nodes.sd.image_files import to_uint8
+from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES
+from sdgraph.paths import Dirs
+from sdgraph.plugins import build_registry
 from sdgraph.tiny import architecture as arch
 from sdgraph.tiny.classifier import TinyClassifier, images_to_tensor, load_classifier
 from sdgraph.tiny.shapes import COLOURS, ShapeDataset, generate_dataset, image_grid, make_caption
+from sdgraph.types import IMAGE
 
 EVAL_SEED = 1234
 EVAL_START = 20_000_000  # sample indices reserved for evaluation
+# The ComfyUI schedule whose sigmas equal those of the checkpoint's own scheduler config ("leading" spacing with
+# steps_offset 1: timesteps 951, 901, ..., 1 at 20 steps), which the tiny model was evaluated with from the start.
+DEFAULT_SCHEDULER = "ddim_uniform"
+CAPTURE_PACK = "sdgraph-tiny-evaluate"
 
 
-@dataclass
-class TinyPipeline:
-    """The loaded parts of the checkpoint folder (fp32)."""
+class EvalCapture(Node):
+    """Hands the decoded pictures back to the evaluation, as the 8-bit pixels SaveImage would write."""
 
-    vae: torch.nn.Module
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler_config: dict
-    device: str
+    category = "testing"
+    output_node = True
+    inputs = [Input("images", IMAGE)]
+    outputs = []
 
-
-def load_pipeline(models: Path = arch.MODELS_DIR, device: str = "cpu") -> TinyPipeline:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    folder = models / arch.CHECKPOINT_SUBDIR
-    fp32 = torch.float32
-    return TinyPipeline(
-        vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=fp32).to(device).eval(),
-        unet=UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=fp32).to(device).eval(),
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=fp32).to(device).eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-        scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
-        device=device,
-    )
+    def run(self, images: Any) -> NodeOutput:
+        return NodeOutput(ui={"pixels": [to_uint8(images)]})
 
 
-def load_controlnet(models: Path = arch.MODELS_DIR, device: str = "cpu"):
-    from diffusers import ControlNetModel
+@dataclass(frozen=True)
+class Settings:
+    """What every picture's KSampler is given besides its prompt and seed."""
 
-    folder = models / arch.CONTROLNET_SUBDIR
-    return ControlNetModel.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval()
-
-
-@torch.no_grad()
-def encode_prompts(pipe: TinyPipeline, prompts: list[str]) -> torch.Tensor:
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True,
-                         return_tensors="pt").input_ids.to(pipe.device)
-    return pipe.text_encoder(ids).last_hidden_state
+    steps: int = 20
+    cfg: float = 7.0
+    scheduler: str = DEFAULT_SCHEDULER
+    sampler: str = "euler"
 
 
-def initial_noise(seeds: list[int]) -> torch.Tensor:
-    """One CPU generator per seed, so a seed gives the same picture on any device and in any batch."""
-    shape = (arch.LATENT_CHANNELS, arch.LATENT_SIZE, arch.LATENT_SIZE)
-    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+def make_executor(models: Path, base: Path, device: str = "cpu") -> Executor:
+    """An in-process executor on the models folder, reading control images from ``base/input``."""
+    registry = build_registry(plugins=False)
+    registry.add_native([EvalCapture], CAPTURE_PACK)
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    dirs = Dirs(base=base, extra_model_roots=[models])
+    return Executor(registry, Services(dirs=dirs, models=ModelManager(device=device)))
 
 
-@torch.no_grad()
-def sample(
-    pipe: TinyPipeline,
-    prompts: list[str],
-    seeds: list[int],
-    steps: int = 20,
-    cfg: float = 7.0,
-    controlnet=None,
-    control: torch.Tensor | None = None,
-    control_scale: float = 1.0,
-    batch_size: int = 128,
-) -> np.ndarray:
-    """Pictures uint8 [N, 64, 64, 3] for prompts and seeds; ``control`` is [N, 3, 64, 64] in 0..1."""
-    out = []
-    for begin in range(0, len(prompts), batch_size):
-        end = begin + batch_size
-        part_control = None if control is None else control[begin:end]
-        out.append(_sample_batch(pipe, prompts[begin:end], seeds[begin:end], steps, cfg, controlnet,
-                                 part_control, control_scale))
-    return np.concatenate(out)
+def picture_prompt(caption: str, seed: int, settings: Settings, control_image: str | None = None,
+                   lora_strength: float | None = None) -> dict[str, Any]:
+    """The API-format prompt of one picture: txt2img, with a ControlNet hint or a LoRA when asked."""
+    prompt: dict[str, Any] = {
+        "checkpoint": node("CheckpointLoaderSimple", ckpt_name=arch.CHECKPOINT_NAME),
+        "latent": node("EmptyLatentImage", width=arch.IMAGE_SIZE, height=arch.IMAGE_SIZE, batch_size=1),
+    }
+    model, clip = ["checkpoint", 0], ["checkpoint", 1]
+    if lora_strength is not None:
+        prompt["lora"] = node("LoraLoader", model=model, clip=clip, lora_name=arch.LORA_FILE.name,
+                              strength_model=lora_strength, strength_clip=lora_strength)
+        model, clip = ["lora", 0], ["lora", 1]
+    prompt["positive"] = node("CLIPTextEncode", text=caption, clip=clip)
+    prompt["negative"] = node("CLIPTextEncode", text="", clip=clip)
+    positive, negative = ["positive", 0], ["negative", 0]
+    if control_image is not None:
+        prompt["hint"] = node("LoadImage", image=control_image)
+        prompt["controlnet"] = node("ControlNetLoader", control_net_name=arch.CONTROLNET_NAME)
+        prompt["control"] = node("ControlNetApplyAdvanced", positive=positive, negative=negative,
+                                 control_net=["controlnet", 0], image=["hint", 0], strength=1.0,
+                                 start_percent=0.0, end_percent=1.0)
+        positive, negative = ["control", 0], ["control", 1]
+    prompt["sampler"] = node("KSampler", model=model, seed=seed, steps=settings.steps, cfg=settings.cfg,
+                             sampler_name=settings.sampler, scheduler=settings.scheduler, positive=positive,
+                             negative=negative, latent_image=["latent", 0], denoise=1.0)
+    prompt["decode"] = node("VAEDecode", samples=["sampler", 0], vae=["checkpoint", 2])
+    prompt["capture"] = node(EvalCapture.__name__, images=["decode", 0])
+    return prompt
 
 
-def _sample_batch(pipe, prompts, seeds, steps, cfg, controlnet, control, control_scale) -> np.ndarray:
-    from diffusers import EulerDiscreteScheduler
+def node(class_type: str, **inputs: Any) -> dict[str, Any]:
+    return {"class_type": class_type, "inputs": inputs}
 
-    scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler_config)
-    scheduler.set_timesteps(steps, device=pipe.device)
-    batch = len(prompts)
-    hidden = encode_prompts(pipe, [""] * batch + list(prompts))
-    latents = initial_noise(seeds).to(pipe.device) * scheduler.init_noise_sigma
-    if control is not None:
-        control = torch.cat([control, control]).to(pipe.device)
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        extra = {}
-        if controlnet is not None:
-            down, mid = controlnet(model_input, t, hidden, controlnet_cond=control, conditioning_scale=control_scale,
-                                   return_dict=False)
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        eps_uncond, eps_text = pipe.unet(model_input, t, hidden, **extra).sample.chunk(2)
-        eps = eps_uncond + cfg * (eps_text - eps_uncond)
-        latents = scheduler.step(eps, t, latents).prev_sample
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+def run_picture(executor: Executor, prompt: dict[str, Any]) -> tuple[np.ndarray, RunResult]:
+    """One prompt's picture, uint8 [64, 64, 3], and the run's result (which nodes ran, which were cached)."""
+    result = executor.run(prompt)
+    if not result.ok:
+        raise RuntimeError(f"evaluation prompt failed: {result.error or result.node_errors}")
+    return result.outputs["capture"]["pixels"][0][0], result
+
+
+def sample(executor: Executor, captions: list[str], seeds: list[int], settings: Settings,
+           controls: np.ndarray | None = None, lora_strength: float | None = None) -> np.ndarray:
+    """Pictures uint8 [N, 64, 64, 3], one prompt each; ``controls`` are uint8 [N, 64, 64, 3] outline images."""
+    pictures = []
+    for i, (caption, seed) in enumerate(zip(captions, seeds)):
+        hint = None if controls is None else write_control(executor, controls[i], f"eval_outline_{i}.png")
+        prompt = picture_prompt(caption, seed, settings, hint, lora_strength)
+        pictures.append(run_picture(executor, prompt)[0])
+    return np.stack(pictures)
+
+
+def write_control(executor: Executor, image: np.ndarray, name: str) -> str:
+    """Put a control image in the executor's input folder (PNG: lossless for 8-bit pixels); returns its name."""
+    Image.fromarray(image).save(executor.services.dirs.input / name)
+    return name
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -183,45 +200,42 @@ def controlnet_prompts(dataset: ShapeDataset) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------- main
 
 
-def evaluate(models: Path, count: int, steps: int, cfg: float, device: str, grid_dir: Path | None) -> dict:
-    from sdgraph.tiny.lora import merge_lora_file
-
+def evaluate(models: Path, count: int, settings: Settings, device: str, grid_dir: Path | None) -> dict:
     started = time.time()
-    pipe = load_pipeline(models, device)
     classifier = load_classifier(models / arch.CLASSIFIER_FILE)
     data = eval_set(count)
     seeds = list(range(count))
-    t0 = time.time()
-    generated = sample(pipe, data.captions, seeds, steps, cfg)
-    per_image = (time.time() - t0) / count
-    result: dict = {"adherence": adherence(classifier, generated, data),
+    with tempfile.TemporaryDirectory(prefix="sdgraph-evaluate-") as base:
+        executor = make_executor(models, Path(base), device)
+        t0 = time.time()
+        generated = sample(executor, data.captions, seeds, settings)
+        per_image = (time.time() - t0) / count
+        controlled = sample(executor, controlnet_prompts(data), seeds, settings, controls=data.outlines)
+        lora_count = min(count, 32)
+        plain = sample(executor, data.captions[:lora_count], seeds[:lora_count], settings, lora_strength=0.0)
+        styled = sample(executor, data.captions[:lora_count], seeds[:lora_count], settings, lora_strength=1.0)
+    result: dict = {"settings": asdict(settings),
+                    "adherence": adherence(classifier, generated, data),
                     "fid": frechet_distance(classifier, generated, data.images),
-                    "seconds_per_image_batched": per_image}
+                    "seconds_per_image": per_image}
     result["fid_real_vs_real"] = frechet_distance(classifier, eval_set(2 * count).images[count:], data.images)
 
-    controlnet = load_controlnet(models, device)
     colours = [lab.colour for lab in data.labels]
-    controlled = sample(pipe, controlnet_prompts(data), seeds, steps, cfg, controlnet,
-                        images_to_tensor(data.outlines))
     result["controlnet_iou"] = float(iou(shape_masks(controlled, colours), data.masks > 127).mean())
     result["controlnet_adherence"] = adherence(classifier, controlled, data)
 
-    lora_count = min(count, 32)
-    merge_lora_file(pipe.unet, models / arch.LORA_FILE, 1.0)
-    styled = sample(pipe, data.captions[:lora_count], seeds[:lora_count], steps, cfg)
-    merge_lora_file(pipe.unet, models / arch.LORA_FILE, -1.0)
-    plain_fill = shape_masks(generated[:lora_count], colours[:lora_count]).mean()
+    plain_fill = shape_masks(plain, colours[:lora_count]).mean()
     styled_fill = shape_masks(styled, colours[:lora_count]).mean()
     result["lora"] = {"shape_pixels_strength_0": float(plain_fill), "shape_pixels_strength_1": float(styled_fill),
                       "mean_abs_change": float(np.abs(styled.astype(np.float32)
-                                                      - generated[:lora_count].astype(np.float32)).mean() / 255)}
+                                                      - plain.astype(np.float32)).mean() / 255)}
     result["seconds"] = round(time.time() - started, 1)
     if grid_dir is not None:
         grid_dir.mkdir(parents=True, exist_ok=True)
         n = min(32, count)
         image_grid(np.concatenate([data.images[:n], generated[:n]]), 8).save(grid_dir / "txt2img.png")
         image_grid(np.concatenate([data.outlines[:n], controlled[:n]]), 8).save(grid_dir / "controlnet.png")
-        image_grid(np.concatenate([generated[:lora_count], styled]), 8).save(grid_dir / "lora.png")
+        image_grid(np.concatenate([plain, styled]), 8).save(grid_dir / "lora.png")
         (grid_dir / "prompts.txt").write_text("\n".join(data.captions[:n]) + "\n")
     return result
 
@@ -247,12 +261,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=SCHEDULER_NAMES,
+                        help="KSampler's scheduler (ddim_uniform: the checkpoint's own timestep spacing)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (one picture at a time is too small a job to share, and several "
+                             "threads that wait on each other are much slower on a busy machine)")
     parser.add_argument("--grid-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
     torch.manual_seed(0)
-    result = evaluate(args.models, args.count, args.steps, args.cfg, args.device, args.grid_dir)
+    torch.set_num_threads(args.threads)
+    settings = Settings(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler)
+    result = evaluate(args.models, args.count, settings, args.device, args.grid_dir)
     print(format_table(result))
     print(json.dumps(result, indent=2))
     if args.json:
