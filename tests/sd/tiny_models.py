@@ -173,3 +173,15 @@ def build_model_tree(root: Path) -> dict[str, Any]:
     save_kohya_lora(models / "loras" / "tiny-lora.safetensors", sd1.unet, sd1.encoders[0])
     controlnet = save_controlnet(models / "controlnet" / "tiny-controlnet", sd1.unet)
     return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, "controlnet": controlnet}
+
+
+def save_many_checkpoints(folder: Path, count: int, first_seed: int = 100) -> list[Path]:
+    """`count` different tiny SD 1.x single-file checkpoints (seeds `first_seed`...), for RAM-budget soaks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"soak-{i:03d}.safetensors"
+        if not path.exists():
+            save_single_file(path, "sd1", build_parts("sd1", first_seed + i))
+        paths.append(path)
+    return paths
