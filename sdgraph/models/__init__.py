@@ -39,6 +39,7 @@ from sdgraph.models.placement import GIB, Placement
 from sdgraph.models.slots import ManagedModule, ManagerStats, module_nbytes
 
 ROLES = ("unet", "text_encoder", "vae", "controlnet", "other")
+KEEP_DROPPED = 32  # dropped files remembered, so a load of one returns its same (refilled) objects
 __all__ = ["GIB", "ROLES", "ManagedModule", "ManagerStats", "ModelManager", "ModelReloadError", "WeightPatch",
            "file_key", "lora_delta", "module_nbytes", "pick_device"]
 
@@ -180,6 +181,7 @@ class ModelManager:
         for old, new in zip(entry.slots, fresh):
             old.refill(new)
             self.placement.add(old)
+        self.files.restore(entry)  # it may have been forgotten while only a handle held it
 
     # ---- placement ----------------------------------------------------------------------------------------
 
@@ -254,6 +256,7 @@ class ModelManager:
             slot.drop_weights()
         if forget or entry.retired or not entry.slots:
             self.files.remove(entry)
+        self.files.prune_dropped(KEEP_DROPPED)
         self.stats.ram_drops += 1
         if on_gpu:
             torch.cuda.empty_cache()

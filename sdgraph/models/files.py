@@ -95,6 +95,20 @@ class FileCache:
         self._current[entry.key] = entry
         self.entries.append(entry)
 
+    def restore(self, entry: FileEntry) -> None:
+        """Track a forgotten entry again (a handle still held elsewhere is filling it from disk)."""
+        if entry not in self.entries:
+            self.entries.append(entry)
+        if not entry.retired:
+            self._current.setdefault(entry.key, entry)
+
+    def prune_dropped(self, keep: int) -> None:
+        """Forget all but the `keep` most recently used dropped entries (their module skeletons stay only with
+        whoever still holds a handle, which can fill them again)."""
+        dropped = sorted((e for e in self.entries if e.slots and not e.loaded), key=lambda e: e.last_used)
+        for entry in dropped[: max(0, len(dropped) - keep)]:
+            self.remove(entry)
+
     def remove(self, entry: FileEntry) -> None:
         """Forget an entry: a later load reads its file again."""
         if self._current.get(entry.key) is entry:

@@ -168,6 +168,20 @@ def test_lora_like_entries_are_forgotten_and_vae_files_count(soak_dirs: Dirs, di
     assert mgr.stats.disk_loads == 3 and not vae.slot.loaded
 
 
+def test_dropped_files_are_forgotten_past_a_count_and_held_handles_still_reload(soak_dirs: Dirs, monkeypatch) -> None:
+    import sdgraph.models
+
+    monkeypatch.setattr(sdgraph.models, "KEEP_DROPPED", 1)
+    mgr = ModelManager("cpu", ram_budget_bytes=0)
+    held = load_checkpoint(checkpoint(soak_dirs, 0), mgr)[0]
+    for i in (1, 2):
+        load_checkpoint(checkpoint(soak_dirs, i), mgr)
+    assert len(mgr.files.entries) == 2 and held.slot.entry not in mgr.files.entries
+    mgr.acquire(held.slot)
+    assert held.slot.loaded and held.slot.entry in mgr.files.entries
+    assert mgr.ram_bytes() == sum(s.nbytes for s in held.slot.entry.slots), "counted again once refilled"
+
+
 def test_a_dropped_model_whose_file_changed_is_refused_clearly(soak_dirs: Dirs, tmp_path: Path) -> None:
     import os
     import shutil
