@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from sdgraph.models.files import FileCache, FileEntry, file_key, loose_tensor_bytes, path_bytes
-from sdgraph.models.memory import default_ram_budget, victims
+from sdgraph.models.memory import default_ram_budget, return_freed_memory, victims
 from sdgraph.models.patching import WeightPatch, apply_patches, lora_delta
 from sdgraph.models.placement import GIB, Placement
 from sdgraph.models.slots import ManagedModule, ManagerStats, module_nbytes
@@ -245,8 +245,11 @@ class ModelManager:
             return
         order = sorted((e for e in self.files.entries if e is not keep and e not in self._pinned),
                        key=lambda e: e.last_used)
-        for entry in victims(((e, self._entry_ram_bytes(e)) for e in order), used, self.ram_budget_bytes):
+        dropped = victims(((e, self._entry_ram_bytes(e)) for e in order), used, self.ram_budget_bytes)
+        for entry in dropped:
             self._drop(entry)
+        if dropped:
+            return_freed_memory()
 
     def _drop(self, entry: FileEntry, forget: bool = False) -> None:
         """Free an entry's weights; a LoRA-like entry without modules, or a retired one, is forgotten."""
@@ -279,5 +282,6 @@ class ModelManager:
             for slot in [s for s in self.placement.slots if s.entry is None]:
                 self.placement.release(slot)  # managed directly: forgotten here, taken back if acquired again
         gc.collect()
+        return_freed_memory()
         if self.compute_device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,8 +1,11 @@
 """The CPU-RAM budget for loaded models: its default size, and which models leave first when it is exceeded."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import Any, Iterable, TypeVar
 
 from sdgraph.limits import machine_memory_bytes
 
@@ -36,3 +39,20 @@ def victims(candidates: Iterable[tuple[T, int]], used: int, budget: int) -> list
             chosen.append(item)
             used -= nbytes
     return chosen
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand the pages of dropped weights back to the system. glibc keeps freed heap memory for reuse, so without
+    this the process's resident size keeps growing as models of different sizes come and go."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
