@@ -89,6 +89,24 @@ def test_the_flag_reaches_the_manager(tmp_path: Path) -> None:
         parser.parse_args(["--ram-budget-gb", "-1"])
 
 
+def test_the_server_flag_reaches_the_runtime_options(monkeypatch, tmp_path: Path) -> None:
+    import sdgraph.runtime
+    from sdgraph.cli_serve import add_serve_arguments, serve
+
+    class Built(Exception):
+        pass
+
+    def create_executor(options: Any) -> None:
+        raise Built(options)
+
+    monkeypatch.setattr(sdgraph.runtime, "create_executor", create_executor)
+    args = add_serve_arguments(argparse.ArgumentParser()).parse_args(["--ram-budget-gb", "2", "--base-dir",
+                                                                        str(tmp_path)])
+    with pytest.raises(Built) as built:
+        serve(args)
+    assert built.value.args[0].ram_budget_gb == 2.0
+
+
 # ---- a simulated separate compute device -------------------------------------------------------------------
 
 
