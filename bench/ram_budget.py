@@ -1,6 +1,6 @@
 """Resident memory while one process runs many different checkpoints, with and without a RAM budget for models.
 
-    python -m bench.ram_budget [--checkpoints 12] [--rounds 2] [--width 4] [--budget-mb 160]
+    python -m bench.ram_budget [--checkpoints 10] [--rounds 2] [--width 4] [--budget-mb 160]
 
 Writes `--checkpoints` different random SD 1.x checkpoints in the real single-file layout (tiny UNet widened
 `--width` times; about 61 MB each at width 4) to a temporary folder, then runs a txt2img workflow on each in turn,
@@ -95,7 +95,7 @@ def report(budgeted: list[dict[str, Any]], unbounded: list[dict[str, Any]], budg
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoints", type=int, default=12)
+    parser.add_argument("--checkpoints", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--width", type=int, default=4, help="UNet channel multiplier of the random checkpoints")
     parser.add_argument("--budget-mb", type=float, default=160.0)
