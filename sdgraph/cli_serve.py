@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdgraph.limits import add_limit_arguments, limits_from_args
+from sdgraph.limits import RAM_BUDGET_HELP, add_limit_arguments, gigabytes, limits_from_args
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -52,6 +52,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--cpu", action="store_true", help="run everything on the CPU")
     run.add_argument("--lowvram", action="store_true", help="stream weights to the GPU as they are needed")
     run.add_argument("--reserve-vram", type=float, default=1.0, metavar="GB", help="GPU memory left free")
+    run.add_argument("--ram-budget-gb", type=gigabytes, default=None, metavar="GB", help=RAM_BUDGET_HELP)
     run.add_argument("--no-cache", action="store_true", help="do not keep node outputs between prompts")
     run.add_argument("--cache-lru", type=int, default=0, metavar="N",
                      help="besides each node's latest output, keep N outputs of earlier prompts (default 0)")
@@ -92,7 +93,8 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
     config, generated = config.with_token_if_public()
     options = RuntimeOptions(base_dir=args.base_dir, plugins=not args.no_plugins, no_cache=args.no_cache,
                              cache_lru=args.cache_lru, cpu=args.cpu, lowvram=args.lowvram,
-                             reserve_vram_gb=args.reserve_vram, preview=args.preview,
+                             reserve_vram_gb=args.reserve_vram, ram_budget_gb=args.ram_budget_gb,
+                             preview=args.preview,
                              limits=limits_from_args(args))
     if executor is None:
         executor = create_executor(options)

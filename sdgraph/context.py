@@ -4,9 +4,10 @@ A node never reaches into the executor or the server; everything it needs arrive
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from sdgraph.limits import Limits, current_limits
 from sdgraph.paths import Dirs
@@ -47,6 +48,11 @@ class Services:
     models: Any = None  # sdgraph.models.ModelManager once torch is in play; None for pure-Python use
     settings: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=current_limits)  # resource budgets checked before allocating
+
+    def prompt_scope(self) -> ContextManager[Any]:
+        """The model manager's scope for one prompt (models it uses are not dropped meanwhile), if it has one."""
+        scope = getattr(self.models, "prompt_scope", None)
+        return scope() if callable(scope) else contextlib.nullcontext()
 
 
 @dataclass

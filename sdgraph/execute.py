@@ -131,7 +131,7 @@ class Executor:
             emit("execution_error", result.error)
             return result
         try:
-            with collector_paused():
+            with collector_paused(), self.services.prompt_scope():
                 return _Run(self, prompt, prompt_id, emit, extra_data).execute()
         except Exception as exc:  # noqa: BLE001 - an engine bug becomes this prompt's error, not the caller's
             log.error("engine failure in prompt %s", prompt_id, exc_info=exc)

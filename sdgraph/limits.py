@@ -130,6 +130,21 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+RAM_BUDGET_HELP = ("CPU memory the loaded models may hold; beyond it the least recently used are dropped and "
+                   "read from disk again when needed (default: half the memory available at start)")
+
+
+def gigabytes(text: str) -> float:
+    """An argparse type: a non-negative size in GB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of GB: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a size in GB must be 0 or more, got {text!r}")
+    return value
+
+
 def limits_from_args(args: argparse.Namespace) -> Limits:
     """The Limits of parsed flags; a flag left out keeps its default."""
     given = {

@@ -27,6 +27,7 @@ class RuntimeOptions(BaseModel):
     cpu: bool = False
     lowvram: bool = False
     reserve_vram_gb: float = 1.0
+    ram_budget_gb: float | None = Field(None, ge=0)  # CPU memory for loaded models; None: half of what is free
     preview: bool = False
     limits: Limits = Field(default_factory=Limits)  # resource budgets (sdgraph.limits.limits_from_args)
 
@@ -48,5 +49,6 @@ def _model_manager(options: RuntimeOptions) -> Any:
         models = importlib.import_module("sdgraph.models")
     except ImportError:
         return None
+    ram = None if options.ram_budget_gb is None else int(options.ram_budget_gb * 1024**3)
     return models.ModelManager(force_cpu=options.cpu, lowvram=options.lowvram,
-                               reserve_bytes=int(options.reserve_vram_gb * 1024**3))
+                               reserve_bytes=int(options.reserve_vram_gb * 1024**3), ram_budget_bytes=ram)

@@ -177,3 +177,30 @@ def test_signatures_are_stable_across_processes(executor):
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             for _ in range(2)}
     assert len(keys) == 1 and len(keys.pop().strip()) == 64
+
+
+
+def test_each_prompt_runs_inside_the_model_managers_prompt_scope(executor):
+    import contextlib
+
+    class Models:
+        """What the executor sees of a model manager: a scope around each prompt (models it uses stay loaded)."""
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int]] = []
+
+        @contextlib.contextmanager
+        def prompt_scope(self):
+            self.seen.append(("begin", CALLS["Add"]))
+            yield
+            self.seen.append(("end", CALLS["Add"]))
+
+    executor.services.models = models = Models()
+    CALLS.clear()
+    assert executor.run(chain()).ok
+    assert models.seen == [("begin", 0), ("end", 1)], "the nodes ran inside the scope"
+    failing = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+               "2": {"class_type": "Fail", "inputs": {"x": ["1", 0], "explode": True}},
+               "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    assert executor.run(failing).status == "error"
+    assert [event for event, _ in models.seen] == ["begin", "end", "begin", "end"], "closed after a failure too"

@@ -46,8 +46,13 @@ def run(executor: Executor, workflow: dict, extra: dict | None = None):
     return result
 
 
+def separate(**options) -> ModelManager:
+    """A manager whose CPU compute device acts as a separate one: moves copy, its memory is not RAM."""
+    return ModelManager("cpu", simulated_device=True, **options)
+
+
 def test_workflow_runs_and_second_run_loads_and_moves_nothing(dirs):
-    mgr = ModelManager(force_cpu=True)
+    mgr = separate()
     executor = Executor(registry(), Services(dirs=dirs, models=mgr))
     editor = {"nodes": [], "links": []}
     first = run(executor, txt2img(1), {"extra_pnginfo": {"workflow": editor}})
@@ -79,7 +84,7 @@ def _decoded(dirs, mgr: ModelManager) -> torch.Tensor:
 
 def test_zero_budget_streams_every_module_layer_by_layer_with_the_same_picture(dirs):
     reference = _decoded(dirs, ModelManager(force_cpu=True))
-    mgr = ModelManager(force_cpu=True, budget_bytes=0)
+    mgr = separate(budget_bytes=0)
     assert torch.equal(_decoded(dirs, mgr), reference)
     roles = {slot.role for slot in mgr.streamed()}
     assert roles >= {"unet", "text_encoder", "vae"} and mgr.resident() == [] and mgr.resident_bytes() == 0
@@ -91,7 +96,7 @@ def test_zero_budget_streams_every_module_layer_by_layer_with_the_same_picture(d
 def test_a_module_larger_than_the_budget_streams_while_the_others_stay_resident(dirs):
     from sdgraph.nodes.sd.loading import load_checkpoint
 
-    mgr = ModelManager(force_cpu=True)
+    mgr = separate()
     model, clip, vae = load_checkpoint(dirs.find_model("checkpoints", "sd1-tiny.safetensors"), mgr)
     largest, *others = sorted([model.slot, clip.encoders[0], vae.slot], key=lambda slot: -slot.nbytes)
     mgr.budget_bytes = sum(slot.nbytes for slot in others)  # room for the others, not for the largest
@@ -111,7 +116,7 @@ def test_a_module_larger_than_the_budget_streams_while_the_others_stay_resident(
 def test_over_budget_eviction_and_reload(dirs):
     from sdgraph.nodes.sd.loading import load_checkpoint
 
-    mgr = ModelManager(force_cpu=True)
+    mgr = separate()
     model, clip, vae = load_checkpoint(dirs.find_model("checkpoints", "sd1-tiny.safetensors"), mgr)
     text = clip.encoders[0]
     mgr.budget_bytes = model.slot.nbytes + text.nbytes  # room for the UNet and the text encoder, not the VAE too
@@ -121,15 +126,16 @@ def test_over_budget_eviction_and_reload(dirs):
     mgr.acquire(vae.slot)  # evicts the least recently used: the UNet
     assert not model.slot.resident and text.resident and vae.slot.resident
     assert mgr.stats.moves_to_offload == 1 and mgr.resident_bytes() <= mgr.budget_bytes
+    assert mgr.ram_bytes() == model.slot.nbytes, "only the offloaded UNet is in CPU memory"
     moved = mgr.stats.moves_to_device
     mgr.acquire(model.slot)  # comes back, pushing out the text encoder (now least recent)
     assert model.slot.resident and not text.resident and mgr.stats.moves_to_device == moved + 1
     mgr.unload_all()
     assert mgr.resident() == []
     mgr.free_memory()
-    assert mgr.stats.disk_loads == 1
-    load_checkpoint(dirs.find_model("checkpoints", "sd1-tiny.safetensors"), mgr)
-    assert mgr.stats.disk_loads == 2
+    assert mgr.stats.disk_loads == 1 and mgr.ram_bytes() == 0 and not model.slot.loaded
+    assert load_checkpoint(dirs.find_model("checkpoints", "sd1-tiny.safetensors"), mgr)[0] is model
+    assert mgr.stats.disk_loads == 2 and model.slot.loaded
 
 
 def test_executor_cache_holds_references_not_copies(dirs):

@@ -76,12 +76,15 @@ def _randomize(module: torch.nn.Module, scale: float = 0.05) -> None:
                 p.normal_(0, scale)
 
 
-def build_parts(kind: str, seed: int = 0) -> TinyParts:
+def build_parts(kind: str, seed: int = 0, width: int = 1) -> TinyParts:
+    """Random tiny parts of a family; `width` multiplies the SD 1.x UNet's channels (larger files for benches)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     unet_cfg = {"sd1": SD1_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl_refiner": SDXL_REFINER_UNET}[kind]
+    if width != 1:
+        unet_cfg = dict(unet_cfg, block_out_channels=[c * width for c in unet_cfg["block_out_channels"]])
     unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**dict(VAE_CONFIG, scaling_factor=0.13025 if kind.startswith("sdxl") else 0.18215))
     if kind == "sd1":
@@ -190,3 +193,15 @@ def build_model_tree(root: Path) -> dict[str, Any]:
     save_kohya_lora(models / "loras" / "tiny-lora.safetensors", sd1.unet, sd1.encoders[0])
     controlnet = save_controlnet(models / "controlnet" / "tiny-controlnet", sd1.unet)
     return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl, "sdxl_refiner": refiner, "controlnet": controlnet}
+
+
+def save_many_checkpoints(folder: Path, count: int, first_seed: int = 100, width: int = 1) -> list[Path]:
+    """`count` different tiny SD 1.x single-file checkpoints (seeds `first_seed`...), for RAM-budget soaks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"soak-{i:03d}{'' if width == 1 else f'-w{width}'}.safetensors"
+        if not path.exists():
+            save_single_file(path, "sd1", build_parts("sd1", first_seed + i, width))
+        paths.append(path)
+    return paths
