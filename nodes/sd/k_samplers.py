@@ -172,7 +172,10 @@ def sample_heun(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float],
 
 
 def _log_midpoint(a: float, b: float) -> float:
-    return math.exp((math.log(a) + math.log(b)) / 2)
+    """The geometric mean of two sigmas, in float32 as ComfyUI computes it (the UNet is given the training
+    timestep nearest to it, and a midpoint close to halfway between two must fall on the same side)."""
+    log_a, log_b = torch.tensor(a, dtype=torch.float32).log(), torch.tensor(b, dtype=torch.float32).log()
+    return float(log_a.lerp(log_b, 0.5).exp())
 
 
 def sample_dpm_2(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
@@ -259,11 +262,8 @@ def sample_dpmpp_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[fl
 
 def _dpmpp_sde_step(denoise: DenoiseFn, x: Tensor, denoised: Tensor, sigma: float, sigma_next: float,
                     noise_sampler: NoiseSampler, eta: float, r: float) -> Tensor:
-    h = math.log(sigma) - math.log(sigma_next)
-    s_mid = math.exp(-(-math.log(sigma) + h * r))
-    # Brownian increments over [sigma, s_mid] and [s_mid, sigma_next] (time = sigma)
-    z_1, z_2 = noise_sampler(sigma, s_mid), noise_sampler(s_mid, sigma_next)
-    dt_1, dt_2 = abs(sigma - s_mid), abs(s_mid - sigma_next)
+    s_mid = _sde_midpoint(sigma, sigma_next, r)
+    z_1 = noise_sampler(sigma, s_mid)
     down, up = ancestral_step(sigma, s_mid, eta)
     x_2 = x * (down / sigma) - denoised * math.expm1(math.log(down) - math.log(sigma))
     x_2 = x_2 + z_1 * up
@@ -272,8 +272,21 @@ def _dpmpp_sde_step(denoise: DenoiseFn, x: Tensor, denoised: Tensor, sigma: floa
     denoised_d = torch.lerp(denoised, denoised_2, fac)
     down, up = ancestral_step(sigma, sigma_next, eta)
     x = x * (down / sigma) - denoised_d * math.expm1(math.log(down) - math.log(sigma))
-    whole = (z_1 * math.sqrt(dt_1) + z_2 * math.sqrt(dt_2)) / math.sqrt(dt_1 + dt_2)
+    if getattr(noise_sampler, "brownian", False):  # one path: the whole step's increment contains the first's
+        whole = noise_sampler(sigma, sigma_next)
+    else:  # independent draws: compose the whole step's increment from the two stages'
+        dt_1, dt_2 = abs(sigma - s_mid), abs(s_mid - sigma_next)
+        z_2 = noise_sampler(s_mid, sigma_next)
+        whole = (z_1 * math.sqrt(dt_1) + z_2 * math.sqrt(dt_2)) / math.sqrt(dt_1 + dt_2)
     return x + whole * up
+
+
+def _sde_midpoint(sigma: float, sigma_next: float, r: float) -> float:
+    """The second stage's sigma, at lambda + r h in half-log-SNR, in float32 as ComfyUI computes it: the
+    Brownian tree is queried there, and a different last bit is a different draw."""
+    lam_s = torch.tensor(sigma, dtype=torch.float32).log().neg()
+    lam_t = torch.tensor(sigma_next, dtype=torch.float32).log().neg()
+    return float((lam_s + r * (lam_t - lam_s)).neg().exp())
 
 
 # ---- the registry -------------------------------------------------------------------------------------------

@@ -113,4 +113,5 @@ def brownian_sampler(seed: int, like: torch.Tensor, sigmas: Sequence[float]) -> 
         w = tree(low, high) * sign
         return to_device(w / (b - a).abs().sqrt(), device, dtype)
 
+    sample.brownian = True  # type: ignore[attr-defined] - increments of one path: they add up
     return sample

@@ -3,6 +3,10 @@
 A schedule is a descending list of `steps + 1` noise levels (sigmas, in the variance-exploding parametrisation
 sigma = sqrt((1 - alpha_bar) / alpha_bar)) ending in 0. `DiscreteSchedule` maps sigmas to the model's training
 timesteps and back (log-sigma interpolation, so fractional timesteps are allowed).
+
+The schedules are computed as ComfyUI computes them, in float32 from the float32 training sigmas, so they are the
+same numbers bit for bit (returned as float64 tensors holding those float32 values). The SDE samplers need that:
+their Brownian tree is queried at the sigmas, and one ulp apart is another draw.
 """
 from __future__ import annotations
 
@@ -23,6 +27,14 @@ class DiscreteSchedule:
         self.log_sigmas: list[float] = self.sigmas.log().tolist()
         self.sigma_min = float(self.sigmas[0])
         self.sigma_max = float(self.sigmas[-1])
+        self.sigmas32 = self.sigmas.float()
+        self.log_sigmas32 = self.sigmas.log().float()
+
+    def sigma32(self, t: torch.Tensor) -> torch.Tensor:
+        """`sigma` in float32 arithmetic, for float32 timesteps."""
+        t = t.float().clamp(0, self.num_timesteps - 1)
+        w = t.frac()
+        return ((1 - w) * self.log_sigmas32[t.floor().long()] + w * self.log_sigmas32[t.ceil().long()]).exp()
 
     @property
     def num_timesteps(self) -> int:
@@ -49,12 +61,10 @@ class DiscreteSchedule:
         return low + (log_sigma - ls[low]) / (ls[high] - ls[low])
 
     def nearest_timestep(self, sigma: float) -> int:
-        """The training timestep whose log-sigma is closest to sigma's: what the UNet is given."""
-        log_sigma = math.log(max(float(sigma), 1e-12))
-        ls = self.log_sigmas
-        high = min(bisect.bisect_left(ls, log_sigma), len(ls) - 1)
-        low = max(high - 1, 0)
-        return low if abs(log_sigma - ls[low]) <= abs(ls[high] - log_sigma) else high
+        """The training timestep whose log-sigma is closest to sigma's: what the UNet is given. Compared in
+        float32 as ComfyUI compares, so a sigma almost halfway between two timesteps picks the same one."""
+        log_sigma = torch.tensor(max(float(sigma), 1e-12), dtype=torch.float32).log()
+        return int((log_sigma - self.log_sigmas32).abs().argmin())
 
     def percent_to_sigma(self, percent: float) -> float:
         """ComfyUI's percent of the sampling process (0 = start) as the sigma where it is reached."""
@@ -83,23 +93,21 @@ def schedule_of(alphas_cumprod: torch.Tensor) -> DiscreteSchedule:
     return schedule
 
 
-# ---- schedules: (schedule, steps) -> sigmas [steps + 1], float64, last 0 ------------------------------------
+# ---- schedules: (schedule, steps) -> sigmas [steps + 1], float32 values in float64, last 0 ----------------
 
 
-def _finish(sigmas: list[float], append_zero: bool = True) -> torch.Tensor:
-    return torch.tensor(sigmas + ([0.0] if append_zero else []), dtype=torch.float64)
+def _finish(sigmas: list[float] | torch.Tensor, append_zero: bool = True) -> torch.Tensor:
+    values = torch.as_tensor(sigmas, dtype=torch.float32).to(torch.float64).tolist()
+    return torch.tensor(values + ([0.0] if append_zero else []), dtype=torch.float64)
 
 
 def _timestep_spaced(s: DiscreteSchedule, steps: int, drop_last: bool) -> torch.Tensor:
-    start, end = s.timestep(s.sigma_max), s.timestep(s.sigma_min)
+    start, end = float(s.num_timesteps - 1), 0.0  # the timesteps nearest sigma_max and sigma_min
     if drop_last:  # sgm_uniform: steps + 1 points, the last one (t = 0) replaced by sigma 0
-        timesteps = torch.linspace(start, end, steps + 1, dtype=torch.float64)[:-1]
-        return _finish([s.sigma(t) for t in timesteps.tolist()])
+        return _finish(s.sigma32(torch.linspace(start, end, steps + 1, dtype=torch.float32)[:-1]))
     if math.isclose(s.sigma(end), 0.0, abs_tol=1e-5):  # zero terminal SNR: sigma(end) is already 0
-        timesteps = torch.linspace(start, end, steps + 1, dtype=torch.float64)
-        return _finish([s.sigma(t) for t in timesteps.tolist()], append_zero=False)
-    timesteps = torch.linspace(start, end, steps, dtype=torch.float64)
-    return _finish([s.sigma(t) for t in timesteps.tolist()])
+        return _finish(s.sigma32(torch.linspace(start, end, steps + 1, dtype=torch.float32)), append_zero=False)
+    return _finish(s.sigma32(torch.linspace(start, end, steps, dtype=torch.float32)))
 
 
 def normal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
@@ -110,6 +118,11 @@ def normal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
 def sgm_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     """`steps + 1` evenly spaced timesteps with the last one replaced by sigma 0 (the SGM/SDXL-Turbo spacing)."""
     return _timestep_spaced(s, steps, drop_last=True)
+
+
+def _range32(s: DiscreteSchedule) -> tuple[float, float]:
+    """sigma_min and sigma_max as the float32 training sigmas hold them."""
+    return float(s.sigmas32[0]), float(s.sigmas32[-1])
 
 
 def simple(s: DiscreteSchedule, steps: int) -> torch.Tensor:
@@ -129,15 +142,16 @@ def ddim_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
 
 def karras(s: DiscreteSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. (2022), eq. 5: sigmas evenly spaced in sigma^(1/rho)."""
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    lo, hi = s.sigma_min ** (1 / rho), s.sigma_max ** (1 / rho)
-    return _finish(((hi + ramp * (lo - hi)) ** rho).tolist())
+    sigma_min, sigma_max = _range32(s)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float32)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _finish((hi + ramp * (lo - hi)) ** rho)
 
 
 def exponential(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     """Sigmas evenly spaced in log-sigma from sigma_max to sigma_min."""
-    logs = torch.linspace(math.log(s.sigma_max), math.log(s.sigma_min), steps, dtype=torch.float64)
-    return _finish(logs.exp().tolist())
+    sigma_min, sigma_max = _range32(s)
+    return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float32).exp())
 
 
 def beta(s: DiscreteSchedule, steps: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
@@ -156,9 +170,9 @@ def beta(s: DiscreteSchedule, steps: int, alpha: float = 0.6, beta_: float = 0.6
 
 def kl_optimal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     """The KL-optimal schedule (Sabour et al. 2024): evenly spaced in arctan(sigma)."""
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    angles = ramp * math.atan(s.sigma_min) + (1 - ramp) * math.atan(s.sigma_max)
-    return _finish(angles.tan().tolist())
+    sigma_min, sigma_max = _range32(s)
+    ramp = torch.arange(steps, dtype=torch.float32) / max(steps - 1, 1)
+    return _finish((ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)).tan())
 
 
 def _beta_ppf(q: float, a: float, b: float) -> float:
