@@ -26,7 +26,7 @@ from sdgraph.nodes.sd.checkpoint_layout import (
 from sdgraph.nodes.sd.model_objects import (
     ClipModel, ControlNetModel, DiffusionModel, EncoderSpec, LatentFormat, VaeModel, sd_alphas_cumprod,
 )
-from sdgraph.nodes.sd.text_precision import round_weights_to_half
+from sdgraph.nodes.sd.text_precision import keep_half_values
 
 TOKENIZER_DIR = PACKAGE_DATA / "clip_tokenizer"
 SDXL_VAE_SCALE = 0.13025
@@ -128,9 +128,9 @@ def _assemble(manager: Any, name: str, layout: CheckpointLayout, unet: torch.nn.
                     dropped_layers=layout.dropped_layers[i] if i < len(layout.dropped_layers) else 0,
                     pad_id=int(cfg.get("pad_token_id", 49407)))
         for i, cfg in enumerate(layout.text_encoders))
-    for enc in encoders:
-        round_weights_to_half(enc)
     slots = tuple(manager.manage(enc, f"{name}:text_encoder{i or ''}", "text_encoder") for i, enc in enumerate(encoders))
+    for slot in slots:
+        keep_half_values(slot)
     tok = tokenizer if tokenizer is not None else shipped_tokenizer()
     clip = ClipModel(tokenizers=(tok,) * len(slots), encoders=slots, specs=specs, name=name)
     vae_obj = _vae_object(manager, vae, name, layout.vae)

@@ -22,7 +22,8 @@ class WeightPatch(Protocol):
 def apply_patches(slot: ManagedModule, patches: tuple[WeightPatch, ...], backup_device: torch.device,
                   stats: ManagerStats) -> None:
     """Restore the weights earlier patches changed, then add each patch's deltas; original weights are kept
-    (on `backup_device`) the first time a patch touches them."""
+    (on `backup_device`) the first time a patch touches them. A slot with a `value_dtype` gets its patched
+    weights rounded to that precision once every patch is added."""
     wanted = tuple(p.key for p in patches)
     if wanted == slot.applied:
         return
@@ -40,6 +41,9 @@ def apply_patches(slot: ManagedModule, patches: tuple[WeightPatch, ...], backup_
                 slot.backups[pname] = weight.detach().to(backup_device, copy=True)
             delta = lora_delta(up, down, weight.shape, weight.device) * (scale * patch.strength)
             weight.data.add_(delta.to(weight.dtype))
+    if slot.value_dtype is not None and patches:
+        for name in slot.backups:
+            params[name].data.copy_(params[name].data.to(slot.value_dtype))
     slot.applied = wanted
 
 

@@ -54,6 +54,7 @@ class ManagedModule:
     hooks: list[Any] = field(default_factory=list)
     entry: "FileEntry | None" = None
     loaded: bool = True
+    value_dtype: torch.dtype | None = None  # its weights hold values of this precision: patched ones are rounded to it
 
     def __repr__(self) -> str:
         return f"ManagedModule({self.name!r}, {self.role}, {self.nbytes / 2**20:.1f} MiB, resident={self.resident})"

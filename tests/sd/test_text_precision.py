@@ -37,3 +37,21 @@ def test_every_text_encoder_of_a_loaded_checkpoint_carries_fp16_values(sd1, sdxl
             assert params and all(p.dtype == torch.float32 for p in params.values())
             for name, param in params.items():
                 assert torch.equal(param, param.half().float()), (clip.name, index, name)
+
+
+def test_a_lora_patched_text_encoder_keeps_fp16_values_and_unpatches_exactly(ctx, sd1) -> None:
+    from sdgraph.nodes.sd.loaders import LoraLoader
+
+    from conftest import call
+
+    model, clip, _ = sd1
+    before = {n: p.detach().clone() for n, p in clip.encoder(0).named_parameters()}
+    _, patched = call(LoraLoader, ctx, model=model, clip=clip, lora_name="tiny-lora.safetensors",
+                      strength_model=1.0, strength_clip=0.7)
+    changed = 0
+    for name, param in patched.encoder(0).named_parameters():
+        assert torch.equal(param, param.half().float()), name
+        changed += not torch.equal(param, before[name])
+    assert changed > 0
+    for name, param in clip.encoder(0).named_parameters():  # the unpatched CLIP gets its own weights back
+        assert torch.equal(param, before[name]), name
