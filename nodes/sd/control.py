@@ -38,6 +38,7 @@ def control_residuals(hint: ControlHint | None, x: torch.Tensor, t: torch.Tensor
             continue
         net = h.controlnet.module(manager)
         device, dtype = h.controlnet.placement(manager)  # not its parameters': a streamed net's rest elsewhere
+        fit_time_ids(net, added_cond_kwargs)
         size = (x.shape[-2] * downscale, x.shape[-1] * downscale)
         image = hint_pixels(h.image, size, x.shape[0], device, dtype)
         down, mid = net(x.to(device, dtype), t, encoder_hidden_states=cond.to(device, dtype),
@@ -48,3 +49,18 @@ def control_residuals(hint: ControlHint | None, x: torch.Tensor, t: torch.Tensor
     if down_sum is None:
         return {}
     return {"down_block_additional_residuals": tuple(down_sum), "mid_block_additional_residual": mid_sum}
+
+
+def fit_time_ids(net: torch.nn.Module, added_cond_kwargs: dict[str, torch.Tensor] | None) -> None:
+    """Give an SDXL ControlNet's weightless time-id embedding the base model's width.
+
+    Its add-embedding reads the pooled text embedding followed by one sinusoid per time id; a single file does
+    not record the sinusoids' width, the inputs do: (add-embedding inputs - pooled width) / number of time ids.
+    """
+    proj, embedding = getattr(net, "add_time_proj", None), getattr(net, "add_embedding", None)
+    if proj is None or embedding is None or not added_cond_kwargs:
+        return
+    width, rest = divmod(embedding.linear_1.in_features - added_cond_kwargs["text_embeds"].shape[-1],
+                         added_cond_kwargs["time_ids"].shape[-1])
+    if rest == 0 and width > 0:
+        proj.num_channels = width

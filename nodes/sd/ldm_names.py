@@ -124,3 +124,34 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, t
             out[dst + f"mlp.c_fc.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
             out[dst + f"mlp.c_proj.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
     return out
+
+
+def controlnet_name_to_ldm(name: str, layers_per_block: int, hint_convs: int) -> str | None:
+    """The original (lllyasviel) name of a diffusers ControlNetModel weight, without the `control_model.` prefix.
+
+    `hint_convs` counts the `controlnet_cond_embedding.blocks.*` convolutions (6 in every released file, which
+    puts the last one at `input_hint_block.14`); the rest is named as in the UNet's input and middle blocks.
+    """
+    m = re.match(r"controlnet_down_blocks\.(\d+)\.(.*)$", name)
+    if m:
+        return f"zero_convs.{m.group(1)}.0.{m.group(2)}"
+    if name.startswith("controlnet_mid_block."):
+        return "middle_block_out.0." + name.removeprefix("controlnet_mid_block.")
+    m = re.match(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.*)$", name)
+    if m:
+        part = m.group(1)
+        index = 0 if part == "conv_in" else 2 * hint_convs + 2 if part == "conv_out" else 2 * int(m.group(2)) + 2
+        return f"input_hint_block.{index}.{m.group(3)}"
+    return unet_name_to_ldm(name, {"layers_per_block": layers_per_block, "up_block_types": []})
+
+
+def controlnet_to_ldm(state: dict[str, torch.Tensor], layers_per_block: int,
+                      prefix: str = "control_model.") -> dict[str, torch.Tensor]:
+    hint_convs = len({k.split(".")[2] for k in state if k.startswith("controlnet_cond_embedding.blocks.")})
+    out = {}
+    for key, value in state.items():
+        name = controlnet_name_to_ldm(key, layers_per_block, hint_convs)
+        if name is None:
+            raise KeyError(f"no LDM name for ControlNet weight {key}")
+        out[prefix + name] = value
+    return out
