@@ -1,4 +1,4 @@
-"""diffusers names -> original (LDM / SGM / OpenCLIP) names, for the UNet, the VAE and the text encoders.
+"""diffusers names -> original (LDM / SGM / OpenCLIP) names, for the UNet, the VAE, the text encoders and ControlNets.
 
 Loading goes the other way with diffusers' own converters; this direction serves two things: LoRA files whose
 keys use the original UNet names (kohya's SDXL LoRAs: `lora_unet_input_blocks_4_1_...`), and writing a model in
