@@ -30,7 +30,8 @@ HEAD_CHANNELS = 64
 SDXL_TIME_ID_DIM = 256
 EXPECTED = ("expected a ControlNet: original-layout keys (control_model.input_hint_block.*, "
             "control_model.zero_convs.*, with or without the control_model. prefix) or diffusers-layout keys "
-            "(controlnet_cond_embedding.*, down_blocks.*, controlnet_down_blocks.*)")
+            "(controlnet_cond_embedding.*, down_blocks.*, controlnet_down_blocks.*), or a T2I-Adapter (conv_in.* + "
+            "body.N.*, or adapter.*)")
 
 
 def detect_layout(sd: StateDict, name: str) -> str:
@@ -50,8 +51,6 @@ def _what_it_is(sd: StateDict) -> str:
         return "a diffusers UNet (it has up_blocks.*), not a ControlNet"
     if "lora_controlnet" in sd:
         return "a Control-LoRA, which is not supported"
-    if any(k.startswith(("body.0.", "adapter.body.")) for k in keys):
-        return "a T2I-Adapter, which is not supported"
     if any(k.startswith(LDM_PREFIX) for k in keys) or any(k.startswith("controlnet_") for k in keys):
         return "an incomplete ControlNet (its hint block or first zero convolution is missing)"
     sample = ", ".join(keys[:3]) or "no tensors"

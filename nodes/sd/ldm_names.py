@@ -155,3 +155,21 @@ def controlnet_to_ldm(state: dict[str, torch.Tensor], layers_per_block: int,
             raise KeyError(f"no LDM name for ControlNet weight {key}")
         out[prefix + name] = value
     return out
+
+
+def t2i_adapter_to_original(state: dict[str, torch.Tensor], resnets_per_level: int) -> dict[str, torch.Tensor]:
+    """A diffusers T2IAdapter's weights under TencentARC's names: the full adapter numbers its resnets through
+    all levels (`body.{level * per_level + index}`), the light one nests them (`body.{level}.body.{index}`)."""
+    light = "adapter.conv_in.weight" not in state
+    out = {}
+    for key, value in state.items():
+        name = key.removeprefix("adapter.")
+        m = re.match(r"body\.(\d+)\.(in_conv|resnets\.(\d+))\.(.*)$", name)
+        if m and light:
+            name = re.sub(r"^body\.(\d+)\.resnets\.", r"body.\1.body.", name)
+        elif m:
+            level, index = int(m.group(1)), int(m.group(3) or 0)
+            part = "in_conv." if m.group(2) == "in_conv" else ""
+            name = f"body.{level * resnets_per_level + index}.{part}{m.group(4)}"
+        out[name] = value
+    return out

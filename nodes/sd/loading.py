@@ -219,12 +219,18 @@ def _load_controlnet_uncached(path: Path, manager: Any) -> ControlNetModel:
     from diffusers import ControlNetModel as DiffusersControlNet
 
     from sdgraph.nodes.sd.controlnet_layout import build_controlnet, detect_layout, read_controlnet
+    from sdgraph.nodes.sd.t2i_adapter import is_t2i_adapter
 
     if path.is_dir():
+        config_file = path / "config.json"
+        if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == "T2IAdapter":
+            return _t2i_adapter(path, None, manager)
         module = DiffusersControlNet.from_pretrained(path, local_files_only=True,
                                                      torch_dtype=manager.dtype_for_role("controlnet"))
     else:
         sd = read_state_dict(path)
+        if is_t2i_adapter(sd):
+            return _t2i_adapter(path, sd, manager)
         config_file = next((c for c in (path.with_suffix(".json"), path.parent / "config.json") if c.is_file()), None)
         if config_file is not None and detect_layout(sd, path.name) == "diffusers":
             config, weights = json.loads(config_file.read_text()), sd
@@ -233,3 +239,19 @@ def _load_controlnet_uncached(path: Path, manager: Any) -> ControlNetModel:
         module = build_controlnet(config, weights, path.name)
         del sd, weights
     return ControlNetModel(slot=manager.manage(module, f"{path.name}:controlnet", "controlnet"), name=path.name)
+
+
+def _t2i_adapter(path: Path, sd: StateDict | None, manager: Any) -> ControlNetModel:
+    """A T2I-Adapter from a diffusers folder (`sd` None) or a single file's tensors (either layout)."""
+    from diffusers import T2IAdapter
+
+    from sdgraph.nodes.sd.model_objects import T2IAdapterModel
+    from sdgraph.nodes.sd.t2i_adapter import build_t2i_adapter, read_t2i_adapter
+
+    if sd is None:
+        module = T2IAdapter.from_pretrained(path, local_files_only=True)
+    else:
+        module = build_t2i_adapter(*read_t2i_adapter(sd, path.name), path.name)
+    slot = manager.manage(module, f"{path.name}:t2i_adapter", "controlnet")
+    return T2IAdapterModel(slot=slot, name=path.name, channels_in=int(module.config.in_channels),
+                           unshuffle=int(module.downscale_factor))

@@ -3,7 +3,6 @@ with or without the prefix) and diffusers single files without a config; the loa
 source net computes. Bad files get errors naming the file and what was expected."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from sdgraph.nodes.sd.ldm_names import controlnet_to_ldm
 from sdgraph.nodes.sd.loading import load_controlnet
 from sdgraph.nodes.sd.model_objects import ControlHint
 
-DATA = Path(__file__).parent / "data"
+from key_lists import reference_keys
+
 CONTEXT = 32
 POOLED = 32
 SD1: dict[str, Any] = {"block_out_channels": (32, 64), "layers_per_block": 1, "cross_attention_dim": CONTEXT,
@@ -102,12 +102,6 @@ def half_rounded(net: torch.nn.Module) -> torch.nn.Module:
 # ---- the names written here are the names in real files -------------------------------------------------------
 
 
-def reference_keys(name: str) -> dict[str, tuple[int, ...]]:
-    lines = (DATA / f"controlnet_keys_{name}.txt").read_text().splitlines()
-    return {k: tuple(json.loads(s.replace("(", "[").replace(",)", ")").replace(")", "]")))
-            for k, s in (line.split(" ", 1) for line in lines if line and not line.startswith("#"))}
-
-
 @pytest.mark.parametrize("name,config", [("sd15", SD15_FULL), ("sdxl", SDXL_FULL)])
 def test_written_names_are_lllyasviels(name, config):
     from diffusers import ControlNetModel
@@ -115,7 +109,7 @@ def test_written_names_are_lllyasviels(name, config):
     with torch.device("meta"):
         net = ControlNetModel(**config)
     mine = {k: tuple(v.shape) for k, v in controlnet_to_ldm(net.state_dict(), 2, prefix="").items()}
-    assert mine == reference_keys(name)
+    assert mine == reference_keys(f"controlnet_keys_{name}")
 
 
 @pytest.mark.parametrize("name,config", [("sd15", SD15_FULL), ("sdxl", SDXL_FULL)])
@@ -123,7 +117,8 @@ def test_full_size_config_from_real_key_layout(name, config):
     """The config of an SD1.5 / SDXL ControlNet read from its real key names and shapes (meta tensors, no memory)."""
     from diffusers import ControlNetModel
 
-    sd = {"control_model." + k: torch.empty(shape, device="meta") for k, shape in reference_keys(name).items()}
+    keys = reference_keys(f"controlnet_keys_{name}")
+    sd = {"control_model." + k: torch.empty(shape, device="meta") for k, shape in keys.items()}
     cfg, weights = read_controlnet(sd, f"control_{name}.pth")
     for key, value in config.items():
         assert cfg[key] == (list(value) if isinstance(value, tuple) else value), key
