@@ -233,6 +233,12 @@ def test_truncated_diffusers_file(tmp_path, manager, drop, message):
         load_controlnet(path, manager)
 
 
+def test_difference_controlnet_is_refused(tmp_path, manager):
+    sd = {**original_layout(tiny_controlnet("sd1")), "difference": torch.zeros(1)}
+    with pytest.raises(UnsupportedCheckpoint, match=r"diff\.pth: a difference ControlNet"):
+        load_controlnet(write(tmp_path / "diff.pth", sd), manager)
+
+
 def test_unknown_file(tmp_path, manager):
     path = write(tmp_path / "mystery.safetensors", {"foo.weight": torch.zeros(2)})
     with pytest.raises(UnsupportedCheckpoint, match=r"mystery\.safetensors: no ControlNet keys \(first keys: "
@@ -243,7 +249,7 @@ def test_unknown_file(tmp_path, manager):
 # ---- a workflow ---------------------------------------------------------------------------------------------
 
 
-def _controlnet_workflow(control_net: str, strength: float) -> dict[str, Any]:
+def controlnet_workflow(control_net: str, strength: float) -> dict[str, Any]:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd1-tiny.safetensors"}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a circle", "clip": ["1", 1]}},
@@ -287,7 +293,7 @@ def test_controlnet_apply_workflow_on_an_original_layout_file(tmp_path, tiny_tre
     executor = Executor(reg, Services(dirs=dirs, models=ModelManager(force_cpu=True)))
 
     def picture(control_net: str, strength: float = 1.0) -> np.ndarray:
-        result = executor.run(_controlnet_workflow(control_net, strength))
+        result = executor.run(controlnet_workflow(control_net, strength))
         assert result.ok, result.error
         record = result.outputs["10"]["images"][0]
         return np.asarray(Image.open(dirs.output / record["subfolder"] / record["filename"]), dtype=np.int16)

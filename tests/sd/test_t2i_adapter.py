@@ -162,10 +162,8 @@ def test_features_enter_the_unet_scaled_by_strength(tmp_path, manager, sd1):
 
 
 def test_adapter_and_controlnet_chain(tmp_path, manager, tiny_tree, dirs):
-    from sdgraph.nodes.sd.loading import load_controlnet as load
-
-    adapter = load(write(tmp_path / "t2i.safetensors", tiny_adapter("full").state_dict()), manager)
-    net = load(dirs.find_model("controlnet", "tiny-controlnet"), manager)
+    adapter = load_controlnet(write(tmp_path / "t2i.safetensors", tiny_adapter("full").state_dict()), manager)
+    net = load_controlnet(dirs.find_model("controlnet", "tiny-controlnet"), manager)
     image, x, t, cond = hint_image(), torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 64)
     both = control_residuals(ControlHint(adapter, image, previous=ControlHint(net, image)), x, t, cond, 0.5, manager)
     alone = control_residuals(ControlHint(net, image), x, t, cond, 0.5, manager)
@@ -204,7 +202,7 @@ def test_controlnet_apply_workflow_with_an_adapter(tmp_path, tiny_tree):
     from sdgraph.paths import Dirs
     from sdgraph.registry import Registry
 
-    from test_controlnet_layouts import _controlnet_workflow
+    from test_controlnet_layouts import controlnet_workflow
 
     base = tmp_path / "home"
     (base / "models" / "controlnet").mkdir(parents=True)
@@ -222,7 +220,7 @@ def test_controlnet_apply_workflow_with_an_adapter(tmp_path, tiny_tree):
     executor = Executor(reg, Services(dirs=dirs, models=ModelManager(force_cpu=True)))
 
     def picture(name: str, strength: float = 1.0) -> np.ndarray:
-        result = executor.run(_controlnet_workflow(name, strength))
+        result = executor.run(controlnet_workflow(name, strength))
         assert result.ok, result.error
         record = result.outputs["10"]["images"][0]
         return np.asarray(Image.open(dirs.output / record["subfolder"] / record["filename"]), dtype=np.int16)
