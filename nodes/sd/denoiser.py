@@ -170,6 +170,8 @@ class SDDenoiser:
               control: dict[str, Any]) -> Tensor:
         self.calls += 1
         kwargs: dict[str, Any] = dict(control)
+        if "down_intrablock_additional_residuals" in kwargs:  # the UNet pops them off the list it is given
+            kwargs["down_intrablock_additional_residuals"] = list(kwargs["down_intrablock_additional_residuals"])
         if added is not None:
             kwargs["added_cond_kwargs"] = added
         return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
@@ -191,18 +193,19 @@ class SDDenoiser:
 
 
 def _stack_residuals(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate per-entry residuals along the batch; an entry without active control contributes zeros."""
-    template = next((p for p in parts if p), None)
-    if template is None:
-        return {}
-    down = template["down_block_additional_residuals"]
-    mid = template["mid_block_additional_residual"]
-    downs = [p["down_block_additional_residuals"] if p else [torch.zeros_like(r) for r in down] for p in parts]
-    mids = [p["mid_block_additional_residual"] if p else torch.zeros_like(mid) for p in parts]
+    """Concatenate per-entry control inputs along the batch (ControlNet residuals, T2I-Adapter features); an
+    entry without some kind of active control contributes zeros for it."""
     if len(parts) == 1:
         return parts[0]
-    return {"down_block_additional_residuals": [torch.cat(rs) for rs in zip(*downs)],
-            "mid_block_additional_residual": torch.cat(mids)}
+    templates = {key: value for part in parts for key, value in part.items()}
+    out: dict[str, Any] = {}
+    for key, template in templates.items():
+        if isinstance(template, Tensor):
+            out[key] = torch.cat([p[key] if key in p else torch.zeros_like(template) for p in parts])
+        else:
+            rows = [p[key] if key in p else [torch.zeros_like(r) for r in template] for p in parts]
+            out[key] = [torch.cat(rs) for rs in zip(*rows)]
+    return out
 
 
 def _same_length(contexts: list[Tensor]) -> list[Tensor] | None:

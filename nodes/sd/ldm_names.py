@@ -1,4 +1,4 @@
-"""diffusers names -> original (LDM / SGM / OpenCLIP) names, for the UNet, the VAE and the text encoders.
+"""diffusers names -> original (LDM / SGM / OpenCLIP) names, for the UNet, the VAE, the text encoders and ControlNets.
 
 Loading goes the other way with diffusers' own converters; this direction serves two things: LoRA files whose
 keys use the original UNet names (kohya's SDXL LoRAs: `lora_unet_input_blocks_4_1_...`), and writing a model in
@@ -123,4 +123,53 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, t
             out[dst + f"ln_2.{kind}"] = sd[src + f"layer_norm2.{kind}"]
             out[dst + f"mlp.c_fc.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
             out[dst + f"mlp.c_proj.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
+    return out
+
+
+def controlnet_name_to_ldm(name: str, layers_per_block: int, hint_convs: int) -> str | None:
+    """The original (lllyasviel) name of a diffusers ControlNetModel weight, without the `control_model.` prefix.
+
+    `hint_convs` counts the `controlnet_cond_embedding.blocks.*` convolutions (6 in every released file, which
+    puts the last one at `input_hint_block.14`); the rest is named as in the UNet's input and middle blocks.
+    """
+    m = re.match(r"controlnet_down_blocks\.(\d+)\.(.*)$", name)
+    if m:
+        return f"zero_convs.{m.group(1)}.0.{m.group(2)}"
+    if name.startswith("controlnet_mid_block."):
+        return "middle_block_out.0." + name.removeprefix("controlnet_mid_block.")
+    m = re.match(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.*)$", name)
+    if m:
+        part = m.group(1)
+        index = 0 if part == "conv_in" else 2 * hint_convs + 2 if part == "conv_out" else 2 * int(m.group(2)) + 2
+        return f"input_hint_block.{index}.{m.group(3)}"
+    return unet_name_to_ldm(name, {"layers_per_block": layers_per_block, "up_block_types": []})
+
+
+def controlnet_to_ldm(state: dict[str, torch.Tensor], layers_per_block: int,
+                      prefix: str = "control_model.") -> dict[str, torch.Tensor]:
+    hint_convs = len({k.split(".")[2] for k in state if k.startswith("controlnet_cond_embedding.blocks.")})
+    out = {}
+    for key, value in state.items():
+        name = controlnet_name_to_ldm(key, layers_per_block, hint_convs)
+        if name is None:
+            raise KeyError(f"no LDM name for ControlNet weight {key}")
+        out[prefix + name] = value
+    return out
+
+
+def t2i_adapter_to_original(state: dict[str, torch.Tensor], resnets_per_level: int) -> dict[str, torch.Tensor]:
+    """A diffusers T2IAdapter's weights under TencentARC's names: the full adapter numbers its resnets through
+    all levels (`body.{level * per_level + index}`), the light one nests them (`body.{level}.body.{index}`)."""
+    light = "adapter.conv_in.weight" not in state
+    out = {}
+    for key, value in state.items():
+        name = key.removeprefix("adapter.")
+        m = re.match(r"body\.(\d+)\.(in_conv|resnets\.(\d+))\.(.*)$", name)
+        if m and light:
+            name = re.sub(r"^body\.(\d+)\.resnets\.", r"body.\1.body.", name)
+        elif m:
+            level, index = int(m.group(1)), int(m.group(3) or 0)
+            part = "in_conv." if m.group(2) == "in_conv" else ""
+            name = f"body.{level * resnets_per_level + index}.{part}{m.group(4)}"
+        out[name] = value
     return out

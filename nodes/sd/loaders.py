@@ -37,7 +37,7 @@ class VAELoader(Node):
 
 
 class ControlNetLoader(Node):
-    """Load a ControlNet (diffusers folder, or a diffusers-layout file with its config.json)."""
+    """Load a ControlNet or T2I-Adapter: a diffusers folder, or one file in the original or diffusers layout."""
 
     category = "loaders"
     inputs = [Combo("control_net_name", models_in("controlnet"))]

@@ -212,21 +212,49 @@ def _load_vae_uncached(path: Path, manager: Any) -> VaeModel:
 
 
 def load_controlnet(path: Path, manager: Any) -> ControlNetModel:
-    """A ControlNet from a diffusers folder, or a diffusers-layout `.safetensors` with a `config.json` beside it
-    (named `<file>.json` or `config.json`)."""
+    """A ControlNet from a diffusers folder or a single file (`.safetensors`, `.pth`, `.ckpt`) in the original
+    (lllyasviel, `control_model.*`) or the diffusers layout; the config comes from the keys (`controlnet_layout`),
+    or from a diffusers-layout file's `config.json` beside it (named `<file>.json` or `config.json`)."""
     return manager.load(path, "controlnet", lambda p: _load_controlnet_uncached(p, manager))
 
 
 def _load_controlnet_uncached(path: Path, manager: Any) -> ControlNetModel:
     from diffusers import ControlNetModel as DiffusersControlNet
 
-    dtype = manager.dtype_for_role("controlnet")
+    from sdgraph.nodes.sd.controlnet_layout import build_controlnet, detect_layout, read_controlnet
+    from sdgraph.nodes.sd.t2i_adapter import is_t2i_adapter
+
     if path.is_dir():
-        module = DiffusersControlNet.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        config_file = path / "config.json"
+        if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == "T2IAdapter":
+            return _t2i_adapter(path, None, manager)
+        module = DiffusersControlNet.from_pretrained(path, local_files_only=True,
+                                                     torch_dtype=manager.dtype_for_role("controlnet"))
     else:
+        sd = read_state_dict(path)
+        if is_t2i_adapter(sd):
+            return _t2i_adapter(path, sd, manager)
         config_file = next((c for c in (path.with_suffix(".json"), path.parent / "config.json") if c.is_file()), None)
-        if config_file is None:
-            raise UnsupportedCheckpoint(f"{path.name}: a single-file ControlNet needs its config.json beside it")
-        module = DiffusersControlNet.from_config(json.loads(config_file.read_text()))
-        _load_weights(module, read_state_dict(path), "ControlNet")
+        if config_file is not None and detect_layout(sd, path.name) == "diffusers":
+            config, weights = json.loads(config_file.read_text()), sd
+        else:
+            config, weights = read_controlnet(sd, path.name)
+        module = build_controlnet(config, weights, path.name)
+        del sd, weights
     return ControlNetModel(slot=manager.manage(module, f"{path.name}:controlnet", "controlnet"), name=path.name)
+
+
+def _t2i_adapter(path: Path, sd: StateDict | None, manager: Any) -> ControlNetModel:
+    """A T2I-Adapter from a diffusers folder (`sd` None) or a single file's tensors (either layout)."""
+    from diffusers import T2IAdapter
+
+    from sdgraph.nodes.sd.model_objects import T2IAdapterModel
+    from sdgraph.nodes.sd.t2i_adapter import build_t2i_adapter, read_t2i_adapter
+
+    if sd is None:
+        module = T2IAdapter.from_pretrained(path, local_files_only=True)
+    else:
+        module = build_t2i_adapter(*read_t2i_adapter(sd, path.name), path.name)
+    slot = manager.manage(module, f"{path.name}:t2i_adapter", "controlnet")
+    return T2IAdapterModel(slot=slot, name=path.name, channels_in=int(module.config.in_channels),
+                           unshuffle=int(module.downscale_factor))

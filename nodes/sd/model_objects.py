@@ -278,6 +278,15 @@ class ControlNetModel(_SingleModule):
 
 
 @dataclass
+class T2IAdapterModel(ControlNetModel):
+    """CONTROL_NET holding a diffusers T2IAdapter: features from the hint alone, added inside the UNet's down
+    blocks (`down_intrablock_additional_residuals`); `unshuffle` is the pixel-unshuffle factor of its input."""
+
+    channels_in: int = 3
+    unshuffle: int = 8
+
+
+@dataclass
 class ControlHint:
     """A ControlNet applied to one conditioning entry; `previous` chains several ControlNets (all are summed)."""
 
