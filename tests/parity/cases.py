@@ -11,6 +11,10 @@ from typing import Any
 import numpy as np
 
 INPUT_IMAGE = "parity_input.png"
+INPAINT_IMAGE = "parity_inpaint.png"  # INPUT_IMAGE with a transparent, soft-edged disc: LoadImage's mask
+LORA = "parity-lora-kohya.safetensors"
+CONTROLNETS = {"original": "parity-controlnet-original.safetensors",
+               "diffusers": "parity-controlnet-diffusers.safetensors"}  # one net in two file layouts
 DECODE_NODE = "8"
 SAMPLER_NODE = "3"  # its LATENT output is stored too, unscaled as ComfyUI keeps it
 
@@ -26,6 +30,25 @@ _BASE: dict[str, Any] = {
 }
 
 
+SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
+            "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
+            "ddpm", "lcm", "ddim", "uni_pc", "uni_pc_bh2")
+SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal")
+# One-token words, so the token positions below are exact for the CLIP tokenizer.
+_WORDS = ("red green blue circle square small large soft bright dark light round shape line edge corner top left "
+          "right bottom center wide thin tall short warm cold calm deep pale sharp").split()
+
+
+def _words(count: int, offset: int = 0) -> str:
+    return " ".join(_WORDS[(i + offset) % len(_WORDS)] for i in range(count))
+
+
+# 73 tokens, then a 3-token weighted run that would straddle the first 75-token cut (short: it moves whole into
+# the second chunk), 60 tokens, then a 15-token weighted run that straddles the second cut (long: it is split).
+LONG_PROMPT = (f"{_words(73)} (glowing red disc:1.3) {_words(60, 5)} (soft blue gradient background with fine "
+               "grain and a gentle vignette at every corner:0.8) the end")
+
+
 def _case(sampler: str = "euler", scheduler: str = "normal", batch: int = 1, img2img: bool = False) -> dict:
     p = copy.deepcopy(_BASE)
     p["3"]["inputs"].update(sampler_name=sampler, scheduler=scheduler)
@@ -38,12 +61,80 @@ def _case(sampler: str = "euler", scheduler: str = "normal", batch: int = 1, img
     return p
 
 
+def _inpaint(style: str) -> dict:
+    """Inpainting a soft-edged disc (the mask is the picture's transparency): VAEEncodeForInpaint at full denoise,
+    or VAEEncode + SetLatentNoiseMask at 0.8."""
+    p = _case()
+    del p["5"]
+    p["10"] = {"class_type": "LoadImage", "inputs": {"image": INPAINT_IMAGE}}
+    if style == "encode_for_inpaint":
+        p["11"] = {"class_type": "VAEEncodeForInpaint",
+                   "inputs": {"pixels": ["10", 0], "vae": ["4", 2], "mask": ["10", 1], "grow_mask_by": 6}}
+        p["3"]["inputs"]["latent_image"] = ["11", 0]
+    else:
+        p["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+        p["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}}
+        p["3"]["inputs"].update(latent_image=["12", 0], denoise=0.8)
+    return p
+
+
+def _with_text(positive: str, negative: str = "blurry") -> dict:
+    p = _case()
+    p["6"]["inputs"]["text"], p["7"]["inputs"]["text"] = positive, negative
+    return p
+
+
+def _clip_skip() -> dict:
+    p = _case()
+    p["20"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}}
+    p["6"]["inputs"]["clip"] = p["7"]["inputs"]["clip"] = ["20", 0]
+    return p
+
+
+def _lora() -> dict:
+    p = _case("dpmpp_2m", "karras")
+    p["21"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": LORA,
+                                                        "strength_model": 0.8, "strength_clip": 0.6}}
+    p["3"]["inputs"]["model"] = ["21", 0]
+    p["6"]["inputs"]["clip"] = p["7"]["inputs"]["clip"] = ["21", 1]
+    return p
+
+
+def _controlnet(layout: str) -> dict:
+    """ControlNetApplyAdvanced with the img2img picture as the hint, strength 0.9, over the first 80%."""
+    p = _case()
+    p["30"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROLNETS[layout]}}
+    p["31"] = {"class_type": "LoadImage", "inputs": {"image": INPUT_IMAGE}}
+    p["32"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["30", 0], "image": ["31", 0],
+        "strength": 0.9, "start_percent": 0.0, "end_percent": 0.8}}
+    p["3"]["inputs"].update(positive=["32", 0], negative=["32", 1])
+    return p
+
+
+def _sampler_cases() -> dict[str, dict[str, Any]]:
+    """Every sampler with "normal" and "karras", the other schedulers with euler, and the pairings some samplers
+    are usually run with."""
+    pairs = [(s, sch) for s in SAMPLERS for sch in ("normal", "karras")]
+    pairs += [("euler", sch) for sch in SCHEDULERS if sch not in ("normal", "karras")]
+    pairs += [("ddim", "ddim_uniform"), ("lcm", "sgm_uniform"), ("uni_pc", "simple")]
+    return {f"{s}_{sch}": _case(s, sch) for s, sch in pairs}
+
+
 CASES: dict[str, dict[str, Any]] = {
-    "euler_normal": _case(),
-    "euler_ancestral_normal": _case("euler_ancestral"),
-    "dpmpp_2m_karras": _case("dpmpp_2m", "karras"),
+    **_sampler_cases(),
     "batch2_euler_normal": _case(batch=2),
+    "batch2_euler_ancestral_normal": _case("euler_ancestral", batch=2),
+    "batch2_dpmpp_2m_sde_karras": _case("dpmpp_2m_sde", "karras", batch=2),
     "img2img_euler_normal_d06": _case(img2img=True),
+    "inpaint_encode_for_inpaint": _inpaint("encode_for_inpaint"),
+    "inpaint_noise_mask": _inpaint("noise_mask"),
+    "emphasis": _with_text("a (red:1.3) circle on a ((blue)) background, (sharp:0.7)", "(blurry:1.2), lowres"),
+    "long_prompt": _with_text(LONG_PROMPT),
+    "clip_skip_2": _clip_skip(),
+    "lora_kohya": _lora(),
+    "controlnet_original_layout": _controlnet("original"),
+    "controlnet_diffusers_layout": _controlnet("diffusers"),
 }
 
 
@@ -59,6 +150,22 @@ def input_image() -> np.ndarray:
     disc = ((x - 24) ** 2 + (y - 30) ** 2 < 15 ** 2).astype(np.float32)
     rgb = np.stack([x * 4 * (1 - disc) + 230 * disc, y * 3, 255 - x * 2], axis=-1)
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def inpaint_image() -> np.ndarray:
+    """INPUT_IMAGE as RGBA, transparent (mask 1) in a disc whose edge fades over 6 pixels."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    distance = np.sqrt((x - 38) ** 2 + (y - 34) ** 2)
+    alpha = np.clip((distance - 12) / 6, 0, 1) * 255
+    return np.concatenate([input_image(), alpha.astype(np.uint8)[..., None]], axis=-1)
+
+
+def write_inputs(folder) -> None:
+    """The pictures the cases load, into an input folder."""
+    from PIL import Image
+
+    Image.fromarray(input_image()).save(folder / INPUT_IMAGE)
+    Image.fromarray(inpaint_image(), "RGBA").save(folder / INPAINT_IMAGE)
 
 
 def png_pixels(image: np.ndarray) -> np.ndarray:

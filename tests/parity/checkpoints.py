@@ -56,5 +56,76 @@ def sd15_checkpoint(seed: int = 0, directory: Path | None = None) -> Path:
     return path
 
 
+LORA_RANK = 4
+LORA_ALPHA = 2.0  # alpha / rank = 0.5 scales every delta
+_UNET_LORA_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                     "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+_KOHYA_TEXT_PREFIX = "lora_te_"  # then the module path of transformers' CLIPTextModel (text_model.encoder...)
+_CLIP_LORA_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
+                     "mlp.fc2")
+
+
+def _lora_pairs(prefix: str, module: torch.nn.Module, layers: tuple[str, ...],
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """kohya's down/up/alpha tensors for each Linear of `module` whose name ends with one of `layers`."""
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in module.named_modules():
+        if not isinstance(layer, torch.nn.Linear) or not name.endswith(layers):
+            continue
+        stem = prefix + name.replace(".", "_")
+        out_features, in_features = layer.weight.shape
+        state[f"{stem}.lora_down.weight"] = torch.randn(LORA_RANK, in_features, generator=generator) / in_features ** 0.5
+        state[f"{stem}.lora_up.weight"] = torch.randn(out_features, LORA_RANK, generator=generator) * 0.05
+        state[f"{stem}.alpha"] = torch.tensor(LORA_ALPHA)
+    return state
+
+
+def kohya_lora(seed: int = 0, directory: Path | None = None) -> Path:
+    """A random rank-4 LoRA in kohya's layout for the SD1.5 architecture (UNet attention and feed-forward
+    layers under diffusers names, every CLIP encoder layer), fp16 as such files are shared."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    directory = directory or cache_dir()
+    path = directory / f"parity-lora-kohya-s{seed}-v{VERSION}.safetensors"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        with torch.device("meta"):  # shapes only
+            unet = UNet2DConditionModel(**SD15_UNET)
+            clip = CLIPTextModel(CLIPTextConfig(**SD15_CLIP))
+        generator = torch.Generator().manual_seed(seed)
+        state = {**_lora_pairs("lora_unet_", unet, _UNET_LORA_LAYERS, generator),
+                 **_lora_pairs(_KOHYA_TEXT_PREFIX if hasattr(clip, "text_model") else _KOHYA_TEXT_PREFIX + "text_model_",
+                               clip, _CLIP_LORA_LAYERS, generator)}
+        tmp = path.with_suffix(".partial")
+        save_file({k: v.half() for k, v in state.items()}, str(tmp))
+        tmp.replace(path)
+    return path
+
+
+def sd15_controlnets(seed: int = 0, directory: Path | None = None) -> tuple[Path, Path]:
+    """One random SD1.5-architecture ControlNet (fp16, as such files are shared) written twice: in the original
+    (lllyasviel, `control_model.*`) layout and as a diffusers-layout single file with no config beside it."""
+    from diffusers import ControlNetModel
+
+    from sdgraph.nodes.sd.ldm_names import controlnet_to_ldm
+
+    directory = directory or cache_dir()
+    original = directory / f"parity-controlnet-original-s{seed}-v{VERSION}.safetensors"
+    diffusers_file = directory / f"parity-controlnet-diffusers-s{seed}-v{VERSION}.safetensors"
+    if not (original.exists() and diffusers_file.exists()):
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed + 1)
+        net = ControlNetModel(**{k: v for k, v in SD15_UNET.items() if k != "sample_size"})
+        _randomize(net)
+        state = {k: v.half().contiguous() for k, v in net.state_dict().items()}
+        del net
+        for path, tensors in ((original, controlnet_to_ldm(state, layers_per_block=2)), (diffusers_file, state)):
+            tmp = path.with_suffix(".partial")
+            save_file(tensors, str(tmp))
+            tmp.replace(path)
+    return original, diffusers_file
+
+
 if __name__ == "__main__":
     print(sd15_checkpoint(int(sys.argv[1]) if len(sys.argv) > 1 else 0))

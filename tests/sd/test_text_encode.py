@@ -6,7 +6,7 @@ import torch
 from sdgraph.nodes.sd.conditioning import TextEncode
 from sdgraph.nodes.sd.loaders import CLIPSetLastLayer
 from sdgraph.nodes.sd.prompt_weights import parse_weights
-from sdgraph.nodes.sd.text_encoding import chunk_tokens, weighted_tokens
+from sdgraph.nodes.sd.text_encoding import chunk_tokens, weighted_groups, weighted_tokens
 
 from conftest import call
 
@@ -107,3 +107,15 @@ def test_emphasis_parsing_is_linear_in_unmatched_and_nested_brackets():
     colons = parse_weights("(" * 20_000 + "x:" + "y" * 100_000 + ")" * 20_000)  # one colon every group looks at
     assert colons[0][0].startswith("x:y") and len(colons) == 1
     assert time.process_time() - start < 2.0
+
+
+def test_the_parity_long_prompt_straddles_both_cuts(sd1):
+    """The parity suite's long prompt (tests/parity/cases.py) exercises both chunking rules."""
+    from tests.parity.cases import LONG_PROMPT
+
+    tokenizer = sd1[1].tokenizers[0]
+    ids, weights = chunk_tokens(weighted_groups(tokenizer, LONG_PROMPT), tokenizer.bos_token_id,
+                                tokenizer.eos_token_id, 49407)
+    assert ids.shape[0] == 3
+    assert (weights[0] == 1.0).all()  # the short weighted run did not fit: it moved whole
+    assert (weights[1, 1:4] == 1.3).all() and (weights[1, 64:76] == 0.8).all() and (weights[2, 1:4] == 0.8).all()

@@ -47,7 +47,8 @@ def write_torchvision_stand_in(where: Path) -> None:
         (package / "__init__.py").write_text(_STUB + "__version__ = '0.0.0+stand-in'\n")
 
 
-def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir: Path):
+def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir: Path, lora_dir: Path,
+                   controlnet_dir: Path):
     write_torchvision_stand_in(scratch)
     sys.path[:0] = [str(scratch), str(comfyui)]
     sys.argv = [sys.argv[0], "--cpu"]
@@ -55,9 +56,16 @@ def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir
     comfy.options.enable_args_parsing()
     import folder_paths
     folder_paths.add_model_folder_path("checkpoints", str(checkpoint_dir), is_default=True)
+    folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
+    folder_paths.add_model_folder_path("controlnet", str(controlnet_dir), is_default=True)
     folder_paths.set_input_directory(str(input_dir))
     import nodes
     return nodes
+
+
+# Nodes whose outputs depend only on their literal inputs and a file: evaluated once for all the cases.
+_SHARED = ("CheckpointLoaderSimple", "LoadImage", "ControlNetLoader")
+_shared_outputs: dict[str, tuple] = {}
 
 
 def evaluate(nodes_module, prompt: dict, wanted: str) -> dict[str, tuple]:
@@ -71,7 +79,13 @@ def evaluate(nodes_module, prompt: dict, wanted: str) -> dict[str, tuple]:
             spec = prompt[node_id]
             kwargs = {k: value(v[0])[v[1]] if isinstance(v, list) else v for k, v in spec["inputs"].items()}
             cls = nodes_module.NODE_CLASS_MAPPINGS[spec["class_type"]]
-            done[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+            key = json.dumps([spec["class_type"], spec["inputs"]], sort_keys=True)
+            if spec["class_type"] in _SHARED and key in _shared_outputs:
+                done[node_id] = _shared_outputs[key]
+            else:
+                done[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+                if spec["class_type"] in _SHARED:
+                    _shared_outputs[key] = done[node_id]
         return done[node_id]
 
     with torch.inference_mode():
@@ -88,15 +102,19 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from PIL import Image
 
     torch.set_num_threads(2)
     ckpt = checkpoints.sd15_checkpoint(args.seed)
     scratch = Path(tempfile.mkdtemp(prefix="comfy-reference-"))
-    input_dir = scratch / "input"
-    input_dir.mkdir()
-    Image.fromarray(parity_cases.input_image()).save(input_dir / parity_cases.INPUT_IMAGE)
-    nodes_module = import_comfyui(args.comfyui.resolve(), scratch, ckpt.parent, input_dir)
+    input_dir, lora_dir, controlnet_dir = scratch / "input", scratch / "loras", scratch / "controlnet"
+    for folder in (input_dir, lora_dir, controlnet_dir):
+        folder.mkdir()
+    parity_cases.write_inputs(input_dir)
+    (lora_dir / parity_cases.LORA).symlink_to(checkpoints.kohya_lora(args.seed))
+    for path, name in zip(checkpoints.sd15_controlnets(args.seed), parity_cases.CONTROLNETS.values()):
+        (controlnet_dir / name).symlink_to(path)
+    nodes_module = import_comfyui(args.comfyui.resolve(), scratch, ckpt.parent, input_dir, lora_dir,
+                                  controlnet_dir)
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta_path = args.out / "references.json"
