@@ -268,8 +268,9 @@ def controlnet_workflow(control_net: str, strength: float) -> dict[str, Any]:
     }
 
 
-def test_controlnet_apply_workflow_on_an_original_layout_file(tmp_path, tiny_tree):
-    """The tiny ControlNet folder's weights written as an original-layout `.pth`: the same picture as the folder."""
+def control_pictures(base: Path, tiny_tree: dict[str, Any], hint_shape: str) -> Any:
+    """`picture(control_net, strength) -> 8-bit pixels` of `controlnet_workflow` run in one executor over `base`
+    (its models/controlnet/ files, and the tiny tree's models), with a white outline hint in input/."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -279,12 +280,10 @@ def test_controlnet_apply_workflow_on_an_original_layout_file(tmp_path, tiny_tre
     from sdgraph.paths import Dirs
     from sdgraph.registry import Registry
 
-    base = tmp_path / "home"
-    (base / "models" / "controlnet").mkdir(parents=True)
-    (base / "input").mkdir()
-    write(base / "models" / "controlnet" / "control_tiny_sd15.pth", original_layout(tiny_tree["controlnet"]))
+    (base / "input").mkdir(exist_ok=True)
     hint = Image.new("RGB", (64, 64))
-    ImageDraw.Draw(hint).ellipse((12, 12, 52, 52), outline=(255, 255, 255), width=3)
+    draw = ImageDraw.Draw(hint)
+    (draw.ellipse if hint_shape == "circle" else draw.rectangle)((12, 12, 52, 52), outline=(255, 255, 255), width=3)
     hint.save(base / "input" / "hint.png")
     reg = Registry()
     for module in (loaders, conditioning, latent, image, sampling):
@@ -298,6 +297,17 @@ def test_controlnet_apply_workflow_on_an_original_layout_file(tmp_path, tiny_tre
         record = result.outputs["10"]["images"][0]
         return np.asarray(Image.open(dirs.output / record["subfolder"] / record["filename"]), dtype=np.int16)
 
+    return picture
+
+
+def test_controlnet_apply_workflow_on_an_original_layout_file(tmp_path, tiny_tree):
+    """The tiny ControlNet folder's weights written as an original-layout `.pth`: the same picture as the folder."""
+    import numpy as np
+
+    base = tmp_path / "home"
+    (base / "models" / "controlnet").mkdir(parents=True)
+    write(base / "models" / "controlnet" / "control_tiny_sd15.pth", original_layout(tiny_tree["controlnet"]))
+    picture = control_pictures(base, tiny_tree, "circle")
     from_file, from_folder = picture("control_tiny_sd15.pth"), picture("tiny-controlnet")
     without = picture("control_tiny_sd15.pth", strength=0.0)
     assert np.array_equal(from_file, from_folder)

@@ -194,36 +194,15 @@ def test_controlnet_apply_workflow_with_an_adapter(tmp_path, tiny_tree):
     """An original-layout adapter and the same adapter in diffusers' layout give the same picture; it differs
     from the picture without it. (Negative conditioning carries no adapter: the batch stacks zeros for it.)"""
     import numpy as np
-    from PIL import Image, ImageDraw
 
-    from sdgraph.context import Services
-    from sdgraph.execute import Executor
-    from sdgraph.nodes.sd import conditioning, image, latent, loaders, sampling
-    from sdgraph.paths import Dirs
-    from sdgraph.registry import Registry
-
-    from test_controlnet_layouts import controlnet_workflow
+    from test_controlnet_layouts import control_pictures
 
     base = tmp_path / "home"
     (base / "models" / "controlnet").mkdir(parents=True)
-    (base / "input").mkdir()
     adapter = tiny_adapter("full", seed=5)
     write(base / "models" / "controlnet" / "t2iadapter_tiny.pth", original(adapter))
     write(base / "models" / "controlnet" / "t2iadapter_tiny_diffusers.safetensors", adapter.state_dict())
-    hint = Image.new("RGB", (64, 64))
-    ImageDraw.Draw(hint).rectangle((16, 16, 48, 48), outline=(255, 255, 255), width=3)
-    hint.save(base / "input" / "hint.png")
-    reg = Registry()
-    for module in (loaders, conditioning, latent, image, sampling):
-        reg.add_native(module.NODES, "sd")
-    dirs = Dirs(base=base, extra_model_roots=[tiny_tree["root"] / "models"])
-    executor = Executor(reg, Services(dirs=dirs, models=ModelManager(force_cpu=True)))
-
-    def picture(name: str, strength: float = 1.0) -> np.ndarray:
-        result = executor.run(controlnet_workflow(name, strength))
-        assert result.ok, result.error
-        record = result.outputs["10"]["images"][0]
-        return np.asarray(Image.open(dirs.output / record["subfolder"] / record["filename"]), dtype=np.int16)
+    picture = control_pictures(base, tiny_tree, "square")
 
     original_file, diffusers_file = picture("t2iadapter_tiny.pth"), picture("t2iadapter_tiny_diffusers.safetensors")
     assert np.array_equal(original_file, diffusers_file)
