@@ -90,14 +90,14 @@ def _load_single_file(path: Path, manager: Any) -> tuple[DiffusionModel, ClipMod
     with empty_weights():
         unet = UNet2DConditionModel(**layout.unet)
         vae = AutoencoderKL(**layout.vae)
-    assign_weights(unet, convert_ldm_unet_checkpoint(sd.cast(manager.dtype_for_role("unet")), layout.unet), "UNet")
-    assign_weights(vae, convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), layout.vae), "VAE")
+    assign_weights(unet, convert_ldm_unet_checkpoint(sd.cast(manager.dtype_for_role("unet")), layout.unet), f"{path.name}: UNet")
+    assign_weights(vae, convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), layout.vae), f"{path.name}: VAE")
     text_sd = sd.cast(manager.dtype_for_role("text_encoder"))
-    encoders = [_single_file_text_encoder(text_sd, layout, i) for i in range(len(layout.text_encoders))]
+    encoders = [_single_file_text_encoder(text_sd, layout, i, path.name) for i in range(len(layout.text_encoders))]
     return _assemble(manager, path.name, layout, unet, vae, encoders)
 
 
-def _single_file_text_encoder(sd: WeightFile, layout: CheckpointLayout, index: int) -> torch.nn.Module:
+def _single_file_text_encoder(sd: WeightFile, layout: CheckpointLayout, index: int, name: str) -> torch.nn.Module:
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
     cfg = layout.text_encoders[index]
@@ -110,7 +110,7 @@ def _single_file_text_encoder(sd: WeightFile, layout: CheckpointLayout, index: i
         weights = convert_open_clip_checkpoint(model, sd, prefix=prefix)
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
-    assign_weights(model, weights, f"text encoder {cfg['kind']}")
+    assign_weights(model, weights, f"{name}: text encoder {cfg['kind']}")
     return model
 
 
@@ -211,7 +211,7 @@ def _load_vae_uncached(path: Path, manager: Any) -> VaeModel:
         cfg["scaling_factor"] = SDXL_VAE_SCALE
     with empty_weights():
         vae = AutoencoderKL(**cfg)
-    assign_weights(vae, convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), cfg), "VAE")
+    assign_weights(vae, convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), cfg), f"{path.name}: VAE")
     return _vae_object(manager, vae, path.name, cfg)
 
 
