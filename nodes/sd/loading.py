@@ -90,8 +90,9 @@ def _load_single_file(path: Path, manager: Any) -> tuple[DiffusionModel, ClipMod
     with empty_weights():
         unet = UNet2DConditionModel(**layout.unet)
         vae = AutoencoderKL(**layout.vae)
-    assign_weights(unet, convert_ldm_unet_checkpoint(sd.cast(manager.dtype_for_role("unet")), layout.unet), f"{path.name}: UNet")
-    assign_weights(vae, convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), layout.vae), f"{path.name}: VAE")
+    unet_sd, vae_sd = sd.cast(manager.dtype_for_role("unet")), sd.cast(manager.dtype_for_role("vae"))
+    assign_weights(unet, convert_ldm_unet_checkpoint(unet_sd, layout.unet), f"{path.name}: UNet")
+    assign_weights(vae, convert_ldm_vae_checkpoint(vae_sd, layout.vae), f"{path.name}: VAE")
     text_sd = sd.cast(manager.dtype_for_role("text_encoder"))
     encoders = [_single_file_text_encoder(text_sd, layout, i, path.name) for i in range(len(layout.text_encoders))]
     return _assemble(manager, path.name, layout, unet, vae, encoders)
@@ -211,7 +212,8 @@ def _load_vae_uncached(path: Path, manager: Any) -> VaeModel:
         cfg["scaling_factor"] = SDXL_VAE_SCALE
     with empty_weights():
         vae = AutoencoderKL(**cfg)
-    assign_weights(vae, convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), cfg), f"{path.name}: VAE")
+    weights = convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), cfg)
+    assign_weights(vae, weights, f"{path.name}: VAE")
     return _vae_object(manager, vae, path.name, cfg)
 
 
