@@ -2,6 +2,8 @@
 
 - Original single-file checkpoints (`.safetensors`, `.ckpt`): the family and configs come from the key layout
   (see `checkpoint_layout`); the weights are converted with diffusers' own LDM conversion functions, offline.
+  The file is mapped, not read whole (`weight_file`); the models are built without random weights
+  (`empty_init`) and take each tensor, cast to its role's dtype as it is read, as their own parameter.
 - diffusers-format folders (`model_index.json` with unet/ vae/ text_encoder/ [text_encoder_2/] scheduler/
   [tokenizer/]): loaded with `from_pretrained` from the local folder only.
 - The CLIP tokenizer ships with sdgraph (`sdgraph/data/clip_tokenizer/`) and serves every text encoder.
@@ -23,10 +25,12 @@ from sdgraph.nodes.sd.checkpoint_layout import (
     OPEN_CLIP_PREFIX, CheckpointLayout, StateDict, UnsupportedCheckpoint, family_defaults, infer_vae_config,
     read_layout,
 )
+from sdgraph.nodes.sd.empty_init import assign_weights, empty_weights
 from sdgraph.nodes.sd.model_objects import (
     ClipModel, ControlNetModel, DiffusionModel, EncoderSpec, LatentFormat, VaeModel, sd_alphas_cumprod,
 )
 from sdgraph.nodes.sd.text_precision import keep_half_values
+from sdgraph.nodes.sd.weight_file import WeightFile, open_weights
 
 TOKENIZER_DIR = PACKAGE_DATA / "clip_tokenizer"
 SDXL_VAE_SCALE = 0.13025
@@ -80,31 +84,34 @@ def _load_single_file(path: Path, manager: Any) -> tuple[DiffusionModel, ClipMod
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    sd = read_state_dict(path)
+    sd = open_weights(path)
     layout = read_layout(sd, path.name)
     if layout.is_inpaint:
         raise UnsupportedCheckpoint("inpainting checkpoints (9-channel UNet) are not supported yet")
-    unet = UNet2DConditionModel(**layout.unet)
-    _load_weights(unet, convert_ldm_unet_checkpoint(sd, layout.unet), "UNet")
-    vae = AutoencoderKL(**layout.vae)
-    _load_weights(vae, convert_ldm_vae_checkpoint(sd, layout.vae), "VAE")
-    encoders = [_single_file_text_encoder(sd, layout, i) for i in range(len(layout.text_encoders))]
-    del sd
+    with empty_weights():
+        unet = UNet2DConditionModel(**layout.unet)
+        vae = AutoencoderKL(**layout.vae)
+    unet_sd, vae_sd = sd.cast(manager.dtype_for_role("unet")), sd.cast(manager.dtype_for_role("vae"))
+    assign_weights(unet, convert_ldm_unet_checkpoint(unet_sd, layout.unet), f"{path.name}: UNet")
+    assign_weights(vae, convert_ldm_vae_checkpoint(vae_sd, layout.vae), f"{path.name}: VAE")
+    text_sd = sd.cast(manager.dtype_for_role("text_encoder"))
+    encoders = [_single_file_text_encoder(text_sd, layout, i, path.name) for i in range(len(layout.text_encoders))]
     return _assemble(manager, path.name, layout, unet, vae, encoders)
 
 
-def _single_file_text_encoder(sd: StateDict, layout: CheckpointLayout, index: int) -> torch.nn.Module:
+def _single_file_text_encoder(sd: WeightFile, layout: CheckpointLayout, index: int, name: str) -> torch.nn.Module:
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
     cfg = layout.text_encoders[index]
-    model = _text_model(cfg)
+    with empty_weights():
+        model = _text_model(cfg)
     if cfg["kind"] == "clip_l":
         weights = convert_ldm_clip_checkpoint(sd)
     else:
         weights = convert_open_clip_checkpoint(model, sd, prefix=OPEN_CLIP_PREFIX[layout.family])
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
-    _load_weights(model, weights, f"text encoder {cfg['kind']}")
+    assign_weights(model, weights, f"{name}: text encoder {cfg['kind']}")
     return model
 
 
@@ -199,15 +206,17 @@ def _load_vae_uncached(path: Path, manager: Any) -> VaeModel:
     if path.is_dir():
         vae = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=manager.dtype_for_role("vae"))
         return _vae_object(manager, vae, path.name, dict(vae.config))
-    sd = read_state_dict(path)
+    sd = open_weights(path)
     prefix = next((p for p in ("first_stage_model.", "vae.") if any(k.startswith(p) for k in sd)), "")
     if prefix + "encoder.down.0.block.0.conv1.weight" not in sd:
         raise UnsupportedCheckpoint(f"{path.name}: not an LDM-layout VAE (encoder.down.N.block.M keys)")
     cfg = infer_vae_config(sd, prefix, family_defaults("sd1")["vae"])
     if "xl" in path.name.lower():
         cfg["scaling_factor"] = SDXL_VAE_SCALE
-    vae = AutoencoderKL(**cfg)
-    _load_weights(vae, convert_ldm_vae_checkpoint(sd, cfg), "VAE")
+    with empty_weights():
+        vae = AutoencoderKL(**cfg)
+    weights = convert_ldm_vae_checkpoint(sd.cast(manager.dtype_for_role("vae")), cfg)
+    assign_weights(vae, weights, f"{path.name}: VAE")
     return _vae_object(manager, vae, path.name, cfg)
 
 
