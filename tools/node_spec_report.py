@@ -6,7 +6,7 @@ For every class_type in `sd-family-nodes.txt` it compares what `sdgraph nodes --
 from the same registry) with `comfyui-core-nodes.json`: per input section the ordered names, each input's type, the
 choices of every combo except file lists (ComfyUI's dump leaves those empty: they depend on the folders), the
 default/min/max/step of numbers, the defaults of other widgets and the widget flags editors act on; then the output
-types and output names. It prints how many names are equal, differ (each difference listed) or are missing.
+types and output names, and the category (where editors file the node). It prints how many names are equal, differ (each difference listed) or are missing.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def compare_node(ours: dict[str, Any], theirs: dict[str, Any], class_type: str =
             for key in sorted(set(a) | set(b)):
                 if a.get(key) != b.get(key) and not _same_number(a.get(key), b.get(key)):
                     diffs.append(f"{section}.{name}.{key}: sdgraph {a.get(key)!r} != ComfyUI {b.get(key)!r}")
-    for key in ("output", "output_name"):
+    for key in ("output", "output_name", "category"):
         if list(ours.get(key, [])) != list(theirs.get(key, [])):
             diffs.append(f"{key}: sdgraph {ours.get(key)} != ComfyUI {theirs.get(key)}")
     return diffs

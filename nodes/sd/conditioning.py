@@ -134,7 +134,7 @@ class ConditioningSetArea(Node):
 class ConditioningZeroOut(Node):
     """The same conditioning with every tensor zeroed (a neutral negative for some models)."""
 
-    category = "conditioning"
+    category = "advanced/conditioning"
     inputs = [Input("conditioning", CONDITIONING)]
     outputs = [Output(CONDITIONING)]
 

@@ -125,6 +125,7 @@ def test_the_comparison_sees_each_kind_of_difference(ours: dict) -> None:
         ["required.width.type: sdgraph 'FLOAT' != ComfyUI 'INT'"]
     assert changed(lambda n: n.update(output_name=["samples"])) == \
         ["output_name: sdgraph ['samples'] != ComfyUI ['LATENT']"]
+    assert changed(lambda n: n.update(category="sdgraph")) == ["category: sdgraph sdgraph != ComfyUI latent"]
     assert changed(lambda n: n["input"]["required"]["width"][1].update(forceInput=True)) == \
         ["required.width.forceInput: sdgraph True != ComfyUI False"]
 
