@@ -100,8 +100,8 @@ def Combo(name: str, choices: Sequence[Any] | Callable[[Dirs], list[Any]], defau
     if implied and static:
         default = static[0]  # what a client picks when the description names no default
     return InputSpec(name=name, type=COMBO, section=_section(optional), default=default, implied_default=implied,
-                     choices=static,
-                     choices_from=choices if callable(choices) else None, tooltip=tooltip, options=options)
+                     choices=static, choices_from=choices if callable(choices) else None, tooltip=tooltip,
+                     options=options)
 
 
 def models_in(folder: str) -> Callable[[Dirs], list[str]]:

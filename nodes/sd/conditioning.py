@@ -14,7 +14,6 @@ from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
 from sdgraph.types import CLIP, CONDITIONING, CONTROL_NET, IMAGE, VAE
 
 
-
 class TextEncode(Node):
     """Encode a prompt: 77-token chunks for long prompts, `(word:1.2)` emphasis, both encoders on SDXL."""
 
