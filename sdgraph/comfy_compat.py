@@ -81,7 +81,8 @@ def _input(cls: type, section: str, name: str, entry: Any, where: str) -> InputS
     }
     if isinstance(head, (list, tuple)):
         choices = tuple(head)
-        fields.setdefault("default", choices[0] if choices else None)
+        if "default" not in fields:  # a client picks the first choice; the description stays as the class wrote it
+            fields.update(default=choices[0] if choices else None, implied_default=True)
         return InputSpec(name=name, type=COMBO, section=section, choices=choices,
                          choices_from=_fresh_choices(cls, section, name), options=opts, **fields, **extra)
     if not isinstance(head, str):

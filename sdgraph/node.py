@@ -67,7 +67,7 @@ def Input(name: str, type: str, *, optional: bool = False, tooltip: str | None =
     return InputSpec(name=name, type=type, section=_section(optional), tooltip=tooltip, options=options)
 
 
-def Int(name: str, default: int = 0, *, min: int | None = None, max: int | None = None, step: int = 1,
+def Int(name: str, default: int = 0, *, min: int | None = None, max: int | None = None, step: int | None = None,
         optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
     return InputSpec(name=name, type=INT, section=_section(optional), default=default, min=min, max=max,
                      step=step, tooltip=tooltip, options=options)
@@ -79,10 +79,11 @@ def Float(name: str, default: float = 0.0, *, min: float | None = None, max: flo
                      step=step, tooltip=tooltip, options=options)
 
 
-def String(name: str, default: str = "", *, multiline: bool = False, optional: bool = False,
+def String(name: str, default: str | None = None, *, multiline: bool = False, optional: bool = False,
            tooltip: str | None = None, **options: Any) -> InputSpec:
-    return InputSpec(name=name, type=STRING, section=_section(optional), default=default, multiline=multiline,
-                     tooltip=tooltip, options=options)
+    """A text widget; without a default it starts empty (and /object_info names no default, as ComfyUI's)."""
+    return InputSpec(name=name, type=STRING, section=_section(optional), default="" if default is None else default,
+                     implied_default=default is None, multiline=multiline, tooltip=tooltip, options=options)
 
 
 def Boolean(name: str, default: bool = False, *, optional: bool = False, tooltip: str | None = None,
@@ -95,10 +96,12 @@ def Combo(name: str, choices: Sequence[Any] | Callable[[Dirs], list[Any]], defau
           optional: bool = False, tooltip: str | None = None, **options: Any) -> InputSpec:
     """A choice from a list; pass a callable `f(dirs) -> list` when it comes from files (see `models_in`)."""
     static = None if callable(choices) else tuple(choices)
-    if default is None and static:
-        default = static[0]
-    return InputSpec(name=name, type=COMBO, section=_section(optional), default=default, choices=static,
-                     choices_from=choices if callable(choices) else None, tooltip=tooltip, options=options)
+    implied = default is None
+    if implied and static:
+        default = static[0]  # what a client picks when the description names no default
+    return InputSpec(name=name, type=COMBO, section=_section(optional), default=default, implied_default=implied,
+                     choices=static, choices_from=choices if callable(choices) else None, tooltip=tooltip,
+                     options=options)
 
 
 def models_in(folder: str) -> Callable[[Dirs], list[str]]:

@@ -25,6 +25,9 @@ class InputSpec(BaseModel):
     type: str
     section: Section = "required"
     default: Any = None
+    # True when `default` is the value ComfyUI's clients assume by themselves (a combo's first choice, an empty
+    # string): /object_info then leaves it out, as ComfyUI's own description of the node does.
+    implied_default: bool = False
     min: int | float | None = None
     max: int | float | None = None
     step: int | float | None = None
@@ -49,7 +52,7 @@ class InputSpec(BaseModel):
         opts: dict[str, Any] = dict(self.options)
         for key in ("default", "min", "max", "step", "tooltip"):
             value = getattr(self, key)
-            if value is not None:
+            if value is not None and not (key == "default" and self.implied_default):
                 opts[key] = value
         if self.multiline:
             opts["multiline"] = True

@@ -8,6 +8,10 @@ from typing import Any
 from sdgraph.context import NodeContext
 from sdgraph.models import ModelManager
 
+# The largest width/height (and offset) a size input offers, as in ComfyUI; what a run may really allocate is
+# bounded separately by the limits (sdgraph/limits.py).
+MAX_RESOLUTION = 16384
+
 _lock = threading.Lock()
 
 

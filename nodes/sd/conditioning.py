@@ -8,13 +8,10 @@ import torch
 from sdgraph.limits import current_limits, refusal
 from sdgraph.node import Float, Input, Int, Node, Output, String
 from sdgraph.paths import Dirs
-from sdgraph.nodes.sd.common import copy_conditioning
+from sdgraph.nodes.sd.common import MAX_RESOLUTION, copy_conditioning
 from sdgraph.nodes.sd.model_objects import ClipModel, ControlHint, ControlNetModel
 from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
 from sdgraph.types import CLIP, CONDITIONING, CONTROL_NET, IMAGE, VAE
-
-MAX_RESOLUTION = 8192
-SDXL_MAX_SIZE = 16384  # the size inputs of ComfyUI's SDXL text-encode nodes reach its MAX_RESOLUTION
 
 
 class TextEncode(Node):
@@ -40,7 +37,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
 
     category = "advanced/conditioning"
     inputs = [Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01),
-              Int("width", 1024, min=0, max=SDXL_MAX_SIZE), Int("height", 1024, min=0, max=SDXL_MAX_SIZE),
+              Int("width", 1024, min=0, max=MAX_RESOLUTION), Int("height", 1024, min=0, max=MAX_RESOLUTION),
               String("text", multiline=True, dynamicPrompts=True), Input("clip", CLIP)]
     outputs = [Output(CONDITIONING)]
 
@@ -136,7 +133,7 @@ class ConditioningSetArea(Node):
 class ConditioningZeroOut(Node):
     """The same conditioning with every tensor zeroed (a neutral negative for some models)."""
 
-    category = "conditioning"
+    category = "advanced/conditioning"
     inputs = [Input("conditioning", CONDITIONING)]
     outputs = [Output(CONDITIONING)]
 

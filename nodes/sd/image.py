@@ -9,6 +9,7 @@ import torch
 from sdgraph.limits import Limits, check_memory, current_limits, refusal
 from sdgraph.paths import Dirs
 from sdgraph.node import Boolean, Combo, Float, Hidden, Input, Int, Node, NodeOutput, Output, String
+from sdgraph.nodes.sd.common import MAX_RESOLUTION
 from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.image_files import (
     check_image_file, file_sha256, input_images, input_path, missing_input, png_metadata, read_channel, read_image,
@@ -16,8 +17,6 @@ from sdgraph.nodes.sd.image_files import (
 )
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
-
-MAX_RESOLUTION = 8192
 
 
 class LoadImage(Node):
@@ -84,8 +83,8 @@ class ImageScale(Node):
 
     category = "image/upscaling"
     inputs = [Input("image", IMAGE), Combo("upscale_method", IMAGE_METHODS),
-              Int("width", 512, min=0, max=MAX_RESOLUTION), Int("height", 512, min=0, max=MAX_RESOLUTION),
-              Combo("crop", CROPS)]
+              Int("width", 512, min=0, max=MAX_RESOLUTION, step=1),
+              Int("height", 512, min=0, max=MAX_RESOLUTION, step=1), Combo("crop", CROPS)]
     outputs = [Output(IMAGE)]
 
     def run(self, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str) -> tuple:
@@ -155,11 +154,11 @@ class SaveImage(Node):
 
     category = "image"
     output_node = True
-    inputs = [Input("images", IMAGE), String("filename_prefix", "sdgraph"),
+    inputs = [Input("images", IMAGE), String("filename_prefix", "ComfyUI"),
               Hidden("prompt", "PROMPT"), Hidden("extra_pnginfo", "EXTRA_PNGINFO")]
     outputs = []
 
-    def run(self, images: torch.Tensor, filename_prefix: str = "sdgraph", prompt: Any = None,
+    def run(self, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
             extra_pnginfo: Any = None) -> NodeOutput:
         records = save_pngs(images, self.ctx.dirs.output, filename_prefix, "output",
                             png_metadata(prompt, extra_pnginfo))
@@ -190,7 +189,7 @@ class SaveAnimatedWEBP(Node):
 
     category = "image/animation"
     output_node = True
-    inputs = [Input("images", IMAGE), String("filename_prefix", "sdgraph"),
+    inputs = [Input("images", IMAGE), String("filename_prefix", "ComfyUI"),
               Float("fps", 6.0, min=0.01, max=1000.0, step=0.01), Boolean("lossless", True),
               Int("quality", 80, min=0, max=100), Combo("method", list(WEBP_METHODS)),
               Hidden("prompt", "PROMPT"), Hidden("extra_pnginfo", "EXTRA_PNGINFO")]

@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from sdgraph.limits import Limits, check_memory, current_limits, refusal
 from sdgraph.node import Combo, Float, Input, Int, Node, Output
 from sdgraph.paths import Dirs
+from sdgraph.nodes.sd.common import MAX_RESOLUTION
 from sdgraph.nodes.sd.latent_files import LoadLatent, SaveLatent
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
 from sdgraph.types import IMAGE, LATENT, MASK, VAE
-
-MAX_RESOLUTION = 8192
 
 
 class EmptyLatent(Node):

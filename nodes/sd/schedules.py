@@ -175,6 +175,24 @@ def kl_optimal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
     return _finish((ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)).tan())
 
 
+def linear_quadratic(s: DiscreteSchedule, steps: int, threshold: float = 0.025) -> torch.Tensor:
+    """The linear-then-quadratic schedule (from Mochi): over the first half of the steps the noise fraction 1 - sigma /
+    sigma_max grows linearly to `threshold`, over the second half along a parabola that reaches 1 (sigma 0) with a
+    slope continuous at the joint."""
+    sigma_max = torch.tensor(_range32(s)[1], dtype=torch.float32)
+    if steps == 1:
+        return _finish(torch.tensor([1.0, 0.0], dtype=torch.float32) * sigma_max, append_zero=False)
+    ramp = steps // 2
+    rest = steps - ramp
+    surplus = ramp - threshold * steps  # how far the ramp's slope, kept up, would fall short of 1 at the end
+    a = surplus / (ramp * rest ** 2)
+    b = threshold / ramp - 2 * surplus / rest ** 2
+    fractions = [i * threshold / ramp for i in range(ramp)]
+    fractions += [a * i * i + b * i + a * ramp ** 2 for i in range(ramp, steps)]
+    kept = torch.tensor([1.0 - f for f in fractions] + [0.0], dtype=torch.float32)
+    return _finish(kept * sigma_max, append_zero=False)
+
+
 def _beta_ppf(q: float, a: float, b: float) -> float:
     """Inverse CDF of Beta(a, b); scipy's when installed, else bisection on a numerically integrated CDF."""
     try:
@@ -206,14 +224,16 @@ def _bisect(f: Callable[[float], float], target: float, iters: int = 60) -> floa
     return (lo + hi) / 2
 
 
+# In ComfyUI's order: the order of the scheduler combo that clients show.
 SCHEDULES: dict[str, Callable[[DiscreteSchedule, int], torch.Tensor]] = {
-    "normal": normal,
+    "simple": simple,
+    "sgm_uniform": sgm_uniform,
     "karras": karras,
     "exponential": exponential,
-    "sgm_uniform": sgm_uniform,
-    "simple": simple,
     "ddim_uniform": ddim_uniform,
     "beta": beta,
+    "normal": normal,
+    "linear_quadratic": linear_quadratic,
     "kl_optimal": kl_optimal,
 }
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULES)

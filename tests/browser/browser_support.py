@@ -18,8 +18,7 @@ def get_json(url: str, timeout: float = 10):
 
 
 # The same node under sdgraph's and ComfyUI's names: the editor shows whichever the server lists first.
-ALIASES = [("CheckpointLoaderSimple", "CheckpointLoader"), ("CLIPTextEncode", "TextEncode"),
-           ("EmptyLatentImage", "EmptyLatent")]
+ALIASES = [("CLIPTextEncode", "TextEncode"), ("EmptyLatentImage", "EmptyLatent")]
 
 
 def names(class_type: str) -> tuple[str, ...]:

@@ -100,7 +100,7 @@ def object_info(server):
 def model_ready(object_info):
     """Skip unless the diffusion nodes are installed and the server sees a checkpoint."""
     require_nodes(object_info, TXT2IMG)
-    loader = object_info.get("CheckpointLoaderSimple") or object_info["CheckpointLoader"]
+    loader = object_info["CheckpointLoaderSimple"]
     choices = loader["input"]["required"]["ckpt_name"][0]
     if not choices:
         pytest.skip("the server lists no checkpoint (the tiny model sdgraph-tiny is missing)")

@@ -38,10 +38,11 @@ def test_object_info_shape(registry):
     info = registry.describe()
     scale = info["Scale"]
     assert scale["input"]["required"]["factor"] == ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}]
-    assert scale["input"]["required"]["mode"] == [["round", "floor"], {"default": "round"}]
+    # as in ComfyUI's descriptions: a combo's implied default (its first choice) and an INT's step 1 are left out
+    assert scale["input"]["required"]["mode"] == [["round", "floor"]]
     assert scale["input_order"] == {"required": ["x", "factor", "mode"]}
     assert scale["output"] == ["FLOAT"] and scale["output_is_list"] == [False] and scale["output_name"] == ["FLOAT"]
-    assert info["Add"]["input"]["optional"] == {"bias": ["INT", {"default": 0, "step": 1}]}
+    assert info["Add"]["input"]["optional"] == {"bias": ["INT", {"default": 0}]}
     assert info["Plus"]["name"] == "Plus" and info["Plus"]["input"] == info["Add"]["input"]
     assert info["Show"]["output_node"] is True
     assert info["Number"]["description"] == "A constant integer."
@@ -51,3 +52,22 @@ def test_object_info_shape(registry):
                                                        "extra_pnginfo": "EXTRA_PNGINFO"}
     assert info["ComfyDouble"]["input"]["required"]["x"] == ["INT", {"forceInput": True}]
     assert {"name", "display_name", "description", "category", "output_node", "python_module"} <= set(scale)
+
+
+def test_implied_defaults_are_used_but_not_described():
+    """A combo's first choice and an empty text are what clients assume when a description names no default, so
+    /object_info leaves them out (as ComfyUI does) while sdgraph still knows them; explicit ones are shown."""
+    from sdgraph.node import Combo, Int, String
+
+    assert Combo("m", ["a", "b"]).default == "a" and Combo("m", ["a", "b"]).describe() == [["a", "b"]]
+    assert Combo("m", ["a", "b"], default="a").describe() == [["a", "b"], {"default": "a"}]
+    assert String("t").default == "" and String("t", multiline=True).describe() == ["STRING", {"multiline": True}]
+    assert String("t", "").describe() == ["STRING", {"default": ""}]
+    assert Int("n", 3).describe() == ["INT", {"default": 3}] and Int("n", 3, step=1).describe()[1]["step"] == 1
+
+
+def test_comfy_convention_combos_are_described_as_their_class_wrote_them(registry):
+    """A ComfyUI-style `(["a", "b"],)` combo stays without a default in /object_info; validation still gets "a"."""
+    node = registry.get("ComfyChoice")
+    assert registry.describe()["ComfyChoice"]["input"]["required"]["pick"] == [["a", "b"]]
+    assert node.spec.inputs_by_name["pick"].default == "a"

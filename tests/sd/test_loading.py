@@ -76,13 +76,46 @@ def test_diffusers_folder_fp16_upcast_on_cpu(tiny_tree, dirs, manager):
     assert clip.specs[0].kind == "clip_l" and not model.is_sdxl
 
 
-def test_checkpoint_loader_node_and_alias(ctx):
-    from sdgraph.nodes.sd.loaders import CheckpointLoader
+def test_checkpoint_loader_simple_node(ctx):
+    from sdgraph.nodes.sd.loaders import CheckpointLoaderSimple
 
-    model, clip, vae = call(CheckpointLoader, ctx, ckpt_name="sd1-tiny.safetensors")
-    assert "CheckpointLoaderSimple" in CheckpointLoader.aliases
+    model, clip, vae = call(CheckpointLoaderSimple, ctx, ckpt_name="sd1-tiny.safetensors")
     assert "sd1-tiny-diffusers" in ctx.dirs.list_models("checkpoints")
     assert model.latent_channels == 4 and vae.downscale == 8
+
+
+LDM_CONFIG = "model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n    linear_start: 0.00085\n"
+
+
+def test_checkpoint_loader_takes_the_prediction_type_from_its_config(dirs, manager, tmp_path):
+    from conftest import make_ctx
+    from sdgraph.nodes.sd.loaders import CheckpointLoader, CheckpointLoaderSimple, config_files
+    from sdgraph.paths import Dirs
+
+    configs = tmp_path / "models" / "configs"
+    (configs / "sub").mkdir(parents=True)
+    (configs / "v1-inference.yaml").write_text(LDM_CONFIG)
+    (configs / "sub" / "v2-inference-v.yaml").write_text(LDM_CONFIG + '    parameterization: "v"\n')
+    (configs / "notes.txt").write_text("not a config")
+    (configs / "broken.yaml").write_text("just: [a list\n")
+    (configs / "other.yaml").write_text("something: else\n")
+    ctx = make_ctx(Dirs(base=tmp_path, extra_model_roots=[dirs.models]), manager)
+    assert config_files(ctx.dirs) == ["broken.yaml", "other.yaml", "sub/v2-inference-v.yaml", "v1-inference.yaml"]
+
+    simple, _, _ = call(CheckpointLoaderSimple, ctx, ckpt_name="sd1-tiny.safetensors")
+    eps, clip, vae = call(CheckpointLoader, ctx, config_name="v1-inference.yaml", ckpt_name="sd1-tiny.safetensors")
+    v, _, _ = call(CheckpointLoader, ctx, config_name="sub/v2-inference-v.yaml", ckpt_name="sd1-tiny.safetensors")
+    assert simple.prediction_type == eps.prediction_type == "epsilon" and v.prediction_type == "v_prediction"
+    assert v.slot is eps.slot is simple.slot, "the same weights: only the prediction type differs"
+    assert call(CheckpointLoaderSimple, ctx, ckpt_name="sd1-tiny.safetensors")[0].prediction_type == "epsilon"
+    # the config decides even against the weights' clues (this SD2 checkpoint is detected as v-prediction)
+    sd2, _, _ = call(CheckpointLoader, ctx, config_name="v1-inference.yaml", ckpt_name="sd2-tiny.safetensors")
+    assert sd2.prediction_type == "epsilon"
+    for name, problem in [("broken.yaml", "not a readable YAML"), ("other.yaml", "not an LDM config"),
+                          ("missing.yaml", "no config"), ("../../etc/passwd.yaml", "")]:
+        with pytest.raises(ValueError, match=problem or None) as caught:
+            call(CheckpointLoader, ctx, config_name=name, ckpt_name="sd1-tiny.safetensors")
+        assert problem == "" or "CheckpointLoader.config_name" in str(caught.value)
 
 
 def test_vae_and_controlnet_loaders(tiny_tree, ctx):

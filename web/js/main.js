@@ -12,7 +12,7 @@ let editor, graph, panel, pointer = null, lastPreview = null, failed = false;
 
 // The default txt2img workflow, linked by socket type so it fits either node naming.
 const DEFAULT_NODES = [
-  ['ckpt', ['CheckpointLoaderSimple', 'CheckpointLoader'], [40, 200], {}],
+  ['ckpt', ['CheckpointLoaderSimple'], [40, 200], {}],
   ['pos', ['CLIPTextEncode', 'TextEncode'], [380, 40], { text: 'a red apple on a wooden table' }],
   ['neg', ['CLIPTextEncode', 'TextEncode'], [380, 310], { text: '' }],
   ['latent', ['EmptyLatentImage', 'EmptyLatent'], [380, 580], { width: 64, height: 64, batch_size: 1 }],
