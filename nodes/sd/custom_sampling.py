@@ -168,6 +168,19 @@ class SamplerDPMPP_SDE(Node):
         return (SamplerChoice("dpmpp_sde", {"eta": eta, "s_noise": s_noise, "r": r}),)
 
 
+class SamplerDPMPP_2M_SDE(Node):
+    """DPM-Solver++(2M) SDE with its second-order rule (midpoint or heun), eta and s_noise; the Brownian noise
+    is drawn on the CPU whichever noise_device is chosen."""
+
+    category = SAMPLERS
+    inputs = [choice("solver_type", ["midpoint", "heun"]), _option("eta", 1.0), _option("s_noise", 1.0),
+              choice("noise_device", ["gpu", "cpu"])]
+    outputs = [Output(SAMPLER)]
+
+    def run(self, solver_type: str, eta: float, s_noise: float, noise_device: str) -> tuple[SamplerChoice]:
+        return (SamplerChoice("dpmpp_2m_sde", {"eta": eta, "s_noise": s_noise, "solver_type": solver_type}),)
+
+
 class SamplerLMS(Node):
     """Linear multistep with a chosen order (how many past derivatives each step uses)."""
 
@@ -303,4 +316,4 @@ class SamplerCustom(Node):
 
 NODES: Sequence[type[Node]] = [
     SamplerCustomAdvanced, SamplerCustom, KSamplerSelect, SamplerEulerAncestral, SamplerDPMPP_2S_Ancestral,
-    SamplerDPMPP_SDE, SamplerLMS, RandomNoise, DisableNoise, BasicGuider, CFGGuider, DualCFGGuider]
+    SamplerDPMPP_SDE, SamplerDPMPP_2M_SDE, SamplerLMS, RandomNoise, DisableNoise, BasicGuider, CFGGuider, DualCFGGuider]

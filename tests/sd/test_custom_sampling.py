@@ -296,3 +296,25 @@ def test_bad_inputs_name_the_input(ctx: Any, parts: dict) -> None:
         advanced(ctx, noise(ctx, 1), guider(ctx, parts), select(ctx, "euler"), torch.ones(2, 2), parts["empty"])
     with pytest.raises(ValueError, match="SamplerCustomAdvanced.latent_image"):
         advanced(ctx, noise(ctx, 1), guider(ctx, parts), select(ctx, "euler"), basic(ctx, parts, "normal", 2), {})
+
+
+def test_dpmpp_2m_sde_solver_types(ctx: Any, parts: dict) -> None:
+    """midpoint at the defaults is KSampler's dpmpp_2m_sde; heun weighs the previous estimate by the exponential
+    integrator's exact weight, checked on a two-step run with a denoiser of constant estimates."""
+    sigmas = basic(ctx, parts, "karras", 4)
+    run = lambda s: advanced(ctx, noise(ctx, 8), guider(ctx, parts), s, sigmas, parts["empty"])[0]["samples"]
+    node = lambda solver, eta=1.0: call(cs.SamplerDPMPP_2M_SDE, ctx, solver_type=solver, eta=eta, s_noise=1.0,
+                                        noise_device="cpu")[0]
+    assert torch.equal(run(node("midpoint")), run(select(ctx, "dpmpp_2m_sde")))
+    assert not torch.allclose(run(node("heun")), run(node("midpoint")), atol=1e-4)
+    from sdgraph.nodes.sd.k_multistep import sample_dpmpp_2m_sde
+
+    estimates = iter([torch.full((1, 1), 1.0), torch.full((1, 1), 3.0)])
+    s = [4.0, 2.0, 1.0]
+    out = sample_dpmpp_2m_sde(lambda x, sigma: next(estimates), torch.zeros(1, 1), s, eta=0.0, solver_type="heun")
+    x1 = 1.0 * (1 - s[1] / s[0])  # first step: first order
+    h = math.log(s[1] / s[2])
+    expected = x1 * s[2] / s[1] + 3.0 * (1 - s[2] / s[1]) + (3.0 - 1.0) * (1 - (1 - math.exp(-h)) / h)
+    assert math.isclose(float(out), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="solver_type"):
+        sample_dpmpp_2m_sde(lambda x, sigma: x, torch.zeros(1, 1), s, solver_type="rk4")
