@@ -318,3 +318,17 @@ def test_dpmpp_2m_sde_solver_types(ctx: Any, parts: dict) -> None:
     assert math.isclose(float(out), expected, rel_tol=1e-6)
     with pytest.raises(ValueError, match="solver_type"):
         sample_dpmpp_2m_sde(lambda x, sigma: x, torch.zeros(1, 1), s, solver_type="rk4")
+
+
+def test_dual_cfg_combines_three_predictions(ctx: Any, parts: dict) -> None:
+    """One Euler step to sigma 0 returns the guided estimate itself: the dual guider's is ComfyUI's combination
+    of the three conditionings' own estimates."""
+    model, c1, c2, neg = parts["model"], parts["positive"], parts["third"], parts["negative"]
+    sigmas = basic(ctx, parts, "normal", 4)[[0, -1]]
+    run = lambda g: advanced(ctx, noise(ctx, 3), g, select(ctx, "euler"), sigmas, parts["empty"])[0]["samples"]
+    d1, d2, dn = (run(call(cs.BasicGuider, ctx, model=model, conditioning=c)[0]) for c in (c1, c2, neg))
+    dual = lambda style: run(call(cs.DualCFGGuider, ctx, model=model, cond1=c1, cond2=c2, negative=neg,
+                                  cfg_conds=2.5, cfg_cond2_negative=4.0, style=style)[0])
+    close = dict(atol=2e-4, rtol=1e-4)
+    assert torch.allclose(dual("regular"), dn + (d2 - dn) * 4.0 + (d1 - d2) * 2.5, **close)
+    assert torch.allclose(dual("nested"), dn + (d2 + (d1 - d2) * 2.5 - dn) * 4.0, **close)
