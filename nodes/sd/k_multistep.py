@@ -77,8 +77,12 @@ def sample_dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[flo
 
 def sample_dpmpp_2m_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                         noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                        eta: float = 1.0) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. and Eq. for the SDE variant), midpoint second-order term."""
+                        eta: float = 1.0, solver_type: str = "midpoint") -> Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. and Eq. for the SDE variant). The second-order term from the
+    previous estimate is the midpoint one, or with solver_type "heun" the exponential integrator's exact weight
+    of a linearly changing estimate, (1 - (1 - e^-H) / H) h / h_last with H = (1 + eta) h."""
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     s = as_floats(sigmas)
     noise_sampler = noise_sampler or default_noise_sampler(x)
     previous: Tensor | None = None
@@ -92,7 +96,9 @@ def sample_dpmpp_2m_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence
             eta_h = eta * h
             blend = -math.expm1(-h - eta_h)
             x = x * (s[i + 1] / s[i] * math.exp(-eta_h)) + denoised * blend
-            if previous is not None:
+            if previous is not None and solver_type == "heun":
+                x = x + (denoised - previous) * ((1 - blend / (h + eta_h)) * h / h_last)
+            elif previous is not None:
                 x = x + (denoised - previous) * (0.5 * blend * h / h_last)
             if eta:
                 x = x + noise_sampler(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)))

@@ -22,6 +22,7 @@ import torch
 NoiseSampler = Callable[[float, float], torch.Tensor]
 
 _SEED_SPACE = 2 ** 64
+SEED_MAX = _SEED_SPACE - 1  # the largest seed a node accepts
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -31,11 +31,9 @@ from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
-from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, brownian_sampler, initial_noise, to_device
+from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SEED_MAX, brownian_sampler, initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
 from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas, schedule_of
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 @dataclass
@@ -116,34 +114,77 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
     """Sample a LATENT (unscaled samples in and out; see the module docstring); returns a new LATENT dict (CPU
     float32 samples, other keys kept). `per_item_noise` seeds each batch item on its own (see `noise`) instead
     of ComfyUI's one stream for the batch."""
+    def guide(samples: torch.Tensor) -> DenoiseFn:
+        return SDDenoiser(model, positive, negative, cfg, samples, manager)
+
+    return sample_guided(model, guide, latent, seed=seed, sampler_name=sampler_name, sigmas=plan.sigmas,
+                         add_noise=add_noise, manager=manager, on_step=on_step, noise_sampler=noise_sampler,
+                         per_item_noise=per_item_noise)[0]
+
+
+# ---- sampling with a given guider and sigmas (KSampler's path, open to the custom-sampling nodes) ----------
+
+
+def sample_guided(model: Any, guide: Callable[[torch.Tensor], DenoiseFn], latent: dict[str, Any], *, seed: int,
+                  sampler_name: str, sigmas: torch.Tensor, add_noise: bool = True, manager: Any = None,
+                  on_step: Callable[[Step, int], None] | None = None, noise_sampler: NoiseSampler | None = None,
+                  per_item_noise: bool = False, sampler_options: dict[str, Any] | None = None,
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`sample_latent` with the denoiser built by `guide(samples)` (classifier-free guidance or another rule),
+    the sigmas given as they are, and the named sampler called with `sampler_options` (eta, r, order, ...; an
+    "s_noise" option scales the sampler's noise). Returns the sampled LATENT and the last denoised estimate as
+    a LATENT (unscaled), or None when no step ran."""
     samples = latent["samples"]
-    if len(plan.sigmas) < 2:
-        return dict(latent)
+    if len(sigmas) < 2:
+        return dict(latent), None
+    options = dict(sampler_options or {})
+    s_noise = float(options.pop("s_noise", 1.0))
     noise, seeded = initial_noise(seed, samples, latent.get("batch_index"), per_item_noise)
     if not add_noise:  # as ComfyUI: no initial noise, so the noise mask's blend renoises nothing either
         noise = torch.zeros_like(noise)
     device = torch.device(model.compute_device(manager))
+    last: list[torch.Tensor] = []
     with torch.inference_mode():
         clean = scale_in(model, samples.to(device=device, dtype=torch.float32))
-        sigma_0 = float(plan.sigmas[0])
+        sigma_0 = float(sigmas[0])
         x = clean
         if add_noise:
             scale = noise_scale(sigma_0, schedule_of(model.alphas_cumprod).sigma_max)
             x = torch.add(clean, to_device(noise, device), alpha=scale)
-        denoiser = SDDenoiser(model, positive, negative, cfg, samples, manager)
+        denoiser = guide(samples)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
         if mask is not None:
             mask = _resize_mask(mask, *samples.shape[-2:]).to(device)
             denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)
-        total = len(plan.sigmas) - 1
-        callback = (lambda step: on_step(step, total)) if on_step is not None else None
+        total = len(sigmas) - 1
+
+        def callback(step: Step) -> None:
+            last[:] = [step.denoised]
+            if on_step is not None:
+                on_step(step, total)
+
         if noise_sampler is None:
             brownian = sampler_name in BROWNIAN_SAMPLERS and not per_item_noise
-            noise_sampler = brownian_sampler(seed, x, plan.sigmas.tolist()) if brownian else seeded.sampler(x)
-        out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback, noise_sampler=noise_sampler)
+            noise_sampler = brownian_sampler(seed, x, sigmas.tolist()) if brownian else seeded.sampler(x)
+        if s_noise != 1.0:
+            noise_sampler = _scaled(noise_sampler, s_noise)
+        out = get_sampler(sampler_name)(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler,
+                                        **options)
         result = model.latent_format.process_out(out.float()).cpu()
-    return {**latent, "samples": result}
+        denoised = model.latent_format.process_out(last[0].float()).cpu() if last else None
+    return {**latent, "samples": result}, (None if denoised is None else {**latent, "samples": denoised})
+
+
+def _scaled(noise_sampler: NoiseSampler, factor: float) -> NoiseSampler:
+    """The sampler's noise times `factor` (k-diffusion's s_noise), keeping its Brownian mark."""
+
+    def sample(sigma: float, sigma_next: float) -> torch.Tensor:
+        return noise_sampler(sigma, sigma_next) * factor
+
+    if getattr(noise_sampler, "brownian", False):
+        sample.brownian = True  # type: ignore[attr-defined]
+    return sample
 
 
 def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> DenoiseFn:
@@ -237,4 +278,7 @@ class KSamplerAdvanced(Node):
         return refusal(lambda: check_schedule(current_limits(), "KSamplerAdvanced.steps", steps))
 
 
-NODES = [KSampler, KSamplerAdvanced]
+# the custom-sampling set (SamplerCustomAdvanced and its parts) is built on this module's sample_guided
+from sdgraph.nodes.sd import custom_sampling, custom_sigmas  # noqa: E402 - they import this module lazily
+
+NODES = [KSampler, KSamplerAdvanced, *custom_sampling.NODES, *custom_sigmas.NODES]

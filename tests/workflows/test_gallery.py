@@ -68,7 +68,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 GALLERY = {"txt2img": (1, 64), "img2img": (1, 64), "inpaint": (1, 64), "controlnet": (1, 64), "hires_fix": (1, 96),
-           "lora": (1, 64), "sweep": (6, 64)}
+           "lora": (1, 64), "sweep": (6, 64), "custom_sampling": (1, 64)}
 
 
 @pytest.mark.parametrize("name", sorted(GALLERY))
@@ -99,6 +99,22 @@ def test_the_shape_goes_where_the_prompt_says(executor, classifier, position):
     _, pictures = run(executor, "txt2img", f"positive.text={prompt}")
     seen = classify(classifier, pictures["9"])
     assert (seen["shape"], seen["colour"], seen["position"]) == ("square", "red", position)
+
+
+@pytest.mark.parametrize("settings", [(), ("euler_ancestral", "karras", 7), ("dpmpp_2m_sde", "exponential", 3)])
+def test_custom_sampling_is_txt2img_in_parts(executor, classifier, settings):
+    """RandomNoise + CFGGuider + KSamplerSelect + BasicScheduler into SamplerCustomAdvanced: KSampler's picture."""
+    custom, plain = [], []
+    if settings:
+        sampler, scheduler, seed = settings
+        custom = [f"sampler_select.sampler_name={sampler}", f"scheduler.scheduler={scheduler}", f"noise.noise_seed={seed}"]
+        plain = [f"sampler.sampler_name={sampler}", f"sampler.scheduler={scheduler}", f"sampler.seed={seed}"]
+    _, parts = run(executor, "custom_sampling", *custom)
+    _, whole = run(executor, "txt2img", *plain)
+    assert np.array_equal(parts["9"], whole["9"])
+    if not settings:
+        assert classify(classifier, parts["9"]) == {
+            "shape": "circle", "colour": "red", "background": "blue", "position": "centre", "size": "large"}
 
 
 def test_img2img_at_low_denoise_keeps_shape_and_position(executor, classifier):
