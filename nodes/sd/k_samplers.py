@@ -293,12 +293,14 @@ def _sde_midpoint(sigma: float, sigma_next: float, r: float) -> float:
 
 
 def _samplers() -> dict[str, SamplerFn]:
-    from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415 - the multistep module imports this one
+    from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415 - these modules import this one
+    from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415
 
     return {
         "euler": sample_euler,
         "euler_ancestral": sample_euler_ancestral,
         "heun": sample_heun,
+        "heunpp2": ex.sample_heunpp2,
         "dpm_2": sample_dpm_2,
         "dpm_2_ancestral": sample_dpm_2_ancestral,
         "lms": ms.sample_lms,
@@ -306,9 +308,19 @@ def _samplers() -> dict[str, SamplerFn]:
         "dpmpp_sde": sample_dpmpp_sde,
         "dpmpp_2m": ms.sample_dpmpp_2m,
         "dpmpp_2m_sde": ms.sample_dpmpp_2m_sde,
+        "dpmpp_2m_sde_heun": ms.sample_dpmpp_2m_sde_heun,
         "dpmpp_3m_sde": ms.sample_dpmpp_3m_sde,
         "ddpm": sample_ddpm,
         "lcm": sample_lcm,
+        "ipndm": ex.sample_ipndm,
+        "ipndm_v": ex.sample_ipndm_v,
+        "deis": ex.sample_deis,
+        "res_multistep": ex.sample_res_multistep,
+        "res_multistep_ancestral": ex.sample_res_multistep_ancestral,
+        "gradient_estimation": ex.sample_gradient_estimation,
+        "er_sde": ex.sample_er_sde,
+        "seeds_2": ex.sample_seeds_2,
+        "seeds_3": ex.sample_seeds_3,
         "ddim": sample_euler,  # deterministic DDIM is Euler in this parametrisation (see sample_euler)
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,
@@ -316,11 +328,15 @@ def _samplers() -> dict[str, SamplerFn]:
 
 
 # ComfyUI's "_gpu" variants differ only in where the Brownian noise is drawn; here it is always the CPU.
-ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
+           "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun"}
+# In ComfyUI's order (a subset of its list: the cfg_pp family, dpm_fast, dpm_adaptive and sa_solver are missing).
 SAMPLER_NAMES: tuple[str, ...] = (
-    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
-    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
-    "lcm", "ddim", "uni_pc", "uni_pc_bh2",
+    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
+    "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis",
+    "res_multistep", "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "ddim",
+    "uni_pc", "uni_pc_bh2",
 )
 
 
