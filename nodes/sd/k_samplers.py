@@ -304,6 +304,8 @@ def _samplers() -> dict[str, SamplerFn]:
         "dpm_2": sample_dpm_2,
         "dpm_2_ancestral": sample_dpm_2_ancestral,
         "lms": ms.sample_lms,
+        "dpm_fast": ex.sample_dpm_fast,
+        "dpm_adaptive": ex.sample_dpm_adaptive,
         "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
         "dpmpp_sde": sample_dpmpp_sde,
         "dpmpp_2m": ms.sample_dpmpp_2m,
@@ -330,13 +332,13 @@ def _samplers() -> dict[str, SamplerFn]:
 # ComfyUI's "_gpu" variants differ only in where the Brownian noise is drawn; here it is always the CPU.
 ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
            "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun"}
-# In ComfyUI's order (a subset of its list: the cfg_pp family, dpm_fast, dpm_adaptive and sa_solver are missing).
+# In ComfyUI's order (a subset of its list: the cfg_pp family and sa_solver are missing).
 SAMPLER_NAMES: tuple[str, ...] = (
-    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
-    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
-    "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis",
-    "res_multistep", "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "ddim",
-    "uni_pc", "uni_pc_bh2",
+    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
+    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
+    "ipndm_v", "deis", "res_multistep", "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2",
+    "seeds_3", "ddim", "uni_pc", "uni_pc_bh2",
 )
 
 

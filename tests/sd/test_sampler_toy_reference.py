@@ -22,7 +22,7 @@ from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SeededNoise, brownian_samp
 
 REFERENCE = np.load(Path(__file__).parent / "data" / "toy_samplers.npz")
 CASES = sorted(REFERENCE.files)
-NEW = ("heunpp2", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ipndm", "ipndm_v", "deis", "res_multistep",
+NEW = ("dpm_fast", "dpm_adaptive", "heunpp2", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ipndm", "ipndm_v", "deis", "res_multistep",
        "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3")
 STOCHASTIC = {"dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "res_multistep_ancestral", "er_sde", "seeds_2",
               "seeds_3"}

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_references import write_torchvision_stand_in  # noqa: E402
 from toy_denoiser import SEED, SHAPE, toy_denoise, toy_sigmas, toy_start  # noqa: E402
 
-# sdgraph name -> ComfyUI function name (in comfy.k_diffusion.sampling)
-SAMPLERS = ("heunpp2", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "ipndm", "ipndm_v", "deis", "res_multistep",
+# ComfyUI's sampler names, each run through comfy.samplers.ksampler(name).sampler_function (the k-diffusion
+# function, or for dpm_fast / dpm_adaptive ComfyUI's wrapper that takes their sigma range from the schedule)
+SAMPLERS = ("dpm_fast", "dpm_adaptive", "heunpp2", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "ipndm", "ipndm_v", "deis", "res_multistep",
             "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3")
 
 
@@ -38,9 +39,9 @@ def import_sampling(comfyui: Path):
     sys.argv = [sys.argv[0], "--cpu"]
     import comfy.options
     comfy.options.enable_args_parsing()
-    import comfy.k_diffusion.sampling as sampling
     import comfy.model_sampling as model_sampling
-    return sampling, model_sampling
+    import comfy.samplers as samplers
+    return samplers, model_sampling
 
 
 class _Patcher:
@@ -85,9 +86,10 @@ def main() -> None:
     for schedule in ("karras", "uneven"):
         sigmas = toy_sigmas(schedule)
         for name in SAMPLERS:
-            fn = getattr(sampling, f"sample_{name}")
+            fn = sampling.ksampler(name).sampler_function
             with torch.no_grad():
-                result = fn(model, toy_start(sigmas), sigmas.clone(), extra_args={"seed": SEED}, disable=True)
+                result = fn(model, toy_start(sigmas), sigmas.clone(), extra_args={"seed": SEED}, callback=None,
+                            disable=True)
             out[f"{schedule}/{name}"] = result.numpy()
             print(schedule, name, float(result.abs().max()), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
