@@ -293,7 +293,8 @@ def _sde_midpoint(sigma: float, sigma_next: float, r: float) -> float:
 
 
 def _samplers() -> dict[str, SamplerFn]:
-    from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415 - these modules import this one
+    from sdgraph.nodes.sd import k_cfgpp  # noqa: PLC0415 - these modules import this one
+    from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415
     from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415
 
     return {
@@ -326,18 +327,21 @@ def _samplers() -> dict[str, SamplerFn]:
         "ddim": sample_euler,  # deterministic DDIM is Euler in this parametrisation (see sample_euler)
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,
+        **k_cfgpp.CFG_PP_SAMPLERS,  # these call denoise.with_uncond (see k_cfgpp)
     }
 
 
 # ComfyUI's "_gpu" variants differ only in where the Brownian noise is drawn; here it is always the CPU.
 ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
            "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun"}
-# In ComfyUI's order (a subset of its list: the cfg_pp family and sa_solver are missing).
+# In ComfyUI's order (its list without sa_solver and sa_solver_pece).
 SAMPLER_NAMES: tuple[str, ...] = (
-    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
-    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
     "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
-    "ipndm_v", "deis", "res_multistep", "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2",
+    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
     "seeds_3", "ddim", "uni_pc", "uni_pc_bh2",
 )
 

@@ -30,6 +30,7 @@ from sdgraph.paths import Dirs
 from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
+from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
 from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, brownian_sampler, initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
@@ -130,7 +131,8 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
         if add_noise:
             scale = noise_scale(sigma_0, schedule_of(model.alphas_cumprod).sigma_max)
             x = torch.add(clean, to_device(noise, device), alpha=scale)
-        denoiser = SDDenoiser(model, positive, negative, cfg, samples, manager)
+        denoiser = SDDenoiser(model, positive, negative, cfg, samples, manager,
+                              keep_uncond=sampler_name in CFG_PP_SAMPLERS)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
         if mask is not None:
@@ -154,6 +156,14 @@ def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask
         known = torch.add(clean, noise, alpha=sigma)
         return torch.lerp(clean, inner(torch.lerp(known, x, mask), sigma), mask)
 
+    def with_uncond(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # for the CFG++ samplers; as in ComfyUI, the unconditional estimate is the model's, not blended
+        known = torch.add(clean, noise, alpha=sigma)
+        denoised, uncond = inner.with_uncond(torch.lerp(known, x, mask), sigma)
+        return torch.lerp(clean, denoised, mask), uncond
+
+    if hasattr(inner, "with_uncond"):
+        denoise.with_uncond = with_uncond  # type: ignore[attr-defined]
     return denoise
 
 

@@ -16,16 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from toy_denoiser import SEED, toy_denoise, toy_sigmas, toy_start
+from toy_denoiser import SEED, ToyGuidedDenoiser, toy_denoise, toy_sigmas, toy_start
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, get_sampler
 from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SeededNoise, brownian_sampler
 
 REFERENCE = np.load(Path(__file__).parent / "data" / "toy_samplers.npz")
 CASES = sorted(REFERENCE.files)
 NEW = ("dpm_fast", "dpm_adaptive", "heunpp2", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ipndm", "ipndm_v", "deis", "res_multistep",
-       "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3")
+       "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
+       "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp")
 STOCHASTIC = {"dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "res_multistep_ancestral", "er_sde", "seeds_2",
-              "seeds_3"}
+              "seeds_3", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp"}
 
 
 def run_toy(name: str, sigmas: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,8 @@ def run_toy(name: str, sigmas: torch.Tensor) -> torch.Tensor:
     else:
         noise = SeededNoise(SEED, x.shape[0]).sampler(x)
     with torch.no_grad():
-        return get_sampler(name)(toy_denoise, x, sigmas, noise_sampler=noise)
+        denoise = ToyGuidedDenoiser() if name.endswith("_cfg_pp") else toy_denoise
+        return get_sampler(name)(denoise, x, sigmas, noise_sampler=noise)
 
 
 def test_every_new_sampler_has_a_reference() -> None:
@@ -98,3 +100,54 @@ def test_new_sampler_on_the_tiny_model(model: TinyModel, sampler: str) -> None:
     assert torch.equal(_ksample(model, sampler, 3), first)
     if sampler in STOCHASTIC:
         assert not torch.allclose(_ksample(model, sampler, 4), first, atol=1e-4)
+
+
+def test_sampler_combo_is_comfyuis_list_without_sa_solver() -> None:
+    import json  # noqa: PLC0415
+
+    reference = Path("/work/shared/reference/comfyui-core-nodes.json")
+    if not reference.exists():
+        pytest.skip("ComfyUI's object_info dump is not on this machine")
+    comfy = json.loads(reference.read_text())["KSampler"]["input"]["required"]["sampler_name"][0]
+    assert [n for n in comfy if n not in ("sa_solver", "sa_solver_pece")] == list(SAMPLER_NAMES)
+    from sdgraph.nodes.sd import sampling  # noqa: PLC0415
+    from sdgraph.registry import Registry  # noqa: PLC0415
+
+    registry = Registry()
+    registry.add_native(sampling.NODES, "sd-sampling")
+    info = registry.describe()
+    for node in ("KSampler", "KSamplerAdvanced"):
+        assert info[node]["input"]["required"]["sampler_name"][0] == list(SAMPLER_NAMES)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.5])
+def test_the_denoiser_hands_cfg_pp_the_unconditional_prediction(model: TinyModel, cfg: float) -> None:
+    """with_uncond gives the guided estimate (as the plain call) and the negative prompt's own estimate, also at
+    cfg 1, where the plain denoiser skips the negative side."""
+    from sdgraph.nodes.sd.denoiser import SDDenoiser  # noqa: PLC0415
+
+    latent = empty_latent()["samples"]
+    x = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)) * 3.0
+    pos, neg = conditioning(1), conditioning(2)
+    with torch.inference_mode():
+        denoised, uncond = SDDenoiser(model, pos, neg, cfg, latent, keep_uncond=True).with_uncond(x, 3.0)
+        plain = SDDenoiser(model, pos, neg, cfg, latent)(x, 3.0)
+        negative_alone = SDDenoiser(model, neg, neg, 1.0, latent)(x, 3.0)
+    assert torch.allclose(denoised, plain, atol=1e-5)
+    assert torch.allclose(uncond, negative_alone, atol=1e-5)
+    assert not torch.allclose(uncond, denoised, atol=1e-3)
+    with pytest.raises(RuntimeError, match="keep_uncond"):
+        SDDenoiser(model, pos, neg, cfg, latent).with_uncond(x, 3.0)
+
+
+def test_cfg_pp_inpainting_keeps_the_unmasked_region(model: TinyModel) -> None:
+    latent = {"samples": torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5)),
+              "noise_mask": torch.zeros((1, 1, 8, 8))}
+    latent["noise_mask"][..., :4] = 1.0
+    inputs = dict(model=model, seed=1, steps=4, cfg=1.5, sampler_name="euler_cfg_pp", scheduler="karras",
+                  positive=conditioning(1), negative=conditioning(2), latent_image=latent, denoise=1.0)
+    ctx = NodeContext(node_id="3", prompt_id="p", services=Services(settings={}), interrupt=InterruptFlag(),
+                      on_progress=lambda *a: None)
+    out = define(KSampler, "sd-sampling").invoke(inputs, ctx)[0]["samples"]
+    assert torch.allclose(out[..., 4:], latent["samples"][..., 4:], atol=1e-4)
+    assert not torch.allclose(out[..., :4], latent["samples"][..., :4], atol=1e-2)

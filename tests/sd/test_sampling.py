@@ -15,6 +15,7 @@ from sdgraph.node import define
 from sdgraph.registry import Registry
 from sdgraph.nodes.sd import sampling
 from sdgraph.nodes.sd.denoiser import SDDenoiser
+from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, get_sampler
 from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod
 from sdgraph.nodes.sd.noise import initial_noise
@@ -155,12 +156,17 @@ def exact_std(sampler: str, sigmas: list[float]) -> torch.Tensor:
     return x_var.sqrt()
 
 
+# CFG++ does not integrate the guided ODE (it re-noises along the unconditional prediction), so it has no exact
+# answer here; test_sampler_toy_reference.py checks those samplers against ComfyUI's.
+GUIDED_ODE_SAMPLERS = tuple(n for n in SAMPLER_NAMES if n not in CFG_PP_SAMPLERS)
+
+
 def test_every_sampler_has_a_tolerance() -> None:
-    assert set(ODE_TOLERANCE) | set(SDE_TOLERANCE) == set(SAMPLER_NAMES)
+    assert set(ODE_TOLERANCE) | set(SDE_TOLERANCE) == set(GUIDED_ODE_SAMPLERS)
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+@pytest.mark.parametrize("sampler", GUIDED_ODE_SAMPLERS)
 def test_every_sampler_and_scheduler_reaches_the_exact_answer(gaussian: TinyModel, sampler: str,
                                                              scheduler: str) -> None:
     """Deterministic samplers land on the exact ODE solution from their start; stochastic ones produce the data

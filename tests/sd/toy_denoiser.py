@@ -34,3 +34,30 @@ def toy_start(sigmas: torch.Tensor) -> torch.Tensor:
     """Seeded unit noise scaled to the first sigma (the latent KSampler starts from on an empty latent)."""
     noise = torch.randn(SHAPE, generator=torch.Generator("cpu").manual_seed(SEED), dtype=torch.float32)
     return noise * sigmas[0]
+
+
+UNCOND_MEAN = torch.tensor([-0.2, 0.4, 0.0, -0.6]).view(1, 4, 1, 1)
+TOY_CFG = 1.7  # CFG++ is meant for small guidance scales
+
+
+def _posterior_mean(x: torch.Tensor, sigma: float, mean: torch.Tensor) -> torch.Tensor:
+    var = STD.double() ** 2
+    weight = (var / (var + float(sigma) ** 2)).float()
+    return mean + weight * (x - mean)
+
+
+def toy_guided(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the CFG++ samplers: (guided x0, unconditional x0), with the conditional prediction `toy_denoise` and
+    the unconditional one the same data but centred on UNCOND_MEAN, combined with cfg TOY_CFG as ComfyUI does."""
+    cond, uncond = toy_denoise(x, sigma), _posterior_mean(x, sigma, UNCOND_MEAN)
+    return uncond + (cond - uncond) * TOY_CFG, uncond
+
+
+class ToyGuidedDenoiser:
+    """`denoise(x, sigma)` plus `with_uncond(x, sigma)` on the toy problem."""
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return toy_guided(x, sigma)[0]
+
+    def with_uncond(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return toy_guided(x, sigma)

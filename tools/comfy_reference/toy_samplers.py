@@ -24,12 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "sd"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_references import write_torchvision_stand_in  # noqa: E402
-from toy_denoiser import SEED, SHAPE, toy_denoise, toy_sigmas, toy_start  # noqa: E402
+from toy_denoiser import SEED, SHAPE, toy_denoise, toy_guided, toy_sigmas, toy_start  # noqa: E402
 
 # ComfyUI's sampler names, each run through comfy.samplers.ksampler(name).sampler_function (the k-diffusion
 # function, or for dpm_fast / dpm_adaptive ComfyUI's wrapper that takes their sigma range from the schedule)
 SAMPLERS = ("dpm_fast", "dpm_adaptive", "heunpp2", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "ipndm", "ipndm_v", "deis", "res_multistep",
-            "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3")
+            "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3",
+            "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
+            "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp")
 
 
 def import_sampling(comfyui: Path):
@@ -61,13 +63,22 @@ class _Inner:
 
 
 class ToyModel:
-    """What ComfyUI's samplers call as `model(x, sigma_batch, **extra_args)`."""
+    """What ComfyUI's samplers call as `model(x, sigma_batch, **extra_args)`. The *_cfg_pp samplers get the
+    guided toy (`toy_guided`), whose unconditional estimate goes to the post-CFG functions they register in
+    `model_options`, as ComfyUI's cfg function hands it over."""
 
     def __init__(self, ms):
         self.inner_model = _Inner(ms)
 
     def __call__(self, x, sigma, **extra_args):
-        return toy_denoise(x, float(sigma.reshape(-1)[0]))
+        sigma = float(sigma.reshape(-1)[0])
+        post_cfg = extra_args.get("model_options", {}).get("sampler_post_cfg_function", [])
+        if not post_cfg:
+            return toy_denoise(x, sigma)
+        denoised, uncond = toy_guided(x, sigma)
+        for fn in post_cfg:
+            denoised = fn({"denoised": denoised, "uncond_denoised": uncond, "input": x})
+        return denoised
 
 
 def main() -> None:
