@@ -12,7 +12,9 @@ Every sampler has one interface::
 
 A latent x at noise level sigma is `x0 + sigma * eps`; VP samplers (DDIM, DDPM, DPM-Solver, UniPC, LCM) are written
 in this parametrisation too, where they coincide with their published update rules divided by sqrt(alpha_bar).
-Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`.
+Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`;
+the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS, DPM-Solver fast/adaptive,
+SA-Solver) in `k_extra`, and the CFG++ samplers, which also need the unconditional prediction, in `k_cfgpp`.
 """
 from __future__ import annotations
 
@@ -324,6 +326,8 @@ def _samplers() -> dict[str, SamplerFn]:
         "er_sde": ex.sample_er_sde,
         "seeds_2": ex.sample_seeds_2,
         "seeds_3": ex.sample_seeds_3,
+        "sa_solver": ex.sample_sa_solver,
+        "sa_solver_pece": ex.sample_sa_solver_pece,
         "ddim": sample_euler,  # deterministic DDIM is Euler in this parametrisation (see sample_euler)
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,
@@ -334,7 +338,7 @@ def _samplers() -> dict[str, SamplerFn]:
 # ComfyUI's "_gpu" variants differ only in where the Brownian noise is drawn; here it is always the CPU.
 ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
            "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun"}
-# In ComfyUI's order (its list without sa_solver and sa_solver_pece).
+# ComfyUI's list, in its order.
 SAMPLER_NAMES: tuple[str, ...] = (
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
     "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
@@ -342,7 +346,7 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
     "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
     "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
-    "seeds_3", "ddim", "uni_pc", "uni_pc_bh2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
 )
 
 

@@ -31,6 +31,7 @@ from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
+from sdgraph.nodes.sd.k_extra import sa_tau_interval
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
 from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, brownian_sampler, initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
@@ -143,9 +144,18 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
         if noise_sampler is None:
             brownian = sampler_name in BROWNIAN_SAMPLERS and not per_item_noise
             noise_sampler = brownian_sampler(seed, x, plan.sigmas.tolist()) if brownian else seeded.sampler(x)
-        out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback, noise_sampler=noise_sampler)
+        options = sampler_options(sampler_name, model)
+        out = get_sampler(sampler_name)(denoise, x, plan.sigmas, callback=callback, noise_sampler=noise_sampler,
+                                        **options)
         result = model.latent_format.process_out(out.float()).cpu()
     return {**latent, "samples": result}
+
+
+def sampler_options(sampler_name: str, model: Any) -> dict[str, Any]:
+    """What a sampler needs to know of the model beyond the denoiser: SA-Solver its stochastic sigma interval."""
+    if sampler_name in ("sa_solver", "sa_solver_pece"):
+        return {"tau_interval": sa_tau_interval(model.alphas_cumprod)}
+    return {}
 
 
 def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> DenoiseFn:

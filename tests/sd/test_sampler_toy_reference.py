@@ -23,10 +23,10 @@ from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SeededNoise, brownian_samp
 REFERENCE = np.load(Path(__file__).parent / "data" / "toy_samplers.npz")
 CASES = sorted(REFERENCE.files)
 NEW = ("dpm_fast", "dpm_adaptive", "heunpp2", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ipndm", "ipndm_v", "deis", "res_multistep",
-       "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
+       "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
        "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp")
 STOCHASTIC = {"dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "res_multistep_ancestral", "er_sde", "seeds_2",
-              "seeds_3", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp"}
+              "seeds_3", "sa_solver", "sa_solver_pece", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp"}
 
 
 def run_toy(name: str, sigmas: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,14 @@ def test_matches_comfyui_on_the_toy_denoiser(case: str) -> None:
     assert error < 1e-5, f"{case}: max abs diff {error:.3g}"
 
 
+def test_sa_solver_noise_interval_is_comfyuis() -> None:
+    """SD's schedule at 20% and 80%: ComfyUI's percent_to_sigma(0.2), (0.8) on its discrete EPS sampling."""
+    from sdgraph.nodes.sd.k_extra import sa_tau_interval  # noqa: PLC0415
+
+    start, end = sa_tau_interval()
+    assert (start, end) == (5.092408180236816, 0.5711888670921326)  # ComfyUI a125cd8, measured
+
+
 def test_the_gpu_name_is_the_same_sampler() -> None:
     sigmas = toy_sigmas("karras")
     assert torch.equal(run_toy("dpmpp_2m_sde_heun_gpu", sigmas), run_toy("dpmpp_2m_sde_heun", sigmas))
@@ -64,7 +72,7 @@ def test_the_gpu_name_is_the_same_sampler() -> None:
 def test_the_reference_tells_the_samplers_apart() -> None:
     """The toy problem is sharp enough that related samplers do not pass for each other."""
     for a, b in (("ipndm", "ipndm_v"), ("res_multistep", "gradient_estimation"), ("dpmpp_2m_sde", "dpmpp_2m_sde_heun"),
-                 ("seeds_2", "seeds_3"), ("deis", "ipndm_v")):
+                 ("seeds_2", "seeds_3"), ("deis", "ipndm_v"), ("sa_solver", "sa_solver_pece")):
         diff = np.abs(REFERENCE[f"uneven/{a}"] - REFERENCE[f"uneven/{b}"]).max()
         assert diff > 1e-3, (a, b, diff)
 
@@ -102,14 +110,14 @@ def test_new_sampler_on_the_tiny_model(model: TinyModel, sampler: str) -> None:
         assert not torch.allclose(_ksample(model, sampler, 4), first, atol=1e-4)
 
 
-def test_sampler_combo_is_comfyuis_list_without_sa_solver() -> None:
+def test_sampler_combo_is_comfyuis_list() -> None:
     import json  # noqa: PLC0415
 
     reference = Path("/work/shared/reference/comfyui-core-nodes.json")
     if not reference.exists():
         pytest.skip("ComfyUI's object_info dump is not on this machine")
     comfy = json.loads(reference.read_text())["KSampler"]["input"]["required"]["sampler_name"][0]
-    assert [n for n in comfy if n not in ("sa_solver", "sa_solver_pece")] == list(SAMPLER_NAMES)
+    assert comfy == list(SAMPLER_NAMES)
     from sdgraph.nodes.sd import sampling  # noqa: PLC0415
     from sdgraph.registry import Registry  # noqa: PLC0415
 

@@ -107,7 +107,8 @@ SDE_TOLERANCE = {"euler_ancestral": (0.1, 0.2), "ddpm": (0.1, 0.2), "dpm_2_ances
                  "dpmpp_2m_sde": (0.06, 0.3), "dpmpp_2m_sde_gpu": (0.06, 0.3), "dpmpp_3m_sde": (0.07, 1.2),
                  "dpmpp_3m_sde_gpu": (0.07, 1.2), "lcm": (0.05, 0.05), "dpmpp_2m_sde_heun": (0.06, 0.45),
                  "dpmpp_2m_sde_heun_gpu": (0.06, 0.45), "res_multistep_ancestral": (0.05, 0.5), "er_sde": (0.22, 0.15),
-                 "seeds_2": (0.04, 0.06), "seeds_3": (0.04, 0.04)}
+                 "seeds_2": (0.04, 0.06), "seeds_3": (0.04, 0.04), "sa_solver": (0.06, 0.05),
+                 "sa_solver_pece": (0.06, 0.05)}
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from toy_denoiser import SEED, SHAPE, toy_denoise, toy_guided, toy_sigmas, toy_s
 # ComfyUI's sampler names, each run through comfy.samplers.ksampler(name).sampler_function (the k-diffusion
 # function, or for dpm_fast / dpm_adaptive ComfyUI's wrapper that takes their sigma range from the schedule)
 SAMPLERS = ("dpm_fast", "dpm_adaptive", "heunpp2", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "ipndm", "ipndm_v", "deis", "res_multistep",
-            "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3",
+            "res_multistep_ancestral", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece",
             "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
             "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp")
 
