@@ -4,7 +4,7 @@ Initial noise: one CPU generator seeded with `seed` draws the whole batch at onc
 taken from a larger one) the generator draws one item per index up to the largest and keeps the listed ones, so
 an item gets the noise it had in the full batch.
 
-Sampler noise (ancestral, LCM, DDPM): a fresh generator seeded with `seed` draws batch-shaped noise at each step,
+Sampler noise (ancestral, LCM, DDPM, ER-SDE, SEEDS, SA-Solver, ...): a fresh generator seeded with `seed` draws batch-shaped noise at each step,
 so its first draw repeats the initial noise of an unindexed batch. The SDE samplers (dpmpp_sde, dpmpp_2m_sde,
 dpmpp_2m_sde_heun, dpmpp_3m_sde and their _gpu names) instead read a Brownian tree seeded with `seed` (torchsde; see
 `brownian_sampler`).
