@@ -55,7 +55,7 @@ class Guider:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def denoiser(self, samples: Tensor, manager: Any) -> DenoiseFn:
+    def denoiser(self, samples: Tensor, manager: Any, keep_uncond: bool = False) -> DenoiseFn:
         raise NotImplementedError
 
 
@@ -66,8 +66,9 @@ class CFGGuide(Guider):
         super().__init__(model)
         self.positive, self.negative, self.cfg = positive, negative, cfg
 
-    def denoiser(self, samples: Tensor, manager: Any) -> DenoiseFn:
-        return SDDenoiser(self.model, self.positive, self.negative, self.cfg, samples, manager)
+    def denoiser(self, samples: Tensor, manager: Any, keep_uncond: bool = False) -> DenoiseFn:
+        return SDDenoiser(self.model, self.positive, self.negative, self.cfg, samples, manager,
+                          keep_uncond=keep_uncond)
 
 
 def _as_negative(conditioning: list) -> list:
@@ -85,7 +86,7 @@ class DualCFGGuide(Guider):
         self.sides = (cond1, _as_negative(cond2), negative)
         self.cfg1, self.cfg2, self.nested = float(cfg1), float(cfg2), nested
 
-    def denoiser(self, samples: Tensor, manager: Any) -> DenoiseFn:
+    def denoiser(self, samples: Tensor, manager: Any, keep_uncond: bool = False) -> DenoiseFn:
         cond1, cond2, negative = (SDDenoiser(self.model, side, [], 1.0, samples, manager) for side in self.sides)
         cfg1, cfg2 = self.cfg1, self.cfg2
 
@@ -272,8 +273,10 @@ def run_custom(node: Node, where: str, noise: NoiseSource, guider: Guider, sampl
     from sdgraph.nodes.sd.sampling import sample_guided, step_reporter  # noqa: PLC0415 - it registers us
 
     model = guider.model
-    out, denoised = sample_guided(model, lambda samples: guider.denoiser(samples, node.ctx.models), latent,
-                                  seed=noise.seed, sampler_name=sampler.name, sigmas=sigmas, add_noise=noise.enabled,
+    def guide(samples: Tensor, keep_uncond: bool) -> DenoiseFn:
+        return guider.denoiser(samples, node.ctx.models, keep_uncond)
+
+    out, denoised = sample_guided(model, guide, latent, seed=noise.seed, sampler_name=sampler.name, sigmas=sigmas, add_noise=noise.enabled,
                                   manager=node.ctx.models, on_step=step_reporter(node.ctx, model),
                                   sampler_options=sampler.options)
     return out, denoised if denoised is not None else out

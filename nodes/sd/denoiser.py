@@ -59,7 +59,7 @@ class SDDenoiser:
     """`denoise(x, sigma) -> denoised` for a DiffusionModel with positive/negative conditioning and a cfg scale."""
 
     def __init__(self, model: Any, positive: Sequence[Sequence[Any]], negative: Sequence[Sequence[Any]],
-                 cfg: float, latent: Tensor, manager: Any = None) -> None:
+                 cfg: float, latent: Tensor, manager: Any = None, keep_uncond: bool = False) -> None:
         self.model = model
         self.manager = manager
         self.unet = model.unet(manager)
@@ -70,7 +70,9 @@ class SDDenoiser:
         self.cfg = float(cfg)
         self.batch, _, self.height, self.width = latent.shape
         self.positive = [self._entry(c, "positive") for c in positive]
-        self.negative = [self._entry(c, "negative") for c in negative] if self.guided else []
+        # CFG++ samplers read the unconditional prediction even at cfg 1 (ComfyUI's disable_cfg1_optimization)
+        self.keep_uncond = bool(keep_uncond)
+        self.negative = [self._entry(c, "negative") for c in negative] if self.guided or keep_uncond else []
         if not self.positive:
             raise ValueError("sampling needs at least one positive conditioning entry")
         self.batched = self._plan_batched()
@@ -96,7 +98,7 @@ class SDDenoiser:
 
     def _plan_batched(self) -> _Batched | None:
         """One UNet call per step when each side is a single plain entry and the contexts can be stacked."""
-        sides = [self.negative, self.positive] if self.guided and self.negative else [self.positive]
+        sides = [self.negative, self.positive] if self.negative else [self.positive]
         if any(len(side) != 1 or not side[0].plain for side in sides):
             return None
         entries = [side[0] for side in sides]
@@ -116,14 +118,29 @@ class SDDenoiser:
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """x0 estimated from x at noise level sigma (call it under torch.inference_mode(), as sampling does)."""
+        return self._evaluate(x, sigma, want_uncond=False)[0]
+
+    def with_uncond(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        """(guided x0, unconditional x0): what the CFG++ samplers step with. Needs `keep_uncond=True`."""
+        if not self.keep_uncond:
+            raise RuntimeError("SDDenoiser.with_uncond needs a denoiser built with keep_uncond=True")
+        denoised, uncond = self._evaluate(x, sigma, want_uncond=True)
+        return denoised, uncond
+
+    def _evaluate(self, x: Tensor, sigma: float, want_uncond: bool) -> tuple[Tensor, Tensor | None]:
         c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
         t = torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32)
         x_in = (x * c_in).to(self.dtype)
         if self.batched is not None:
-            eps = self._batched_eps(x_in, t, sigma)
+            eps, uncond_eps = self._batched_eps(x_in, t, sigma)
         else:
-            eps = self._general_eps(x_in, t, sigma)
-        return self._denoised(x, eps, sigma, c_in)
+            eps, uncond_eps = self._general_eps(x_in, t, sigma)
+        denoised = self._denoised(x, eps, sigma, c_in)
+        if not want_uncond:
+            return denoised, None
+        if uncond_eps is None:
+            raise ValueError("the cfg_pp samplers need a negative conditioning entry (they step with its prediction)")
+        return denoised, self._denoised(x, uncond_eps, sigma, c_in)
 
     def _denoised(self, x: Tensor, out: Tensor, sigma: float, c_in: float) -> Tensor:
         out = out.to(x.dtype)
@@ -131,23 +148,23 @@ class SDDenoiser:
             return torch.add(x * (c_in * c_in), out, alpha=-sigma * c_in)
         return torch.add(x, out, alpha=-sigma)
 
-    def _batched_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
+    def _batched_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
         plan = self.batched
         halves = len(plan.entries)
         x_batch = torch.cat([x_in] * halves) if halves > 1 else x_in
         control = self._control_kwargs(plan.entries, x_in, t, plan.context, sigma)
         out = self._unet(x_batch, t, plan.context, plan.added, control)
         if halves == 1:
-            return out
+            return out, None
         uncond, cond = out.chunk(2)
-        return torch.lerp(uncond, cond, self.cfg)  # uncond + cfg * (cond - uncond) in one kernel
+        return torch.lerp(uncond, cond, self.cfg), uncond  # uncond + cfg * (cond - uncond) in one kernel
 
-    def _general_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
+    def _general_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
         cond = self._side_eps(self.positive, x_in, t, sigma)
         if not self.negative:
-            return cond
+            return cond, None
         uncond = self._side_eps(self.negative, x_in, t, sigma)
-        return uncond + (cond - uncond) * self.cfg
+        return uncond + (cond - uncond) * self.cfg, uncond
 
     def _side_eps(self, entries: list[Entry], x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
         """The weighted average of the entries' predictions, each on its own area."""

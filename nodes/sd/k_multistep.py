@@ -78,11 +78,10 @@ def sample_dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[flo
 def sample_dpmpp_2m_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                         noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
                         eta: float = 1.0, solver_type: str = "midpoint") -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. and Eq. for the SDE variant). The second-order term from the
-    previous estimate is the midpoint one, or with solver_type "heun" the exponential integrator's exact weight
-    of a linearly changing estimate, (1 - (1 - e^-H) / H) h / h_last with H = (1 + eta) h."""
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. and Eq. for the SDE variant), with the midpoint second-order
+    term, or with `solver_type="heun"` the trapezoidal one (ComfyUI's dpmpp_2m_sde_heun)."""
     if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', not {solver_type!r}")
     s = as_floats(sigmas)
     noise_sampler = noise_sampler or default_noise_sampler(x)
     previous: Tensor | None = None
@@ -96,16 +95,23 @@ def sample_dpmpp_2m_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence
             eta_h = eta * h
             blend = -math.expm1(-h - eta_h)
             x = x * (s[i + 1] / s[i] * math.exp(-eta_h)) + denoised * blend
-            if previous is not None and solver_type == "heun":
-                x = x + (denoised - previous) * ((1 - blend / (h + eta_h)) * h / h_last)
-            elif previous is not None:
-                x = x + (denoised - previous) * (0.5 * blend * h / h_last)
+            if previous is not None:
+                weight = 0.5 * blend if solver_type == "midpoint" else blend / -(h + eta_h) + 1
+                x = x + (denoised - previous) * (weight * h / h_last)
             if eta:
                 x = x + noise_sampler(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)))
             h_last = h
         previous = denoised
         _report(callback, i, x, denoised, s[i], s[i + 1])
     return x
+
+
+def sample_dpmpp_2m_sde_heun(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                             noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                             eta: float = 1.0) -> Tensor:
+    """SDE-DPM-Solver++(2M) with the Heun (trapezoidal) second-order term."""
+    return sample_dpmpp_2m_sde(denoise, x, sigmas, noise_sampler=noise_sampler, callback=callback, eta=eta,
+                               solver_type="heun")
 
 
 def sample_dpmpp_3m_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,

@@ -12,7 +12,9 @@ Every sampler has one interface::
 
 A latent x at noise level sigma is `x0 + sigma * eps`; VP samplers (DDIM, DDPM, DPM-Solver, UniPC, LCM) are written
 in this parametrisation too, where they coincide with their published update rules divided by sqrt(alpha_bar).
-Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`.
+Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`;
+the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS, DPM-Solver fast/adaptive,
+SA-Solver) in `k_extra`, and the CFG++ samplers, which also need the unconditional prediction, in `k_cfgpp`.
 """
 from __future__ import annotations
 
@@ -293,34 +295,58 @@ def _sde_midpoint(sigma: float, sigma_next: float, r: float) -> float:
 
 
 def _samplers() -> dict[str, SamplerFn]:
-    from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415 - the multistep module imports this one
+    from sdgraph.nodes.sd import k_cfgpp  # noqa: PLC0415 - these modules import this one
+    from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415
+    from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415
 
     return {
         "euler": sample_euler,
         "euler_ancestral": sample_euler_ancestral,
         "heun": sample_heun,
+        "heunpp2": ex.sample_heunpp2,
         "dpm_2": sample_dpm_2,
         "dpm_2_ancestral": sample_dpm_2_ancestral,
         "lms": ms.sample_lms,
+        "dpm_fast": ex.sample_dpm_fast,
+        "dpm_adaptive": ex.sample_dpm_adaptive,
         "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
         "dpmpp_sde": sample_dpmpp_sde,
         "dpmpp_2m": ms.sample_dpmpp_2m,
         "dpmpp_2m_sde": ms.sample_dpmpp_2m_sde,
+        "dpmpp_2m_sde_heun": ms.sample_dpmpp_2m_sde_heun,
         "dpmpp_3m_sde": ms.sample_dpmpp_3m_sde,
         "ddpm": sample_ddpm,
         "lcm": sample_lcm,
+        "ipndm": ex.sample_ipndm,
+        "ipndm_v": ex.sample_ipndm_v,
+        "deis": ex.sample_deis,
+        "res_multistep": ex.sample_res_multistep,
+        "res_multistep_ancestral": ex.sample_res_multistep_ancestral,
+        "gradient_estimation": ex.sample_gradient_estimation,
+        "er_sde": ex.sample_er_sde,
+        "seeds_2": ex.sample_seeds_2,
+        "seeds_3": ex.sample_seeds_3,
+        "sa_solver": ex.sample_sa_solver,
+        "sa_solver_pece": ex.sample_sa_solver_pece,
         "ddim": sample_euler,  # deterministic DDIM is Euler in this parametrisation (see sample_euler)
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,
+        **k_cfgpp.CFG_PP_SAMPLERS,  # these call denoise.with_uncond (see k_cfgpp)
     }
 
 
 # ComfyUI's "_gpu" variants differ only in where the Brownian noise is drawn; here it is always the CPU.
-ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
+           "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun"}
+# ComfyUI's list, in its order.
 SAMPLER_NAMES: tuple[str, ...] = (
-    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
-    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
-    "lcm", "ddim", "uni_pc", "uni_pc_bh2",
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
+    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
 )
 
 

@@ -4,9 +4,9 @@ Initial noise: one CPU generator seeded with `seed` draws the whole batch at onc
 taken from a larger one) the generator draws one item per index up to the largest and keeps the listed ones, so
 an item gets the noise it had in the full batch.
 
-Sampler noise (ancestral, LCM, DDPM): a fresh generator seeded with `seed` draws batch-shaped noise at each step,
+Sampler noise (ancestral, LCM, DDPM, ER-SDE, SEEDS, SA-Solver, ...): a fresh generator seeded with `seed` draws batch-shaped noise at each step,
 so its first draw repeats the initial noise of an unindexed batch. The SDE samplers (dpmpp_sde, dpmpp_2m_sde,
-dpmpp_3m_sde and their _gpu names) instead read a Brownian tree seeded with `seed` (torchsde; see
+dpmpp_2m_sde_heun, dpmpp_3m_sde and their _gpu names) instead read a Brownian tree seeded with `seed` (torchsde; see
 `brownian_sampler`).
 
 `per_item=True` is sdgraph's alternative: item i (or its batch_index) has its own generator seeded with
@@ -91,8 +91,8 @@ def initial_noise(seed: int, latent: torch.Tensor, batch_index: Sequence[int] | 
     return batch_noise(seed, latent.shape, batch_index), SeededNoise(seed, latent.shape[0])
 
 
-BROWNIAN_SAMPLERS = frozenset({"dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde",
-                               "dpmpp_3m_sde_gpu"})
+BROWNIAN_SAMPLERS = frozenset({"dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
+                               "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu"})
 
 
 def brownian_sampler(seed: int, like: torch.Tensor, sigmas: Sequence[float]) -> NoiseSampler:

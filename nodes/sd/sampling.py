@@ -30,6 +30,8 @@ from sdgraph.paths import Dirs
 from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
+from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
+from sdgraph.nodes.sd.k_extra import sa_tau_interval
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
 from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SEED_MAX, brownian_sampler, initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
@@ -114,8 +116,8 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
     """Sample a LATENT (unscaled samples in and out; see the module docstring); returns a new LATENT dict (CPU
     float32 samples, other keys kept). `per_item_noise` seeds each batch item on its own (see `noise`) instead
     of ComfyUI's one stream for the batch."""
-    def guide(samples: torch.Tensor) -> DenoiseFn:
-        return SDDenoiser(model, positive, negative, cfg, samples, manager)
+    def guide(samples: torch.Tensor, keep_uncond: bool) -> DenoiseFn:
+        return SDDenoiser(model, positive, negative, cfg, samples, manager, keep_uncond=keep_uncond)
 
     return sample_guided(model, guide, latent, seed=seed, sampler_name=sampler_name, sigmas=plan.sigmas,
                          add_noise=add_noise, manager=manager, on_step=on_step, noise_sampler=noise_sampler,
@@ -125,19 +127,20 @@ def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, 
 # ---- sampling with a given guider and sigmas (KSampler's path, open to the custom-sampling nodes) ----------
 
 
-def sample_guided(model: Any, guide: Callable[[torch.Tensor], DenoiseFn], latent: dict[str, Any], *, seed: int,
+def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], latent: dict[str, Any], *, seed: int,
                   sampler_name: str, sigmas: torch.Tensor, add_noise: bool = True, manager: Any = None,
                   on_step: Callable[[Step, int], None] | None = None, noise_sampler: NoiseSampler | None = None,
                   per_item_noise: bool = False, sampler_options: dict[str, Any] | None = None,
                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """`sample_latent` with the denoiser built by `guide(samples)` (classifier-free guidance or another rule),
+    """`sample_latent` with the denoiser built by `guide(samples, keep_uncond)` (classifier-free guidance or
+    another rule; `keep_uncond`: the CFG++ samplers also need the unconditional estimate),
     the sigmas given as they are, and the named sampler called with `sampler_options` (eta, r, order, ...; an
     "s_noise" option scales the sampler's noise). Returns the sampled LATENT and the last denoised estimate as
     a LATENT (unscaled), or None when no step ran."""
     samples = latent["samples"]
     if len(sigmas) < 2:
         return dict(latent), None
-    options = dict(sampler_options or {})
+    options = {**model_sampler_options(sampler_name, model), **(sampler_options or {})}
     s_noise = float(options.pop("s_noise", 1.0))
     noise, seeded = initial_noise(seed, samples, latent.get("batch_index"), per_item_noise)
     if not add_noise:  # as ComfyUI: no initial noise, so the noise mask's blend renoises nothing either
@@ -151,7 +154,7 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor], DenoiseFn], latent
         if add_noise:
             scale = noise_scale(sigma_0, schedule_of(model.alphas_cumprod).sigma_max)
             x = torch.add(clean, to_device(noise, device), alpha=scale)
-        denoiser = guide(samples)
+        denoiser = guide(samples, sampler_name in CFG_PP_SAMPLERS)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
         if mask is not None:
@@ -187,6 +190,13 @@ def _scaled(noise_sampler: NoiseSampler, factor: float) -> NoiseSampler:
     return sample
 
 
+def model_sampler_options(sampler_name: str, model: Any) -> dict[str, Any]:
+    """What a sampler needs to know of the model beyond the denoiser: SA-Solver its stochastic sigma interval."""
+    if sampler_name in ("sa_solver", "sa_solver_pece"):
+        return {"tau_interval": sa_tau_interval(model.alphas_cumprod)}
+    return {}
+
+
 def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> DenoiseFn:
     """Keep the unmasked region on the original latent's trajectory: renoise it to sigma before each call and
     replace the model's estimate there by the original latent."""
@@ -195,6 +205,14 @@ def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask
         known = torch.add(clean, noise, alpha=sigma)
         return torch.lerp(clean, inner(torch.lerp(known, x, mask), sigma), mask)
 
+    def with_uncond(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # for the CFG++ samplers; as in ComfyUI, the unconditional estimate is the model's, not blended
+        known = torch.add(clean, noise, alpha=sigma)
+        denoised, uncond = inner.with_uncond(torch.lerp(known, x, mask), sigma)
+        return torch.lerp(clean, denoised, mask), uncond
+
+    if hasattr(inner, "with_uncond"):
+        denoise.with_uncond = with_uncond  # type: ignore[attr-defined]
     return denoise
 
 

@@ -197,7 +197,8 @@ def test_sampler_options_change_the_sampling(ctx: Any, parts: dict) -> None:
     zeros = lambda a, b: torch.zeros(1, 4, 8, 8)
     g = call(cs.CFGGuider, ctx, model=parts["model"], positive=parts["positive"], negative=parts["negative"],
              cfg=6.0)[0]
-    silent, _ = sampling.sample_guided(parts["model"], lambda s: g.denoiser(s, ctx.models), parts["empty"], seed=6,
+    guide = lambda s, keep_uncond: g.denoiser(s, ctx.models, keep_uncond)  # noqa: E731
+    silent, _ = sampling.sample_guided(parts["model"], guide, parts["empty"], seed=6,
                                        sampler_name="euler_ancestral", sigmas=sigmas, manager=ctx.models,
                                        noise_sampler=zeros)
     assert torch.allclose(quiet, silent["samples"], atol=1e-6)

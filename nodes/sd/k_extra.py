@@ -1,0 +1,662 @@
+"""More of ComfyUI's samplers: Heun++, the iPNDM / DEIS multistep family, gradient estimation, the RES multistep
+method, ER-SDE and SEEDS.
+
+Same interface and parametrisation as `k_samplers` (x = x0 + sigma * eps, an epsilon-prediction model, so the
+half log-SNR is lambda = -log(sigma) and alpha = 1). Where ComfyUI derives a sigma at which the UNet is evaluated
+(SEEDS' inner stages), it is computed in float32 as ComfyUI computes it: the UNet is given the training timestep
+nearest to it, and one ulp can fall on the other side of a halfway point.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from sdgraph.nodes.sd.k_samplers import (DenoiseFn, NoiseSampler, StepCallback, Tensor, _report, as_floats,
+                                         ancestral_step, default_noise_sampler)
+
+
+# ---- Heun++ -------------------------------------------------------------------------------------------------
+
+
+def sample_heunpp2(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None) -> Tensor:
+    """Heun++: each step averages the slopes at up to three successive sigmas (the current one, the next, the one
+    after), weighting the later slopes by their sigma relative to the first; Heun's two-slope average on the
+    second-to-last step and Euler on the last."""
+    s = as_floats(sigmas)
+    end = s[-1]
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        d = (x - denoised) / s[i]
+        dt = s[i + 1] - s[i]
+        if s[i + 1] == end:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - denoise(x_2, s[i + 1])) / s[i + 1]
+            if s[i + 2] == end:
+                w2 = s[i + 1] / (2 * s[0])
+                slope = d * (1 - w2) + d_2 * w2
+            else:
+                x_3 = x_2 + d_2 * (s[i + 2] - s[i + 1])
+                d_3 = (x_3 - denoise(x_3, s[i + 2])) / s[i + 2]
+                w2, w3 = s[i + 1] / (3 * s[0]), s[i + 2] / (3 * s[0])
+                slope = d * (1 - w2 - w3) + d_2 * w2 + d_3 * w3
+            x = x + slope * dt
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+# ---- Adams-Bashforth-type multistep in sigma: iPNDM, iPNDM-v, DEIS -------------------------------------------
+
+
+def _ipndm_weights(order: int) -> list[float]:
+    """Fixed-step Adams-Bashforth weights (newest slope first)."""
+    return {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}[order]
+
+
+def _ipndm_v_weights(s: list[float], i: int, order: int) -> list[float]:
+    """Adams-Bashforth weights for the uneven steps s[i-3] .. s[i] -> s[i+1] (newest slope first)."""
+    if order == 1:
+        return [1.0]
+    h0 = s[i + 1] - s[i]
+    h1 = s[i] - s[i - 1]
+    w = [(2 + h0 / h1) / 2, -(h0 / h1) / 2]
+    if order == 2:
+        return w
+    h2 = s[i - 1] - s[i - 2]
+    t1 = (1 - h0 / (3 * (h0 + h1)) * (h0 * (h0 + h1)) / (h1 * (h1 + h2))) / 2
+    if order == 3:
+        return [w[0] + t1, w[1] - (1 + h1 / h2) * t1, t1 * h1 / h2]
+    h3 = s[i - 2] - s[i - 3]
+    ratio = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    t2 = ((1 - h0 / (3 * (h0 + h1))) / 2 + (1 - h0 / (2 * (h0 + h1))) * h0 / (6 * (h0 + h1 + h2))) \
+        * (h0 * (h0 + h1) * (h0 + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+    return [w[0] + t1 + t2,
+            w[1] - (1 + h1 / h2) * t1 - (1 + h1 / h2 + ratio) * t2,
+            t1 * h1 / h2 + (h1 / h2 + ratio * (1 + h2 / h3)) * t2,
+            -t2 * ratio * h1 / h2]
+
+
+def _multistep_in_sigma(denoise: DenoiseFn, x: Tensor, s: list[float], callback: StepCallback | None,
+                        max_order: int, step_weights, final_denoise: bool) -> Tensor:
+    """Shared loop: x_next = x + sum_k c_k * d_{i-k} with d the ODE slopes; `step_weights(i, order)` gives the c_k
+    (already multiplied by the step), newest first."""
+    slopes: list[Tensor] = []  # newest first
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        slopes.insert(0, (x - denoised) / s[i])
+        del slopes[max_order:]
+        order = min(max_order, i + 1)
+        if s[i + 1] <= 0:
+            x = denoised if final_denoise else x + slopes[0] * (s[i + 1] - s[i])
+        else:
+            for c, d in zip(step_weights(i, order), slopes):
+                x = x + d * c
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+def sample_ipndm(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                 noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                 max_order: int = 4) -> Tensor:
+    """Improved PNDM (Zhang & Chen 2023): Adams-Bashforth with the fixed-step weights on the ODE in sigma, lower
+    orders while the history fills up; the last step to 0 returns the clean estimate."""
+    s = as_floats(sigmas)
+
+    def weights(i: int, order: int) -> list[float]:
+        return [w * (s[i + 1] - s[i]) for w in _ipndm_weights(order)]
+
+    return _multistep_in_sigma(denoise, x, s, callback, max_order, weights, final_denoise=True)
+
+
+def sample_ipndm_v(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                   max_order: int = 4) -> Tensor:
+    """iPNDM with variable-step Adams-Bashforth weights (for uneven sigma steps)."""
+    s = as_floats(sigmas)
+
+    def weights(i: int, order: int) -> list[float]:
+        return [w * (s[i + 1] - s[i]) for w in _ipndm_v_weights(s, i, order)]
+
+    return _multistep_in_sigma(denoise, x, s, callback, max_order, weights, final_denoise=True)
+
+
+def _deis_times(s: list[float], eps_s: float = 1e-3, sigma_min: float = 0.002, sigma_max: float = 80.0
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """DEIS's VP times for the sigmas, in float32 as ComfyUI computes them: the VP-SDE whose marginals reach
+    sigma_min at t = eps_s and sigma_max at t = 1 (beta linear in t, from beta_0 to beta_1)."""
+    f32 = torch.float32
+    lo = torch.log(torch.tensor(sigma_min, dtype=f32) ** 2 + 1)
+    hi = torch.log(torch.tensor(sigma_max, dtype=f32) ** 2 + 1)
+    beta_d = 2 * (lo / eps_s - hi) / (eps_s - 1)
+    beta_0 = hi - 0.5 * beta_d
+    sig = torch.tensor(s, dtype=f32)
+    t = ((beta_0 ** 2 + 2 * beta_d * (sig ** 2 + 1).log()).sqrt() - beta_0) / beta_d
+    return t, beta_0, beta_d + beta_0
+
+
+def deis_coefficients(s: list[float], max_order: int, points: int = 10000) -> list[list[float]]:
+    """DEIS ("tab" mode, Zhang & Chen 2023): per step, the integrals over [t_i, t_{i+1}] of the exponential
+    integrator's weight times each Lagrange basis polynomial through the last `order` times, by a Riemann sum of
+    `points` float32 terms as ComfyUI evaluates it. Newest first; empty for first-order steps."""
+    t, beta_0, beta_1 = _deis_times(s)
+    coeffs: list[list[float]] = []
+    for i in range(len(s) - 1):
+        order = min(i + 1, max_order)
+        if order == 1:
+            coeffs.append([])
+            continue
+        taus = torch.linspace(float(t[i]), float(t[i + 1]), points)
+        dtau = (t[i + 1] - t[i]) / points
+        alpha = torch.exp(-0.5 * taus ** 2 * (beta_1 - beta_0) - taus * beta_0)
+        d_log_alpha = -taus * (beta_1 - beta_0) - beta_0  # d/dtau of log(alpha), which is a quadratic in tau
+        weight = -0.5 * d_log_alpha / torch.sqrt(alpha * (1 - alpha))
+        nodes = [t[i - k] for k in range(order)]
+        row = []
+        for j in range(order):
+            basis = torch.ones((), dtype=torch.float32)
+            for k in range(order):
+                if k != j:
+                    basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
+            row.append(float(torch.sum(weight * basis) * dtau))
+        coeffs.append(row)
+    return coeffs
+
+
+def sample_deis(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                max_order: int = 3) -> Tensor:
+    """Diffusion exponential integrator sampler (DEIS, Zhang & Chen 2023), the tabulated-coefficient variant in
+    the VP time of an EDM-range VP-SDE; Euler for the first step and the last step to 0."""
+    s = as_floats(sigmas)
+    coeffs = deis_coefficients(s, max_order)
+
+    def weights(i: int, order: int) -> list[float]:
+        return [s[i + 1] - s[i]] if order == 1 else coeffs[i]
+
+    return _multistep_in_sigma(denoise, x, s, callback, max_order, weights, final_denoise=False)
+
+
+# ---- gradient estimation ------------------------------------------------------------------------------------
+
+
+def sample_gradient_estimation(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                               noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                               ge_gamma: float = 2.0) -> Tensor:
+    """Euler plus a gradient-estimation correction (Permenter & Yuan 2024): from the second step on, the change of
+    the slope since the previous step, scaled by (gamma - 1), is added as an extra Euler term."""
+    s = as_floats(sigmas)
+    previous: Tensor | None = None
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        d = (x - denoised) / s[i]
+        dt = s[i + 1] - s[i]
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            x = x + d * dt
+            if previous is not None:
+                x = x + (d - previous) * ((ge_gamma - 1) * dt)
+        previous = d
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+# ---- RES multistep ------------------------------------------------------------------------------------------
+
+
+def _phi_1(h: float) -> float:
+    return math.expm1(h) / h
+
+
+def _phi_2(h: float) -> float:
+    return (_phi_1(h) - 1) / h
+
+
+def sample_res_multistep(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                         noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                         eta: float = 0.0) -> Tensor:
+    """The second-order refined exponential solver in multistep form (Zhang et al. 2023, "RES", arXiv 2308.02157):
+    exponential integrator in lambda with phi_1/phi_2 weights on this and the previous data prediction, the
+    previous node placed at the previous step's deterministic target. With eta > 0 each step goes to sigma_down
+    and adds noise of std sigma_up (the ancestral variant). Euler for the first step and steps to 0."""
+    s = as_floats(sigmas)
+    if eta:
+        noise_sampler = noise_sampler or default_noise_sampler(x)
+    previous: Tensor | None = None
+    previous_down = 0.0
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        down, up = ancestral_step(s[i], s[i + 1], eta)
+        if down == 0 or previous is None:
+            x = torch.lerp(denoised, x, down / s[i])
+        else:
+            lam, lam_old, lam_next, lam_prev = (-math.log(v) for v in (s[i], previous_down, down, s[i - 1]))
+            h = lam_next - lam
+            c2 = (lam_prev - lam_old) / h
+            p1, p2 = _phi_1(-h), _phi_2(-h)
+            b1, b2 = (p1 - p2 / c2, p2 / c2) if c2 else (p1, 0.0)
+            x = x * math.exp(-h) + (denoised * b1 + previous * b2) * h
+        if s[i + 1] > 0 and up > 0:
+            x = x + noise_sampler(s[i], s[i + 1]) * up
+        previous, previous_down = denoised, down
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+def sample_res_multistep_ancestral(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                                   eta: float = 1.0) -> Tensor:
+    """RES multistep to sigma_down with fresh noise of std sigma_up (see `sample_res_multistep`)."""
+    return sample_res_multistep(denoise, x, sigmas, noise_sampler=noise_sampler, callback=callback, eta=eta)
+
+
+# ---- ER-SDE -------------------------------------------------------------------------------------------------
+
+
+def _er_scale(v):
+    """ER-SDE's default noise scaling function of lambda (sigma / alpha): v (e^(v^0.3) + 10)."""
+    return v * ((v ** 0.3).exp() + 10.0) if isinstance(v, Tensor) else v * (math.exp(v ** 0.3) + 10.0)
+
+
+def sample_er_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                  noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                  s_noise: float = 1.0, max_stage: int = 3) -> Tensor:
+    """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (Cui et al. 2023, arXiv 2309.06169), in the
+    variable lambda = sigma / alpha (= sigma here): a first-order step, then first and second divided differences
+    of the data predictions with the noise-scaling integrals done by a 200-point Riemann sum in float32, as
+    ComfyUI does; fresh noise each step."""
+    s = as_floats(sigmas)
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    points = 200
+    index = torch.arange(0, points, dtype=torch.float32)
+    # ComfyUI's lambda_t = exp(-(-log sigma)) in float32: sigma within an ulp
+    lam = torch.tensor(s, dtype=torch.float32).log().neg().neg().exp().tolist()
+    history: list[Tensor] = []  # data predictions, newest first
+    previous_d: Tensor | None = None
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        stage = min(max_stage, i + 1)
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            lam_s, lam_t = lam[i], lam[i + 1]
+            alpha_s, alpha_t = s[i] / lam_s, s[i + 1] / lam_t
+            r = _er_scale(lam_t) / _er_scale(lam_s)
+            x = x * (alpha_t / alpha_s * r) + denoised * (alpha_t * (1 - r))
+            if stage >= 2:
+                dt = lam_t - lam_s
+                step = -dt / points
+                pos = lam_t + index * torch.tensor(step, dtype=torch.float32)
+                scaled = _er_scale(pos)
+                integral = float(torch.sum(1 / scaled) * step)
+                d = (denoised - history[0]) / (lam_s - lam[i - 1])
+                x = x + d * (alpha_t * (dt + integral * _er_scale(lam_t)))
+                if stage >= 3:
+                    integral_u = float(torch.sum((pos - lam_s) / scaled) * step)
+                    u = (d - previous_d) / ((lam_s - lam[i - 2]) / 2)
+                    x = x + u * (alpha_t * (dt ** 2 / 2 + integral_u * _er_scale(lam_t)))
+                previous_d = d
+            if s_noise > 0:
+                spread = lam_t ** 2 - lam_s ** 2 * r ** 2
+                std = math.sqrt(spread) if spread > 0 else 0.0
+                x = x + noise_sampler(s[i], s[i + 1]) * (alpha_t * s_noise * std)
+        history.insert(0, denoised)
+        del history[1:]
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+# ---- SEEDS --------------------------------------------------------------------------------------------------
+
+
+def _stage_sigma(sigma: float, sigma_next: float, r: float) -> float:
+    """The sigma at lambda_s + r (lambda_t - lambda_s), in float32 with torch's lerp as ComfyUI computes it."""
+    lam_s = torch.tensor(sigma, dtype=torch.float32).log().neg()
+    lam_t = torch.tensor(sigma_next, dtype=torch.float32).log().neg()
+    return float(torch.lerp(lam_s, lam_t, r).neg().exp())
+
+
+def _h_phi_1(h: float) -> float:
+    return math.expm1(h)
+
+
+def _h_phi_2(h: float) -> float:
+    return (math.expm1(h) - h) / h
+
+
+def sample_seeds_2(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                   eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5) -> Tensor:
+    """SEEDS-2 (Gonzalez et al. 2023, arXiv 2305.14267), stochastic exponential solver in data prediction with
+    one inner stage at lambda + r h; the inner stage's noise carries into the whole step's."""
+    s = as_floats(sigmas)
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    inject = eta > 0 and s_noise > 0
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            h_eta = h * (eta + 1)
+            s_1 = _stage_sigma(s[i], s[i + 1], r)
+            x_2 = x * (s_1 / s[i] * math.exp(-r * h * eta)) - denoised * _h_phi_1(-r * h_eta)
+            if inject:
+                noise = noise_sampler(s[i], s_1) * math.sqrt(-math.expm1(-2 * r * h * eta))
+                x_2 = x_2 + noise * (s_1 * s_noise)
+            denoised_2 = denoise(x_2, s_1)
+            blend = torch.lerp(denoised, denoised_2, 1 / (2 * r))
+            x = x * (s[i + 1] / s[i] * math.exp(-h * eta)) - blend * _h_phi_1(-h_eta)
+            if inject:
+                noise = _carry_noise(noise, noise_sampler, s_1, s[i + 1], (r - 1) * h * eta)
+                x = x + noise * (s[i + 1] * s_noise)
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+def _carry_noise(noise: Tensor, noise_sampler: NoiseSampler, sigma: float, sigma_next: float, seg: float
+                 ) -> Tensor:
+    """The stage's accumulated noise decayed by e^seg plus fresh noise completing its variance."""
+    return noise * math.exp(seg) + noise_sampler(sigma, sigma_next) * math.sqrt(-math.expm1(2 * seg))
+
+
+def sample_seeds_3(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                   eta: float = 1.0, s_noise: float = 1.0, r_1: float = 1 / 3, r_2: float = 2 / 3) -> Tensor:
+    """SEEDS-3: two inner stages at lambda + r_1 h and lambda + r_2 h, third order in data prediction."""
+    s = as_floats(sigmas)
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    inject = eta > 0 and s_noise > 0
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            h_eta = h * (eta + 1)
+            s_1, s_2 = _stage_sigma(s[i], s[i + 1], r_1), _stage_sigma(s[i], s[i + 1], r_2)
+            x_2 = x * (s_1 / s[i] * math.exp(-r_1 * h * eta)) - denoised * _h_phi_1(-r_1 * h_eta)
+            if inject:
+                noise = noise_sampler(s[i], s_1) * math.sqrt(-math.expm1(-2 * r_1 * h * eta))
+                x_2 = x_2 + noise * (s_1 * s_noise)
+            denoised_2 = denoise(x_2, s_1)
+            a2 = r_2 / r_1 * _h_phi_2(-r_2 * h_eta)
+            a1 = _h_phi_1(-r_2 * h_eta) - a2
+            x_3 = x * (s_2 / s[i] * math.exp(-r_2 * h * eta)) - (denoised * a1 + denoised_2 * a2)
+            if inject:
+                noise = _carry_noise(noise, noise_sampler, s_1, s_2, (r_1 - r_2) * h * eta)
+                x_3 = x_3 + noise * (s_2 * s_noise)
+            denoised_3 = denoise(x_3, s_2)
+            b3 = _h_phi_2(-h_eta) / r_2
+            b1 = _h_phi_1(-h_eta) - b3
+            x = x * (s[i + 1] / s[i] * math.exp(-h * eta)) - (denoised * b1 + denoised_3 * b3)
+            if inject:
+                noise = _carry_noise(noise, noise_sampler, s_2, s[i + 1], (r_2 - 1) * h * eta)
+                x = x + noise * (s[i + 1] * s_noise)
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
+# ---- DPM-Solver (fast and adaptive) -------------------------------------------------------------------------
+#
+# The single-step DPM-Solver-1/2/3 of Lu et al. (2022) in noise prediction, stepping in t = -log(sigma). Its
+# times, step sizes and coefficients are float32 scalars as in ComfyUI: its inner-stage sigmas (where the UNet is
+# evaluated) come from them, and the adaptive controller's decisions from its error norm.
+
+
+def _f32(value: float) -> Tensor:
+    return torch.tensor(float(value), dtype=torch.float32)
+
+
+class _DPMSolver:
+    def __init__(self, denoise: DenoiseFn, callback: StepCallback | None) -> None:
+        self.denoise = denoise
+        self.callback = callback
+
+    @staticmethod
+    def sigma(t: Tensor) -> Tensor:
+        return t.neg().exp()
+
+    def eps(self, cache: dict[str, Tensor], key: str, x: Tensor, t: Tensor) -> Tensor:
+        if key not in cache:
+            sigma = self.sigma(t)
+            cache[key] = (x - self.denoise(x, float(sigma))) / float(sigma)
+        return cache[key]
+
+    def order_1(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor]) -> Tensor:
+        h = t_next - t
+        return x - self.eps(cache, "eps", x, t) * float(self.sigma(t_next) * h.expm1())
+
+    def order_2(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor], r1: float = 1 / 2) -> Tensor:
+        h = t_next - t
+        eps = self.eps(cache, "eps", x, t)
+        s1 = t + r1 * h
+        u1 = x - eps * float(self.sigma(s1) * (r1 * h).expm1())
+        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
+        return (x - eps * float(self.sigma(t_next) * h.expm1())
+                - (eps_r1 - eps) * float(self.sigma(t_next) / (2 * r1) * h.expm1()))
+
+    def order_3(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor], r1: float = 1 / 3,
+                r2: float = 2 / 3) -> Tensor:
+        h = t_next - t
+        eps = self.eps(cache, "eps", x, t)
+        s1, s2 = t + r1 * h, t + r2 * h
+        u1 = x - eps * float(self.sigma(s1) * (r1 * h).expm1())
+        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
+        u2 = (x - eps * float(self.sigma(s2) * (r2 * h).expm1())
+              - (eps_r1 - eps) * float(self.sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1)))
+        eps_r2 = self.eps(cache, "eps_r2", u2, s2)
+        return (x - eps * float(self.sigma(t_next) * h.expm1())
+                - (eps_r2 - eps) * float(self.sigma(t_next) / r2 * (h.expm1() / h - 1)))
+
+    def step(self, order: int, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor]) -> Tensor:
+        return (self.order_1, self.order_2, self.order_3)[order - 1](x, t, t_next, cache)
+
+
+def _dpm_range(s: list[float]) -> tuple[Tensor, Tensor] | None:
+    """t = -log(sigma) of the first sigma and of the last non-zero one (ComfyUI's sigma_min), float32."""
+    if len(s) < 2:
+        return None
+    sigma_min = s[-1] if s[-1] != 0 else s[-2]
+    if sigma_min <= 0 or s[0] <= 0:
+        raise ValueError("DPM-Solver needs non-zero sigma_min and sigma_max")
+    return _f32(s[0]).log().neg(), _f32(sigma_min).log().neg()
+
+
+def sample_dpm_fast(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                    noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None) -> Tensor:
+    """DPM-Solver-fast (Lu et al. 2022, Sec. 3.4): as many model evaluations as the schedule has steps, spent on
+    third-order steps evenly spaced in t from sigma_max to sigma_min (the last non-zero sigma), the remainder on one
+    lower-order step. Only the ends of the schedule are used; the result stays at sigma_min, like ComfyUI's."""
+    s = as_floats(sigmas)
+    ends = _dpm_range(s)
+    if ends is None:
+        return x
+    t_start, t_end = ends
+    nfe = len(s) - 1
+    m = nfe // 3 + 1
+    ts = torch.linspace(float(t_start), float(t_end), m + 1)
+    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+    solver = _DPMSolver(denoise, callback)
+    for i, order in enumerate(orders):
+        cache: dict[str, Tensor] = {}
+        t, t_next = ts[i], ts[i + 1]
+        sigma = float(solver.sigma(t))
+        denoised = x - solver.eps(cache, "eps", x, t) * sigma
+        x = solver.step(order, x, t, t_next, cache)
+        _report(callback, i, x, denoised, sigma, float(solver.sigma(t_next)))
+    return x
+
+
+class _PIDController:
+    """Step-size control for the adaptive solver (a PID controller on the inverse error, soft-limited)."""
+
+    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float, accept_safety: float,
+                 eps: float = 1e-8) -> None:
+        self.h = h
+        self.b = ((pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order, dcoeff / order)
+        self.accept_safety = accept_safety
+        self.eps = eps
+        self.inverse_errors: list[float] = []
+
+    def propose(self, error: float) -> bool:
+        inverse = 1 / (error + self.eps)
+        if not self.inverse_errors:
+            self.inverse_errors = [inverse] * 3
+        self.inverse_errors[0] = inverse
+        e = self.inverse_errors
+        factor = e[0] ** self.b[0] * e[1] ** self.b[1] * e[2] ** self.b[2]
+        factor = 1 + math.atan(factor - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            e[2], e[1] = e[1], e[0]
+        self.h *= factor
+        return accept
+
+
+def sample_dpm_adaptive(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                        noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                        order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                        pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
+                        accept_safety: float = 0.81) -> Tensor:
+    """DPM-Solver-23 with adaptive steps (Lu et al. 2022, Sec. 3.4 and App. C): each step compares a second- and
+    a third-order solution (orders 1 and 2 for `order=2`), the controller accepts or shrinks the step from their
+    scaled difference. Only the ends of the schedule are used (sigma_max to the last non-zero sigma); the number
+    of model evaluations is the solver's own choice, and the result stays at sigma_min, like ComfyUI's."""
+    if order not in (2, 3):
+        raise ValueError(f"dpm_adaptive: order must be 2 or 3, not {order}")
+    s = as_floats(sigmas)
+    ends = _dpm_range(s)
+    if ends is None:
+        return x
+    t_start, t_end = ends
+    solver = _DPMSolver(denoise, callback)
+    pid = _PIDController(abs(h_init), pcoeff, icoeff, dcoeff, order, accept_safety)
+    atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
+    t_s, x_prev, steps = t_start, x, 0
+    while t_s < t_end - 1e-5:
+        cache: dict[str, Tensor] = {}
+        t = torch.minimum(t_end, t_s + pid.h)
+        sigma = float(solver.sigma(t_s))
+        denoised = x - solver.eps(cache, "eps", x, t_s) * sigma
+        if order == 2:
+            x_low, x_high = solver.order_1(x, t_s, t, cache), solver.order_2(x, t_s, t, cache)
+        else:
+            x_low, x_high = solver.order_2(x, t_s, t, cache, r1=1 / 3), solver.order_3(x, t_s, t, cache)
+        delta = torch.maximum(atol_t.to(x.device), rtol_t.to(x.device) * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if pid.propose(float(error)):
+            x_prev, x, t_s = x_low, x_high, t
+        _report(callback, steps, x, denoised, sigma, float(solver.sigma(t_s)))
+        steps += 1
+    return x
+
+
+# ---- SA-Solver ----------------------------------------------------------------------------------------------
+#
+# Stochastic Adams (Xue et al. 2023, arXiv 2309.05019) in data prediction: a multistep predictor (order 3) and
+# corrector (order 4) whose weights integrate the Lagrange basis through the last data predictions in lambda
+# against the SDE's exponential kernel. Noise (tau = 1) only between 20% and 80% of the model's schedule. The
+# coefficients are solved in float32 as ComfyUI solves them (a Vandermonde system, ill-conditioned enough that
+# float64 would be another answer at the 1e-5 level).
+
+
+def sa_tau_interval(alphas_cumprod: Tensor | None = None) -> tuple[float, float]:
+    """The sigmas at 20% and 80% of the model's schedule (ComfyUI's percent_to_sigma, float32)."""
+    from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod  # noqa: PLC0415
+    from sdgraph.nodes.sd.schedules import schedule_of  # noqa: PLC0415
+
+    schedule = schedule_of(sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
+    last = schedule.num_timesteps - 1
+    at = lambda p: float(schedule.sigma32(torch.tensor((1.0 - p) * last, dtype=torch.float32)))  # noqa: E731
+    return at(0.2), at(0.8)
+
+
+def _exponential_moments(lam_s: Tensor, lam_t: Tensor, order: int, tau: float) -> Tensor:
+    """(1 + tau^2) * integral_s^t e^((1 + tau^2)(x - t)) x^p dx for p < order, by repeated integration by parts:
+    a lower-triangular combination of t^p - s^p e^(-(1 + tau^2) h), float32."""
+    k = 1 + tau ** 2
+    p = torch.arange(order, dtype=torch.float32)
+    ends = lam_t ** p - lam_s ** p * (-k * (lam_t - lam_s)).exp()
+    depth = p.unsqueeze(1) - p.unsqueeze(0)
+    log_fact = (p + 1).lgamma()
+    log_weight = log_fact.unsqueeze(1) - log_fact.unsqueeze(0)
+    if tau > 0:
+        log_weight = log_weight - depth * math.log(k)
+    sign = torch.where(depth % 2 == 0, 1.0, -1.0)
+    return (log_weight.exp() * sign).tril() @ ends
+
+
+def _sa_weights(sigma_next: float, nodes: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float) -> list[float]:
+    """Weights of the data predictions at `nodes` (lambdas, oldest first) for a step from lam_s to lam_t."""
+    moments = _exponential_moments(lam_s, lam_t, nodes.shape[0], tau)
+    integrals = torch.linalg.solve(torch.vander(nodes, nodes.shape[0], increasing=True).T, moments)
+    alpha_t = torch.tensor(sigma_next, dtype=torch.float32) * lam_t.exp()
+    return (alpha_t * integrals).tolist()
+
+
+def sample_sa_solver(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                     noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                     tau_interval: tuple[float, float] | None = None, predictor_order: int = 3,
+                     corrector_order: int = 4, pece: bool = False) -> Tensor:
+    """SA-Solver: each step corrects the state the last predictor reached with the model's output there (no extra
+    evaluation; with `pece` the corrected state is evaluated again), then predicts the next one, adding noise where
+    tau > 0. `tau_interval` = (start, end) sigmas of the stochastic part (default: SD's schedule at 20%, 80%)."""
+    s = as_floats(sigmas)
+    if len(s) < 2:
+        return x
+    noise_sampler = noise_sampler or default_noise_sampler(x)
+    start, end = tau_interval or sa_tau_interval()
+    lam = torch.tensor(s, dtype=torch.float32).log().neg()
+    history = max(predictor_order, corrector_order)
+    to_zero = s[-1] == 0
+    x_pred, h, tau, noise = x, 0.0, 0.0, None
+    outputs: list[Tensor] = []  # oldest first
+    for i in range(len(s) - 1):
+        denoised = denoise(x_pred, s[i])
+        outputs.append(denoised)
+        del outputs[:-history]
+        p_order = min(predictor_order, len(outputs))
+        c_order = 0 if i == 0 or (s[i + 1] == 0 and not pece) else min(corrector_order, len(outputs))
+        if to_zero:
+            p_order = min(p_order, len(s) - 2 - i)
+            c_order = min(c_order, len(s) - 1 - i)
+        if c_order == 0:
+            x = x_pred
+        else:
+            weights = _sa_weights(s[i], lam[i - c_order + 1:i + 1], lam[i - 1], lam[i], tau)
+            x = x * (s[i] / s[i - 1] * math.exp(-(tau ** 2) * h))
+            for w, m in zip(weights, outputs[-c_order:]):
+                x = x + m * w
+            if noise is not None:
+                x = x + noise  # the previous predictor's noise
+            if pece:
+                denoised = denoise(x, s[i])
+                outputs[-1] = denoised
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            tau = 1.0 if start >= s[i + 1] >= end else 0.0
+            weights = _sa_weights(s[i + 1], lam[i - p_order + 1:i + 1], lam[i], lam[i + 1], tau)
+            h = float(lam[i + 1] - lam[i])
+            x_pred = x * (s[i + 1] / s[i] * math.exp(-(tau ** 2) * h))
+            for w, m in zip(weights, outputs[-p_order:]):
+                x_pred = x_pred + m * w
+            noise = None
+            if tau > 0:
+                noise = noise_sampler(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * tau ** 2 * h)))
+                x_pred = x_pred + noise
+        _report(callback, i, x_pred if s[i + 1] else x, denoised, s[i], s[i + 1])
+    return x
+
+
+def sample_sa_solver_pece(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                          noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
+                          tau_interval: tuple[float, float] | None = None) -> Tensor:
+    """SA-Solver in predict-evaluate-correct-evaluate mode (one more model evaluation per step)."""
+    return sample_sa_solver(denoise, x, sigmas, noise_sampler=noise_sampler, callback=callback,
+                            tau_interval=tau_interval, pece=True)
