@@ -273,12 +273,13 @@ def run_custom(node: Node, where: str, noise: NoiseSource, guider: Guider, sampl
     from sdgraph.nodes.sd.sampling import sample_guided, step_reporter  # noqa: PLC0415 - it registers us
 
     model = guider.model
+
     def guide(samples: Tensor, keep_uncond: bool) -> DenoiseFn:
         return guider.denoiser(samples, node.ctx.models, keep_uncond)
 
-    out, denoised = sample_guided(model, guide, latent, seed=noise.seed, sampler_name=sampler.name, sigmas=sigmas, add_noise=noise.enabled,
-                                  manager=node.ctx.models, on_step=step_reporter(node.ctx, model),
-                                  sampler_options=sampler.options)
+    out, denoised = sample_guided(model, guide, latent, seed=noise.seed, sampler_name=sampler.name, sigmas=sigmas,
+                                  add_noise=noise.enabled, manager=node.ctx.models,
+                                  on_step=step_reporter(node.ctx, model), sampler_options=sampler.options)
     return out, denoised if denoised is not None else out
 
 

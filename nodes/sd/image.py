@@ -1,4 +1,5 @@
-"""Image nodes: load images and masks from the input directory, scale, composite, save and preview PNGs."""
+"""Image nodes: load images and masks from the input directory, scale, composite, save and preview PNGs; and the
+image operations (from `image_ops`) and mask nodes (from `mask_nodes`)."""
 from __future__ import annotations
 
 import secrets
@@ -15,6 +16,8 @@ from sdgraph.nodes.sd.image_files import (
     check_image_file, file_sha256, input_images, input_path, missing_input, png_metadata, read_channel, read_image,
     save_pngs, save_webp, webp_metadata,
 )
+from sdgraph.nodes.sd.image_ops import NODES as IMAGE_OPS
+from sdgraph.nodes.sd.mask_nodes import NODES as MASK_NODES
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
 
@@ -204,4 +207,4 @@ class SaveAnimatedWEBP(Node):
 
 
 NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
-         SaveAnimatedWEBP]
+         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES]

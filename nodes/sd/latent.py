@@ -1,5 +1,5 @@
 """Latent nodes: empty latents, VAE encode/decode (incl. inpainting), noise masks, latent upscaling, and (from
-`latent_files`) SaveLatent / LoadLatent."""
+`latent_files`) SaveLatent / LoadLatent, and (from `latent_ops`) composites, arithmetic, batches and transforms."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ from sdgraph.node import Combo, Float, Input, Int, Node, Output
 from sdgraph.paths import Dirs
 from sdgraph.nodes.sd.common import MAX_RESOLUTION
 from sdgraph.nodes.sd.latent_files import LoadLatent, SaveLatent
+from sdgraph.nodes.sd.latent_ops import NODES as LATENT_OPS
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
 from sdgraph.types import IMAGE, LATENT, MASK, VAE
@@ -166,4 +167,4 @@ class LatentUpscaleBy(Node):
 
 
 NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy,
-         SaveLatent, LoadLatent]
+         SaveLatent, LoadLatent, *LATENT_OPS]

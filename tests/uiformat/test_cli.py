@@ -96,7 +96,7 @@ def test_errors_inside_a_subgraph_name_its_path(base, capsys):
 
 def test_a_core_node_sdgraph_lacks_converts_and_validation_names_it(base, capsys):
     wf = graph([node(1, "Number", [2], outputs=["INT"]),
-                node(2, "ImageInvert", [], inputs=[("image", "IMAGE", 1)], outputs=["IMAGE"], title="Flip"),
+                node(2, "ImageRGBToYUV", [], inputs=[("image", "IMAGE", 1)], outputs=["IMAGE"], title="Flip"),
                 node(4, "Show", [""], inputs=[("value", "*", 2)])],
                [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 4, 0, "IMAGE"]])
     assert main(["validate", write(base, wf), "--base-dir", str(base), "--json"]) == 2

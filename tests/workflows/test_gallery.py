@@ -68,7 +68,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 GALLERY = {"txt2img": (1, 64), "img2img": (1, 64), "inpaint": (1, 64), "controlnet": (1, 64), "hires_fix": (1, 96),
-           "lora": (1, 64), "sweep": (6, 64), "custom_sampling": (1, 64)}
+           "lora": (1, 64), "sweep": (6, 64), "custom_sampling": (1, 64), "masks": (4, 64)}
 
 
 @pytest.mark.parametrize("name", sorted(GALLERY))
@@ -136,6 +136,25 @@ def test_inpaint_changes_only_the_masked_region(executor):
         return colour_mask(picture, "blue", "white") & colour_mask(picture, "blue", "red") & masked
 
     assert not blue(source).any() and blue(out).sum() > 0.2 * masked.sum(), blue(out).sum()
+
+
+def test_masks_put_the_right_picture_over_the_right_half_with_a_soft_seam(executor, classifier):
+    """A half-width solid mask, feathered on its left edge and placed over the right half of an empty one: the
+    composite is the left picture up to column 32, the right picture from column 40, and between them a linear
+    fade by (k + 1) / 8."""
+    _, pictures = run(executor, "masks")
+    left, right, out, mask = (pictures[k].astype(np.float32) for k in ("10", "11", "9", "12"))
+    seen_left, seen_right = classify(classifier, pictures["10"]), classify(classifier, pictures["11"])
+    assert (seen_left["shape"], seen_left["colour"], seen_left["background"]) == ("circle", "red", "blue")
+    assert (seen_right["shape"], seen_right["colour"], seen_right["background"]) == ("star", "yellow", "gray")
+    weights = np.zeros(64, np.float32)
+    weights[32:40] = (np.arange(8) + 1) / 8
+    weights[40:] = 1
+    assert np.abs(mask[..., 0] - weights[None, :] * 255).max() <= 1  # the mask as a picture
+    assert np.array_equal(out[:, :32], left[:, :32]) and np.array_equal(out[:, 40:], right[:, 40:])
+    blend = left * (1 - weights[None, :, None]) + right * weights[None, :, None]
+    assert np.abs(out - blend).max() <= 2  # the seam, up to 8-bit rounding of the three pictures
+    assert np.abs(out[:, 32:39] - left[:, 32:39]).max() > 20  # the seam is not just the left picture
 
 
 def test_controlnet_follows_the_outline(executor):
