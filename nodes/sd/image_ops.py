@@ -102,7 +102,7 @@ class ImagePadForOutpaint(Node):
     category = "image"
     inputs = [Input("image", IMAGE)] + [Int(side, 0, min=0, max=MAX_RESOLUTION, step=8)
                                         for side in ("left", "top", "right", "bottom")]
-    inputs += [Int("feathering", 40, min=0, max=MAX_RESOLUTION)]
+    inputs += [Int("feathering", 40, min=0, max=MAX_RESOLUTION, step=1)]
     outputs = [Output(IMAGE), Output(MASK)]
 
     def run(self, image: torch.Tensor, left: int, top: int, right: int, bottom: int, feathering: int) -> tuple:
@@ -118,9 +118,9 @@ class ImageCrop(Node):
     """The width x height part of the images from (x, y); the start is kept inside the image."""
 
     category = "image/transform"
-    inputs = [Input("image", IMAGE), Int("width", 512, min=1, max=MAX_RESOLUTION),
-              Int("height", 512, min=1, max=MAX_RESOLUTION), Int("x", 0, min=0, max=MAX_RESOLUTION),
-              Int("y", 0, min=0, max=MAX_RESOLUTION)]
+    inputs = [Input("image", IMAGE), Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
+              Int("height", 512, min=1, max=MAX_RESOLUTION, step=1), Int("x", 0, min=0, max=MAX_RESOLUTION, step=1),
+              Int("y", 0, min=0, max=MAX_RESOLUTION, step=1)]
     outputs = [Output(IMAGE)]
 
     def run(self, image: torch.Tensor, width: int, height: int, x: int, y: int) -> tuple:
@@ -160,8 +160,8 @@ class EmptyImage(Node):
     """A batch of images of one colour (0xRRGGBB)."""
 
     category = "image"
-    inputs = [Int("width", 512, min=1, max=MAX_RESOLUTION), Int("height", 512, min=1, max=MAX_RESOLUTION),
-              Int("batch_size", 1, min=1, max=4096, step=None), Int("color", 0, min=0, max=0xFFFFFF, display="color")]
+    inputs = [Int("width", 512, min=1, max=MAX_RESOLUTION, step=1), Int("height", 512, min=1, max=MAX_RESOLUTION, step=1),
+              Int("batch_size", 1, min=1, max=4096, step=None), Int("color", 0, min=0, max=0xFFFFFF, display="color", step=1)]
     outputs = [Output(IMAGE)]
 
     def run(self, width: int, height: int, batch_size: int, color: int) -> tuple:
@@ -256,7 +256,7 @@ class ImageBlur(Node):
     """A Gaussian blur over (2 radius + 1) pixels."""
 
     category = "image/postprocessing"
-    inputs = [Input("image", IMAGE), Int("blur_radius", 1, min=1, max=31), Float("sigma", 1.0, min=0.1, max=10.0, step=0.1)]
+    inputs = [Input("image", IMAGE), Int("blur_radius", 1, min=1, max=31, step=1), Float("sigma", 1.0, min=0.1, max=10.0, step=0.1)]
     outputs = [Output(IMAGE)]
 
     def run(self, image: torch.Tensor, blur_radius: int, sigma: float) -> tuple:
@@ -270,7 +270,7 @@ class ImageSharpen(Node):
     """Unsharp masking: the image minus alpha * 10 times its Gaussian blur, kept at the same brightness, clamped."""
 
     category = "image/postprocessing"
-    inputs = [Input("image", IMAGE), Int("sharpen_radius", 1, min=1, max=31),
+    inputs = [Input("image", IMAGE), Int("sharpen_radius", 1, min=1, max=31, step=1),
               Float("sigma", 1.0, min=0.1, max=10.0, step=0.01), Float("alpha", 1.0, min=0.0, max=5.0, step=0.01)]
     outputs = [Output(IMAGE)]
 

@@ -33,7 +33,7 @@ class SolidMask(Node):
 
     category = "mask"
     inputs = [Float("value", 1.0, min=0.0, max=1.0, step=0.01),
-              Int("width", 512, min=1, max=MAX_RESOLUTION), Int("height", 512, min=1, max=MAX_RESOLUTION)]
+              Int("width", 512, min=1, max=MAX_RESOLUTION, step=1), Int("height", 512, min=1, max=MAX_RESOLUTION, step=1)]
     outputs = [Output(MASK)]
 
     def run(self, value: float, width: int, height: int) -> tuple:
@@ -62,7 +62,7 @@ class MaskComposite(Node):
 
     category = "mask"
     inputs = [Input("destination", MASK), Input("source", MASK),
-              Int("x", 0, min=0, max=MAX_RESOLUTION), Int("y", 0, min=0, max=MAX_RESOLUTION),
+              Int("x", 0, min=0, max=MAX_RESOLUTION, step=1), Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
               choice("operation", OPERATIONS)]
     outputs = [Output(MASK)]
 
@@ -106,7 +106,7 @@ class GrowMask(Node):
     """Grow (expand > 0) or shrink (expand < 0) a mask by that many pixels; tapered corners grow diamond-wise."""
 
     category = "mask"
-    inputs = [Input("mask", MASK), Int("expand", 0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION),
+    inputs = [Input("mask", MASK), Int("expand", 0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1),
               Boolean("tapered_corners", True)]
     outputs = [Output(MASK)]
 
@@ -121,7 +121,7 @@ class FeatherMask(Node):
     """Fade a mask linearly towards zero over the given number of pixels at each edge."""
 
     category = "mask"
-    inputs = [Input("mask", MASK)] + [Int(side, 0, min=0, max=MAX_RESOLUTION)
+    inputs = [Input("mask", MASK)] + [Int(side, 0, min=0, max=MAX_RESOLUTION, step=1)
                                        for side in ("left", "top", "right", "bottom")]
     outputs = [Output(MASK)]
 
@@ -147,8 +147,8 @@ class CropMask(Node):
     """The width x height part of a mask whose top-left corner is at (x, y) (cut at the mask's edges)."""
 
     category = "mask"
-    inputs = [Input("mask", MASK), Int("x", 0, min=0, max=MAX_RESOLUTION), Int("y", 0, min=0, max=MAX_RESOLUTION),
-              Int("width", 512, min=1, max=MAX_RESOLUTION), Int("height", 512, min=1, max=MAX_RESOLUTION)]
+    inputs = [Input("mask", MASK), Int("x", 0, min=0, max=MAX_RESOLUTION, step=1), Int("y", 0, min=0, max=MAX_RESOLUTION, step=1),
+              Int("width", 512, min=1, max=MAX_RESOLUTION, step=1), Int("height", 512, min=1, max=MAX_RESOLUTION, step=1)]
     outputs = [Output(MASK)]
 
     def run(self, mask: torch.Tensor, x: int, y: int, width: int, height: int) -> tuple:
@@ -201,7 +201,7 @@ class ImageColorToMask(Node):
     """1 where a pixel has exactly the colour 0xRRGGBB (channels taken to 8 bits, rounded), 0 elsewhere."""
 
     category = "mask"
-    inputs = [Input("image", IMAGE), Int("color", 0, min=0, max=0xFFFFFF, display="color")]
+    inputs = [Input("image", IMAGE), Int("color", 0, min=0, max=0xFFFFFF, display="color", step=1)]
     outputs = [Output(MASK)]
 
     def run(self, image: torch.Tensor, color: int) -> tuple:
