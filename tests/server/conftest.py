@@ -64,6 +64,12 @@ class Harness:
 async def receive_until_done(ws: ClientWebSocketResponse, prompt_id: str,
                              timeout: float = 10.0) -> list[tuple[str, Any]]:
     """Frames up to and including `executing` with node None for this prompt. Binary frames as ('binary', b)."""
+    return await receive_until_executing(ws, prompt_id, None, timeout)
+
+
+async def receive_until_executing(ws: ClientWebSocketResponse, prompt_id: str, node: str | None,
+                                  timeout: float = 10.0) -> list[tuple[str, Any]]:
+    """Frames up to and including `executing` of `node` (None: the end) for this prompt."""
     seen: list[tuple[str, Any]] = []
     while True:
         msg = await ws.receive(timeout=timeout)
@@ -74,7 +80,7 @@ async def receive_until_done(ws: ClientWebSocketResponse, prompt_id: str,
         frame = json.loads(msg.data)
         seen.append((frame["type"], frame["data"]))
         data = frame["data"]
-        if frame["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+        if frame["type"] == "executing" and data.get("node") == node and data.get("prompt_id") == prompt_id:
             return seen
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from tests.server.conftest import Harness, for_prompt, receive_until_done
+from tests.server.conftest import Harness, for_prompt, receive_until_done, receive_until_executing
 from tests.server.nodes import chain, gate
 
 
@@ -106,13 +106,13 @@ async def test_free_asks_the_model_manager_between_prompts(make_server) -> None:
 async def test_interrupt(server: Harness) -> None:
     ws = await server.ws("carol")
     pid = (await server.submit(chain(1, middle="Gate", name="never"), client_id="carol"))["prompt_id"]
-    await server.wait_running(pid)
+    before = await receive_until_executing(ws, pid, "2")  # the gate holds the worker now
     # Another prompt's id interrupts nothing.
     resp = await server.client.post("/interrupt", json={"prompt_id": "someone-else"})
     assert (await resp.json()) == {"interrupted": False}
     resp = await server.client.post("/interrupt", json={"prompt_id": pid})
     assert (await resp.json()) == {"interrupted": True}
-    run = for_prompt(await receive_until_done(ws, pid), pid)
+    run = for_prompt(before + await receive_until_done(ws, pid), pid)
     assert types(run)[-2:] == ["execution_interrupted", ("executing", None)]
     assert dict(run)["execution_interrupted"]["node_id"] == "2"
     entry = await server.wait_done(pid)
