@@ -33,7 +33,14 @@ _BASE: dict[str, Any] = {
 SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
             "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
             "ddpm", "lcm", "ddim", "uni_pc", "uni_pc_bh2")
-SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal")
+# The samplers that came with ComfyUI's full list (issue 15): each with karras.
+NEWER_SAMPLERS = ("euler_cfg_pp", "euler_ancestral_cfg_pp", "heunpp2", "dpm_fast", "dpm_adaptive",
+                  "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ipndm",
+                  "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+                  "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde",
+                  "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece")
+SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta", "linear_quadratic",
+              "kl_optimal")
 # One-token words, so the token positions below are exact for the CLIP tokenizer.
 _WORDS = ("red green blue circle square small large soft bright dark light round shape line edge corner top left "
           "right bottom center wide thin tall short warm cold calm deep pale sharp").split()
@@ -118,6 +125,7 @@ def _sampler_cases() -> dict[str, dict[str, Any]]:
     pairs = [(s, sch) for s in SAMPLERS for sch in ("normal", "karras")]
     pairs += [("euler", sch) for sch in SCHEDULERS if sch not in ("normal", "karras")]
     pairs += [("ddim", "ddim_uniform"), ("lcm", "sgm_uniform"), ("uni_pc", "simple")]
+    pairs += [(s, "karras") for s in NEWER_SAMPLERS]
     return {f"{s}_{sch}": _case(s, sch) for s, sch in pairs}
 
 
