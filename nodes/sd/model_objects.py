@@ -2,7 +2,7 @@
 
 Socket values (what a node receives / returns):
 
-- MODEL -> `DiffusionModel`. `prediction_type` ("epsilon" | "v_prediction"), `alphas_cumprod` (1-D float64 CPU
+- MODEL -> `DiffusionModel` (with ComfyUI ModelPatcher-shaped `model_options`, see `nodes.sd.model_patcher`). `prediction_type` ("epsilon" | "v_prediction"), `alphas_cumprod` (1-D float64 CPU
   tensor of the training schedule; SD: scaled_linear betas 0.00085..0.012 over 1000 steps), `is_sdxl`
   (base or refiner), `is_sdxl_refiner`, `latent_channels`, `latent_format` (a `LatentFormat`: how the sampler
   maps LATENT samples into the UNet's space and back), `unet(manager)` -> the diffusers `UNet2DConditionModel` on
@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from sdgraph.nodes.sd.model_patcher import PatcherMethods, copy_options, default_model_options
 
 if TYPE_CHECKING:
     from sdgraph.models import ManagedModule, ModelManager
@@ -106,8 +108,9 @@ class LatentFormat:
 
 
 @dataclass
-class DiffusionModel:
-    """MODEL: a denoising UNet with its noise schedule and the LoRA patches to apply when it is used."""
+class DiffusionModel(PatcherMethods):
+    """MODEL: a denoising UNet with its noise schedule, the LoRA patches to apply when it is used, and
+    ComfyUI-shaped `model_options` / `object_patches` (see `nodes.sd.model_patcher`)."""
 
     slot: "ManagedModule"
     prediction_type: str = "epsilon"
@@ -118,6 +121,8 @@ class DiffusionModel:
     latent_format: LatentFormat = LatentFormat()
     patches: tuple[LoraPatch, ...] = ()
     name: str = ""
+    model_options: dict[str, Any] = field(default_factory=default_model_options)
+    object_patches: dict[str, Any] = field(default_factory=dict)
 
     @property
     def manager(self) -> "ModelManager":
@@ -138,10 +143,12 @@ class DiffusionModel:
         return self.alphas_cumprod.nbytes + _patch_nbytes(self.patches)
 
     def clone(self) -> "DiffusionModel":
-        return dataclasses.replace(self)
+        """A MODEL whose options and object patches can change without touching this one's."""
+        return dataclasses.replace(self, model_options=copy_options(self.model_options),
+                                   object_patches=dict(self.object_patches))
 
     def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
-        return dataclasses.replace(self, patches=(*self.patches, patch))
+        return dataclasses.replace(self.clone(), patches=(*self.patches, patch))
 
     def sdxl_added_cond(self, pooled: torch.Tensor, extras: dict[str, Any], latent_hw: tuple[int, int],
                         batch: int, device: torch.device, dtype: torch.dtype,

@@ -1,0 +1,123 @@
+"""MODEL's patching surface, shaped like ComfyUI's ModelPatcher: what model-patch nodes and plugins write against.
+
+A MODEL carries `model_options`, a dict laid out as ComfyUI's:
+
+- "transformer_options": {"patches": {name: [patch, ...]}, "patches_replace": {name: {key: patch}}, ...}
+  where name is "attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "input_block_patch",
+  "input_block_patch_after_skip", "output_block_patch", "middle_patch" (lists) or "attn1" / "attn2" (replacements
+  keyed by (block_name, number) or (block_name, number, transformer_index));
+- "sampler_cfg_function", "sampler_pre_cfg_function" (list), "sampler_post_cfg_function" (list),
+  "model_function_wrapper", "denoise_mask_function", "disable_cfg1_optimization".
+
+Setting a patch never changes the MODEL it was cloned from: `clone()` copies every nested dict and list (the
+patches themselves, functions and tensors, are shared, as ComfyUI shares them). The sampler and the UNet read
+these options at sampling time; this module only records them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def default_model_options() -> dict[str, Any]:
+    return {"transformer_options": {}}
+
+
+def copy_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A copy of nested dicts and lists; every other value (functions, tensors, objects) is shared."""
+    return {key: _copy_containers(value) for key, value in options.items()}
+
+
+def _copy_containers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_containers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_containers(item) for item in value]
+    return value
+
+
+class PatcherMethods:
+    """ComfyUI ModelPatcher's option setters, mixed into DiffusionModel (which holds `model_options` and
+    `object_patches`). Each records into this model only: clone first, as nodes do."""
+
+    model_options: dict[str, Any]
+    object_patches: dict[str, Any]
+
+    # ---- sampler-level hooks --------------------------------------------------------------------------------
+
+    def set_model_sampler_cfg_function(self, function: Callable[..., Any],
+                                       disable_cfg1_optimization: bool = False) -> None:
+        self.model_options["sampler_cfg_function"] = function
+        self._maybe_disable_cfg1(disable_cfg1_optimization)
+
+    def set_model_sampler_post_cfg_function(self, function: Callable[..., Any],
+                                            disable_cfg1_optimization: bool = False) -> None:
+        self.model_options.setdefault("sampler_post_cfg_function", []).append(function)
+        self._maybe_disable_cfg1(disable_cfg1_optimization)
+
+    def set_model_sampler_pre_cfg_function(self, function: Callable[..., Any],
+                                           disable_cfg1_optimization: bool = False) -> None:
+        self.model_options.setdefault("sampler_pre_cfg_function", []).append(function)
+        self._maybe_disable_cfg1(disable_cfg1_optimization)
+
+    def set_model_unet_function_wrapper(self, function: Callable[..., Any]) -> None:
+        self.model_options["model_function_wrapper"] = function
+
+    def set_model_denoise_mask_function(self, function: Callable[..., Any]) -> None:
+        self.model_options["denoise_mask_function"] = function
+
+    def _maybe_disable_cfg1(self, disable: bool) -> None:
+        if disable:
+            self.model_options["disable_cfg1_optimization"] = True
+
+    # ---- UNet-level hooks (transformer_options) -------------------------------------------------------------
+
+    def set_model_patch(self, patch: Any, name: str) -> None:
+        patches = self.model_options["transformer_options"].setdefault("patches", {})
+        patches.setdefault(name, []).append(patch)
+
+    def set_model_patch_replace(self, patch: Any, name: str, block_name: str, number: int,
+                                transformer_index: int | None = None) -> None:
+        replace = self.model_options["transformer_options"].setdefault("patches_replace", {})
+        key = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+        replace.setdefault(name, {})[key] = patch
+
+    def set_model_attn1_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "attn1_patch")
+
+    def set_model_attn2_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "attn2_patch")
+
+    def set_model_attn1_replace(self, patch: Any, block_name: str, number: int,
+                                transformer_index: int | None = None) -> None:
+        self.set_model_patch_replace(patch, "attn1", block_name, number, transformer_index)
+
+    def set_model_attn2_replace(self, patch: Any, block_name: str, number: int,
+                                transformer_index: int | None = None) -> None:
+        self.set_model_patch_replace(patch, "attn2", block_name, number, transformer_index)
+
+    def set_model_attn1_output_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "attn1_output_patch")
+
+    def set_model_attn2_output_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "attn2_output_patch")
+
+    def set_model_input_block_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "input_block_patch")
+
+    def set_model_input_block_patch_after_skip(self, patch: Any) -> None:
+        self.set_model_patch(patch, "input_block_patch_after_skip")
+
+    def set_model_output_block_patch(self, patch: Any) -> None:
+        self.set_model_patch(patch, "output_block_patch")
+
+    # ---- object patches -------------------------------------------------------------------------------------
+
+    def add_object_patch(self, name: str, obj: Any) -> None:
+        """Replace a named object of the model (e.g. "model_sampling") for this MODEL and its clones."""
+        self.object_patches[name] = obj
+
+    def get_model_object(self, name: str) -> Any:
+        """The object patch called `name`, else the model's own attribute of that name."""
+        if name in self.object_patches:
+            return self.object_patches[name]
+        return getattr(self, name)
