@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sdgraph.nodes.sd.model_patcher import PatcherMethods, copy_options, default_model_options
+from sdgraph.models.patching import WeightPatch, lora_delta
+from sdgraph.nodes.sd.comfy_keys import clip_key_map, unet_key_map
+from sdgraph.nodes.sd.model_patcher import PatcherMethods, WeightMethods, copy_options, default_model_options
 
 if TYPE_CHECKING:
     from sdgraph.models import ManagedModule, ModelManager
@@ -76,13 +78,26 @@ class LoraPatch:
     def key(self) -> tuple[str, float]:
         return (self.name, self.strength)
 
+    def targets(self) -> list[str]:
+        return [f"{module}.weight" for module in self.deltas]
+
+    def delta(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """This LoRA's float32 change to the parameter `name` (strength included)."""
+        up, down, scale = self.deltas[name.removesuffix(".weight")]
+        return lora_delta(up, down, weight.shape, weight.device) * (scale * self.strength)
+
+    def apply(self, name: str, weight: torch.Tensor, original: torch.Tensor) -> None:
+        weight.add_(self.delta(name, weight).to(weight.dtype))
+
 
 def _manager(own: "ModelManager", given: "ModelManager | None") -> "ModelManager":
     return given if given is not None else own
 
 
-def _patch_nbytes(patches: tuple[LoraPatch, ...]) -> int:
-    return sum(t.nbytes for p in patches for up, down, _ in p.deltas.values() for t in (up, down))
+def _patch_nbytes(patches: tuple[Any, ...]) -> int:
+    """Bytes of LoRA factors; key patches (merges, scaling) refer to tensors other values own."""
+    return sum(t.nbytes for p in patches if isinstance(p, LoraPatch)
+               for up, down, _ in p.deltas.values() for t in (up, down))
 
 
 @dataclass(frozen=True)
@@ -108,7 +123,7 @@ class LatentFormat:
 
 
 @dataclass
-class DiffusionModel(PatcherMethods):
+class DiffusionModel(PatcherMethods, WeightMethods):
     """MODEL: a denoising UNet with its noise schedule, the LoRA patches to apply when it is used, and
     ComfyUI-shaped `model_options` / `object_patches` (see `nodes.sd.model_patcher`)."""
 
@@ -119,7 +134,7 @@ class DiffusionModel(PatcherMethods):
     is_sdxl_refiner: bool = False
     latent_channels: int = 4
     latent_format: LatentFormat = LatentFormat()
-    patches: tuple[LoraPatch, ...] = ()
+    patches: tuple[WeightPatch, ...] = ()
     name: str = ""
     model_options: dict[str, Any] = field(default_factory=default_model_options)
     object_patches: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +164,18 @@ class DiffusionModel(PatcherMethods):
 
     def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
         return dataclasses.replace(self.clone(), patches=(*self.patches, patch))
+
+    def _weight_targets(self) -> dict[str, tuple[int, str]]:
+        return {key: (0, name) for key, name in unet_key_map(self.slot.module).items()}
+
+    def _weight_slots(self) -> tuple["ManagedModule", ...]:
+        return (self.slot,)
+
+    def _weight_patches(self, index: int) -> tuple[WeightPatch, ...]:
+        return self.patches
+
+    def _append_weight_patch(self, index: int, patch: WeightPatch) -> None:
+        self.patches = (*self.patches, patch)
 
     def sdxl_added_cond(self, pooled: torch.Tensor, extras: dict[str, Any], latent_hw: tuple[int, int],
                         batch: int, device: torch.device, dtype: torch.dtype,
@@ -180,7 +207,7 @@ class EncoderSpec:
 
 
 @dataclass
-class ClipModel:
+class ClipModel(WeightMethods):
     """CLIP: one text encoder (SD 1.x/2.x) or two (SDXL), their tokenizers and how each is used.
 
     `clip_skip` is ComfyUI's `stop_at_clip_layer` (-1 the last layer, -2 the one before, counted in the original
@@ -191,7 +218,7 @@ class ClipModel:
     encoders: tuple["ManagedModule", ...]
     specs: tuple[EncoderSpec, ...] = (EncoderSpec(),)
     clip_skip: int | None = None
-    patches: tuple[tuple[LoraPatch, ...], ...] = ()
+    patches: tuple[tuple[WeightPatch, ...], ...] = ()
     name: str = ""
 
     @property
@@ -216,10 +243,24 @@ class ClipModel:
     def clone(self) -> "ClipModel":
         return dataclasses.replace(self)
 
-    def with_patch(self, index: int, patch: LoraPatch) -> "ClipModel":
+    def with_patch(self, index: int, patch: WeightPatch) -> "ClipModel":
+        out = self.clone()
+        out._append_weight_patch(index, patch)
+        return out
+
+    def _weight_targets(self) -> dict[str, tuple[int, str]]:
+        return clip_key_map([slot.module for slot in self.encoders], [spec.kind for spec in self.specs])
+
+    def _weight_slots(self) -> tuple["ManagedModule", ...]:
+        return self.encoders
+
+    def _weight_patches(self, index: int) -> tuple[WeightPatch, ...]:
+        return self.patches[index] if index < len(self.patches) else ()
+
+    def _append_weight_patch(self, index: int, patch: WeightPatch) -> None:
         lists = [list(p) for p in self.patches] + [[] for _ in range(len(self.encoders) - len(self.patches))]
         lists[index].append(patch)
-        return dataclasses.replace(self, patches=tuple(tuple(p) for p in lists))
+        self.patches = tuple(tuple(p) for p in lists)
 
 
 class _SingleModule:

@@ -12,10 +12,18 @@ A MODEL carries `model_options`, a dict laid out as ComfyUI's:
 Setting a patch never changes the MODEL it was cloned from: `clone()` copies every nested dict and list (the
 patches themselves, functions and tensors, are shared, as ComfyUI shares them). The sampler and the UNet read
 these options at sampling time; this module only records them.
+
+Weight patches (`WeightMethods.add_patches` and friends) address weights by ComfyUI's key names and are
+applied by the model manager when the module is next used.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import torch
+
+from sdgraph.nodes.sd.comfy_keys import filtered
+from sdgraph.nodes.sd.weight_patches import KeyPatchSet, add_key_patches
 
 
 def default_model_options() -> dict[str, Any]:
@@ -121,3 +129,69 @@ class PatcherMethods:
         if name in self.object_patches:
             return self.object_patches[name]
         return getattr(self, name)
+
+
+class WeightMethods:
+    """ComfyUI ModelPatcher's weight-patch calls (`add_patches`, `get_key_patches`, `model_state_dict`) over
+    ComfyUI's key names (see `nodes.sd.comfy_keys`), mixed into DiffusionModel and ClipModel.
+
+    A class provides `_weight_targets()` ({key: (module index, parameter name)}), `_weight_slots()` and
+    `_weight_patches(index)` / `_append_weight_patch(index, patch)`. `add_patches` changes this value in place,
+    as ComfyUI's does: clone first.
+    """
+
+    def _weight_targets(self) -> dict[str, tuple[int, str]]:
+        raise NotImplementedError
+
+    def _weight_slots(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _weight_patches(self, index: int) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _append_weight_patch(self, index: int, patch: Any) -> None:
+        raise NotImplementedError
+
+    def add_patches(self, patches: dict[Any, Any], strength_patch: float = 1.0,
+                    strength_model: float = 1.0) -> list[Any]:
+        """Record weight patches (ComfyUI's semantics, `nodes.sd.weight_patches`); the keys that exist here."""
+        targets = self._weight_targets()
+        taken: list[Any] = []
+        for index in range(len(self._weight_slots())):
+            names = {key: name for key, (i, name) in targets.items() if i == index}
+            patch, keys = add_key_patches(names, patches, strength_patch, strength_model)
+            if patch is not None:
+                self._append_weight_patch(index, patch)
+                taken += keys
+        return taken
+
+    def model_state_dict(self, filter_prefix: str | None = None) -> dict[str, torch.Tensor]:
+        """Every weight under its ComfyUI key, unpatched (the tensors are the model's own: do not modify)."""
+        originals = [slot.manager.original_weights(slot) for slot in self._weight_slots()]
+        return {key: originals[i][name] for key, (i, name) in filtered(self._weight_targets(), filter_prefix).items()}
+
+    def get_key_patches(self, filter_prefix: str | None = None) -> dict[str, list[Any]]:
+        """{key: [(weight, convert), *patch entries]}: each weight with the patches this value carries for it,
+        the form `add_patches` takes to merge this model into another."""
+        weights = self.model_state_dict(filter_prefix)
+        targets = self._weight_targets()
+        out: dict[str, list[Any]] = {}
+        for key, weight in weights.items():
+            index, name = targets[key]
+            out[key] = [(weight, _unchanged), *_entries_for(self._weight_patches(index), name, weight)]
+        return out
+
+
+def _unchanged(weight: torch.Tensor, **_: Any) -> torch.Tensor:
+    return weight
+
+
+def _entries_for(patches: tuple[Any, ...], name: str, weight: torch.Tensor) -> list[Any]:
+    """The ComfyUI patch entries equal to sdgraph's patches of one parameter (a LoRA becomes its diff)."""
+    entries: list[Any] = []
+    for patch in patches:
+        if isinstance(patch, KeyPatchSet):
+            entries += list(patch.entries.get(name, ()))
+        elif name in patch.targets() and patch.strength != 0:
+            entries.append((1.0, ("diff", (patch.delta(name, weight),)), 1.0, None, None))
+    return entries

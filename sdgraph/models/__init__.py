@@ -198,6 +198,14 @@ class ModelManager:
             self._enforce_ram(keep=slot.entry)  # offloading others or backing up weights may have filled RAM
             return slot.module
 
+    def original_weights(self, slot: ManagedModule) -> dict[str, torch.Tensor]:
+        """The slot's parameters without any weight patch (the kept originals of patched ones), wherever they
+        rest; a slot the RAM budget dropped is read again first."""
+        with self._lock:
+            if slot.entry is not None and not slot.loaded:
+                self._reload(slot.entry)
+            return {name: slot.backups.get(name, param.detach()) for name, param in slot.module.named_parameters()}
+
     def resident_bytes(self) -> int:
         return self.placement.resident_bytes()
 

@@ -1,7 +1,8 @@
-"""Weight patches (LoRA): make a managed module carry exactly the requested patches, restoring originals first."""
+"""Weight patches (LoRA, merges, scaling): make a managed module carry exactly the requested patches, restoring
+originals first."""
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -9,21 +10,28 @@ from sdgraph.models.slots import ManagedModule, ManagerStats
 
 
 class WeightPatch(Protocol):
-    """What `acquire` applies: a stable key and weight deltas (see nodes/sd/model_objects.LoraPatch)."""
+    """What `acquire` applies: a stable key, the parameters it changes, and how it changes each one in place.
+
+    `apply(name, weight, original)` gets the live parameter tensor (already holding the earlier patches' work)
+    and the parameter's unpatched value; it writes the result into `weight`. A patch of strength 0 is skipped.
+    """
 
     strength: float
-    deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 
     @property
     def key(self) -> Any: ...
+
+    def targets(self) -> Iterable[str]: ...
+
+    def apply(self, name: str, weight: torch.Tensor, original: torch.Tensor) -> None: ...
 
 
 @torch.no_grad()
 def apply_patches(slot: ManagedModule, patches: tuple[WeightPatch, ...], backup_device: torch.device,
                   stats: ManagerStats) -> None:
-    """Restore the weights earlier patches changed, then add each patch's deltas; original weights are kept
+    """Restore the weights earlier patches changed, then apply each patch; original weights are kept
     (on `backup_device`) the first time a patch touches them. A slot with a `value_dtype` gets its patched
-    weights rounded to that precision once every patch is added."""
+    weights rounded to that precision once every patch is applied."""
     wanted = tuple(p.key for p in patches)
     if wanted == slot.applied:
         return
@@ -32,15 +40,13 @@ def apply_patches(slot: ManagedModule, patches: tuple[WeightPatch, ...], backup_
     for name, original in slot.backups.items():
         params[name].data.copy_(original.to(params[name].device))
     for patch in patches:
-        for module_name, (up, down, scale) in patch.deltas.items():
-            pname = f"{module_name}.weight"
-            weight = params.get(pname)
+        for name in patch.targets():
+            weight = params.get(name)
             if weight is None:
                 continue
-            if pname not in slot.backups:
-                slot.backups[pname] = weight.detach().to(backup_device, copy=True)
-            delta = lora_delta(up, down, weight.shape, weight.device) * (scale * patch.strength)
-            weight.data.add_(delta.to(weight.dtype))
+            if name not in slot.backups:
+                slot.backups[name] = weight.detach().to(backup_device, copy=True)
+            patch.apply(name, weight.data, slot.backups[name])
     if slot.value_dtype is not None and patches:
         for name in slot.backups:
             params[name].data.copy_(params[name].data.to(slot.value_dtype))
