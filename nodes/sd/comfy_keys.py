@@ -4,7 +4,8 @@ Weight patches and merges address weights by these names, as ComfyUI's ModelPatc
 nodes and plugins see the layout they know:
 - MODEL: "diffusion_model." + the original (LDM) UNet name, e.g. "diffusion_model.input_blocks.1.1.proj_in.weight";
 - CLIP: "<clip_l|clip_h|clip_g>.transformer." + the Hugging Face CLIP parameter name, e.g.
-  "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight".
+  "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" (whatever prefix the installed
+  transformers gives its own parameter names).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def clip_key_map(encoders: list[torch.nn.Module], kinds: list[str]) -> dict[str,
     for index, (module, kind) in enumerate(zip(encoders, kinds)):
         prefix = clip_prefix(kind)
         for name, _ in module.named_parameters():
-            found[prefix + name] = (index, name)
+            canonical = name if name.startswith(("text_model.", "text_projection")) else "text_model." + name
+            found[prefix + canonical] = (index, name)
     return found
 
 

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from sdgraph.node import Combo, Float, Input, Int, Node, Output, models_in
-from sdgraph.nodes.sd import attention_multiply, merging
+from sdgraph.nodes.sd import attention_multiply, merging, saving
 from sdgraph.nodes.sd.common import manager_of, model_path
 from sdgraph.nodes.sd.loading import load_checkpoint, load_controlnet, load_vae
 from sdgraph.nodes.sd.lora import apply_lora, read_lora
@@ -148,4 +148,4 @@ class CLIPSetLastLayer(Node):
 
 
 NODES = [CheckpointLoaderSimple, CheckpointLoader, VAELoader, ControlNetLoader, LoraLoader, LoraLoaderModelOnly, CLIPSetLastLayer,
-         *merging.NODES, *attention_multiply.NODES]
+         *merging.NODES, *attention_multiply.NODES, *saving.NODES]

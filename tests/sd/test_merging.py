@@ -151,6 +151,8 @@ def test_add_patches_speaks_comfyuis_keys(pair: Any) -> None:
     got = unet_weights(model)
     torch.testing.assert_close(got["conv_in.weight"], 2.0 * state[key] + 0.5)
     assert got["conv_out.bias"][0] == 7.0 and torch.equal(got["conv_out.bias"][1:], state[bias][1:])  # the slice only
+    clip_keys = pair[0][1].model_state_dict()
+    assert "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" in clip_keys
     bad = a.clone()
     bad.add_patches({key: ("loha", (None,))})
     with pytest.raises(ValueError, match="input_blocks|conv_in.*loha|loha"):
