@@ -21,6 +21,7 @@ from typing import Any
 
 REFERENCE_DIR = Path(os.environ.get("SDGRAPH_COMFY_REFERENCE", "/work/shared/reference"))
 SECTIONS = ("required", "optional", "hidden")
+HIDDEN_KINDS = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT", "AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG")
 # Widget options compared besides the type and choices: the numbers' ranges, every widget's default, and the flags
 # that change what an editor shows (a seed's control widget, an upload button, a text box, a socket-only widget).
 COMPARED_OPTIONS = ("default", "min", "max", "step", "multiline", "forceInput", "control_after_generate",
@@ -59,6 +60,9 @@ def _input(entry: Any) -> dict[str, Any]:
     combo, `[[choices], {...}]` and `["COMBO", {"options": [choices], ...}]`, become the same thing."""
     if isinstance(entry, str):  # a hidden input: its kind only
         return {"type": entry}
+    if isinstance(entry, list) and len(entry) == 1 and isinstance(entry[0], str) and entry[0].isupper() \
+            and entry[0] in HIDDEN_KINDS:  # a V3 node's hidden input, ["PROMPT"]: the same as "PROMPT"
+        return {"type": entry[0]}
     head = entry[0]
     opts = dict(entry[1]) if len(entry) > 1 and isinstance(entry[1], dict) else {}
     out: dict[str, Any] = {}

@@ -170,6 +170,13 @@ class WeightMethods:
         originals = [slot.manager.original_weights(slot) for slot in self._weight_slots()]
         return {key: originals[i][name] for key, (i, name) in filtered(self._weight_targets(), filter_prefix).items()}
 
+    def patched_state_dict(self, filter_prefix: str | None = None) -> dict[str, torch.Tensor]:
+        """Every weight under its ComfyUI key with this value's patches applied (CPU float copies)."""
+        modules = [slot.manager.acquire(slot, self._weight_patches(i)) for i, slot in enumerate(self._weight_slots())]
+        params = [dict(m.named_parameters()) for m in modules]
+        return {key: params[i][name].detach().to("cpu", copy=True)
+                for key, (i, name) in filtered(self._weight_targets(), filter_prefix).items()}
+
     def get_key_patches(self, filter_prefix: str | None = None) -> dict[str, list[Any]]:
         """{key: [(weight, convert), *patch entries]}: each weight with the patches this value carries for it,
         the form `add_patches` takes to merge this model into another."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from sdgraph.node import Hidden, Input, Node, NodeOutput, String
 from sdgraph.nodes.sd import checkpoint_writer as writer
+from sdgraph.nodes.sd.lora_extract import LoraSave
 from sdgraph.nodes.sd.model_objects import ClipModel, DiffusionModel, VaeModel
 from sdgraph.types import CLIP, MODEL, VAE
 
@@ -85,4 +86,4 @@ class VAESave(Node):
         return NodeOutput(ui={})
 
 
-NODES = [CheckpointSave, ModelSave, CLIPSave, VAESave]
+NODES = [CheckpointSave, ModelSave, CLIPSave, VAESave, LoraSave]

@@ -106,3 +106,46 @@ def test_model_clip_and_vae_files(out_ctx: Any, sdxl: Any, sd1: Any) -> None:
     again = load_vae(vae_file, ModelManager(force_cpu=True))
     pixels = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(again.encode(pixels), vae.encode(pixels))
+
+
+def test_extracted_lora_moves_a_model_toward_the_other(out_ctx: Any, tmp_path: Path) -> None:
+    """LoraSave of ModelMergeSubtract(b, a): loading it onto a brings a's weights most of the way to b's, the
+    norms' whole differences exactly (fp16); the file speaks ComfyUI's key layout."""
+    from safetensors.torch import load_file
+
+    from sdgraph.nodes.sd.lora import parse_lora
+    from sdgraph.nodes.sd.lora_extract import LoraSave, extract_lora
+    from sdgraph.nodes.sd.merging import merge_clips, merge_models
+    from tiny_models import save_many_checkpoints
+
+    manager = ModelManager(force_cpu=True)
+    a, b = (load_checkpoint(p, manager) for p in save_many_checkpoints(tmp_path / "pair", 2, first_seed=70))
+    diff = merge_models(b[0], a[0], -1.0, 1.0)
+    text_diff = merge_clips(b[1], a[1], -1.0, 1.0)
+    call(LoraSave, out_ctx, filename_prefix="loras/x", rank=64, lora_type="standard", bias_diff=True,
+         model_diff=diff, text_encoder_diff=text_diff)
+    [path] = saved(out_ctx.dirs.output, "loras/x_00001_.safetensors")
+    sd = load_file(str(path))
+    assert "diffusion_model.input_blocks.1.1.proj_in.lora_up.weight" in sd
+    assert "diffusion_model.out.0.diff" in sd and "diffusion_model.out.2.diff_b" in sd
+    assert "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.lora_down.weight" in sd
+    assert all(v.dtype == torch.float16 for v in sd.values())
+    raw = parse_lora(sd)
+    moved = apply_lora(a[0], a[1], "extracted", raw, 1.0, 1.0)
+    wa, wb, got = (state(m.unet()) for m in (a[0], b[0], moved[0]))
+    assert torch.allclose(got["conv_norm_out.weight"], wb["conv_norm_out.weight"], atol=1e-3)
+    # random (full-rank) differences: clipping the factors' outliers keeps only part of the way
+    for name, share in (("down_blocks.0.attentions.0.proj_in.weight", 0.2), ("up_blocks.1.resnets.0.conv1.weight", 0.6)):
+        assert (got[name] - wb[name]).norm() < share * (wa[name] - wb[name]).norm(), name
+    te_a, te_b, te_got = (state(c.encoder(0)) for c in (a[1], b[1], moved[1]))
+    q = next(k for k in te_a if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert (te_got[q] - te_b[q]).norm() < 0.2 * (te_a[q] - te_b[q]).norm()
+    # a rank-2 difference is recovered by a rank-2 extraction (up to the 1% clipping of outliers)
+    g = torch.Generator().manual_seed(3)
+    low = torch.randn(40, 2, generator=g) @ torch.randn(2, 30, generator=g)
+    up, down = extract_lora(low, 2)
+    assert up.shape == (40, 2) and down.shape == (2, 30)
+    assert (up @ down - low).norm() < 0.05 * low.norm()
+    conv = torch.randn(8, 2, 1, 1, generator=g).flatten(1) @ torch.randn(2, 4 * 9, generator=g)
+    up, down = extract_lora(conv.reshape(8, 4, 3, 3), 2)
+    assert up.shape == (8, 2, 1, 1) and down.shape == (2, 4, 3, 3)
