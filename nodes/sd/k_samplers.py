@@ -13,8 +13,9 @@ Every sampler has one interface::
 A latent x at noise level sigma is `x0 + sigma * eps`; VP samplers (DDIM, DDPM, DPM-Solver, UniPC, LCM) are written
 in this parametrisation too, where they coincide with their published update rules divided by sqrt(alpha_bar).
 Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`;
-the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS, DPM-Solver fast/adaptive,
-SA-Solver) in `k_extra`, and the CFG++ samplers, which also need the unconditional prediction, in `k_cfgpp`.
+the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS) in `k_extra`, DPM-Solver
+fast/adaptive in `k_dpm_solver`, SA-Solver in `k_sa_solver`, and the CFG++ samplers, which also need the
+unconditional prediction, in `k_cfgpp`.
 """
 from __future__ import annotations
 
@@ -296,8 +297,10 @@ def _sde_midpoint(sigma: float, sigma_next: float, r: float) -> float:
 
 def _samplers() -> dict[str, SamplerFn]:
     from sdgraph.nodes.sd import k_cfgpp  # noqa: PLC0415 - these modules import this one
+    from sdgraph.nodes.sd import k_dpm_solver as dpm  # noqa: PLC0415
     from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415
     from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415
+    from sdgraph.nodes.sd import k_sa_solver as sa  # noqa: PLC0415
 
     return {
         "euler": sample_euler,
@@ -307,8 +310,8 @@ def _samplers() -> dict[str, SamplerFn]:
         "dpm_2": sample_dpm_2,
         "dpm_2_ancestral": sample_dpm_2_ancestral,
         "lms": ms.sample_lms,
-        "dpm_fast": ex.sample_dpm_fast,
-        "dpm_adaptive": ex.sample_dpm_adaptive,
+        "dpm_fast": dpm.sample_dpm_fast,
+        "dpm_adaptive": dpm.sample_dpm_adaptive,
         "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
         "dpmpp_sde": sample_dpmpp_sde,
         "dpmpp_2m": ms.sample_dpmpp_2m,
@@ -326,8 +329,8 @@ def _samplers() -> dict[str, SamplerFn]:
         "er_sde": ex.sample_er_sde,
         "seeds_2": ex.sample_seeds_2,
         "seeds_3": ex.sample_seeds_3,
-        "sa_solver": ex.sample_sa_solver,
-        "sa_solver_pece": ex.sample_sa_solver_pece,
+        "sa_solver": sa.sample_sa_solver,
+        "sa_solver_pece": sa.sample_sa_solver_pece,
         "ddim": sample_euler,  # deterministic DDIM is Euler in this parametrisation (see sample_euler)
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,

@@ -31,7 +31,7 @@ from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
-from sdgraph.nodes.sd.k_extra import sa_tau_interval
+from sdgraph.nodes.sd.k_sa_solver import sa_tau_interval
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
 from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SEED_MAX, brownian_sampler, initial_noise, to_device
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
