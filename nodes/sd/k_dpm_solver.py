@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from sdgraph.nodes.sd.k_samplers import DenoiseFn, NoiseSampler, StepCallback, Tensor, _report, as_floats
+from sdgraph.nodes.sd.k_samplers import (DenoiseFn, NoiseSampler, StepCallback, Tensor, _report,
+                                         ancestral_step_f32, as_floats, default_noise_sampler)
 
 
 def _f32(value: float) -> Tensor:
@@ -129,35 +130,53 @@ def sample_dpm_adaptive(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence
                         noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
                         order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                         pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
-                        accept_safety: float = 0.81) -> Tensor:
+                        accept_safety: float = 0.81, eta: float = 0.0) -> Tensor:
     """DPM-Solver-23 with adaptive steps (Lu et al. 2022, Sec. 3.4 and App. C): each step compares a second- and
     a third-order solution (orders 1 and 2 for `order=2`), the controller accepts or shrinks the step from their
     scaled difference. Only the ends of the schedule are used (sigma_max to the last non-zero sigma); the number
-    of model evaluations is the solver's own choice, and the result stays at sigma_min, like ComfyUI's."""
+    of model evaluations is the solver's own choice, and the result stays at sigma_min, like ComfyUI's.
+
+    With eta > 0 each step solves to the ancestral sigma_down of its interval and an accepted step adds fresh
+    noise making up the rest of the interval's variance (the controller then assumes order 1.5)."""
     if order not in (2, 3):
         raise ValueError(f"dpm_adaptive: order must be 2 or 3, not {order}")
     s = as_floats(sigmas)
     ends = _dpm_range(s)
     if ends is None:
         return x
+    if eta:
+        noise_sampler = noise_sampler or default_noise_sampler(x)
     t_start, t_end = ends
     solver = _DPMSolver(denoise, callback)
-    pid = _PIDController(abs(h_init), pcoeff, icoeff, dcoeff, order, accept_safety)
+    pid = _PIDController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
     t_s, x_prev, steps = t_start, x, 0
     while t_s < t_end - 1e-5:
         cache: dict[str, Tensor] = {}
         t = torch.minimum(t_end, t_s + pid.h)
+        t_to, up = _ancestral_target(solver, t_s, t, t_end, eta) if eta else (t, None)
         sigma = float(solver.sigma(t_s))
         denoised = x - solver.eps(cache, "eps", x, t_s) * sigma
         if order == 2:
-            x_low, x_high = solver.order_1(x, t_s, t, cache), solver.order_2(x, t_s, t, cache)
+            x_low, x_high = solver.order_1(x, t_s, t_to, cache), solver.order_2(x, t_s, t_to, cache)
         else:
-            x_low, x_high = solver.order_2(x, t_s, t, cache, r1=1 / 3), solver.order_3(x, t_s, t, cache)
+            x_low, x_high = solver.order_2(x, t_s, t_to, cache, r1=1 / 3), solver.order_3(x, t_s, t_to, cache)
         delta = torch.maximum(atol_t.to(x.device), rtol_t.to(x.device) * torch.maximum(x_low.abs(), x_prev.abs()))
         error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
         if pid.propose(float(error)):
-            x_prev, x, t_s = x_low, x_high, t
+            x_prev, x = x_low, x_high
+            if up is not None:
+                x = x + noise_sampler(sigma, float(solver.sigma(t))) * float(up)
+            t_s = t
         _report(callback, steps, x, denoised, sigma, float(solver.sigma(t_s)))
         steps += 1
     return x
+
+
+def _ancestral_target(solver: _DPMSolver, t_s: Tensor, t: Tensor, t_end: Tensor, eta: float
+                      ) -> tuple[Tensor, Tensor]:
+    """The time of the step's sigma_down (not past the end) and the std of the noise that completes the step to
+    t, in float32 as ComfyUI computes them."""
+    down, _ = ancestral_step_f32(float(solver.sigma(t_s)), float(solver.sigma(t)), eta)
+    t_to = torch.minimum(t_end, _f32(down).log().neg())
+    return t_to, (solver.sigma(t) ** 2 - solver.sigma(t_to) ** 2) ** 0.5

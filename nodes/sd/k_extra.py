@@ -9,7 +9,8 @@ nearest to it, and one ulp can fall on the other side of a halfway point.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
@@ -262,15 +263,28 @@ def _er_scale(v):
     return v * ((v ** 0.3).exp() + 10.0) if isinstance(v, Tensor) else v * (math.exp(v ** 0.3) + 10.0)
 
 
+@dataclass(frozen=True)
+class PowerNoiseScaler:
+    """The reverse-time SDE's noise scaling of lambda: lambda^power (power = eta + 1; power 1 is the ODE)."""
+
+    power: float
+
+    def __call__(self, v):
+        return v ** self.power
+
+
 def sample_er_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                  s_noise: float = 1.0, max_stage: int = 3) -> Tensor:
+                  s_noise: float = 1.0, max_stage: int = 3, noise_scaler: Callable | None = None) -> Tensor:
     """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (Cui et al. 2023, arXiv 2309.06169), in the
     variable lambda = sigma / alpha (= sigma here): a first-order step, then first and second divided differences
     of the data predictions with the noise-scaling integrals done by a 200-point Riemann sum in float32, as
-    ComfyUI does; fresh noise each step."""
+    ComfyUI does; fresh noise each step. `noise_scaler` is the solver's noise scaling function of lambda (floats
+    and float32 tensors; default ER-SDE's own, `PowerNoiseScaler` gives the reverse-time SDE); `max_stage` caps
+    the order (1 to 3)."""
     s = as_floats(sigmas)
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    scale = noise_scaler or _er_scale
     points = 200
     index = torch.arange(0, points, dtype=torch.float32)
     # ComfyUI's lambda_t = exp(-(-log sigma)) in float32: sigma within an ulp
@@ -285,20 +299,20 @@ def sample_er_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float
         else:
             lam_s, lam_t = lam[i], lam[i + 1]
             alpha_s, alpha_t = s[i] / lam_s, s[i + 1] / lam_t
-            r = _er_scale(lam_t) / _er_scale(lam_s)
+            r = scale(lam_t) / scale(lam_s)
             x = x * (alpha_t / alpha_s * r) + denoised * (alpha_t * (1 - r))
             if stage >= 2:
                 dt = lam_t - lam_s
                 step = -dt / points
                 pos = lam_t + index * torch.tensor(step, dtype=torch.float32)
-                scaled = _er_scale(pos)
+                scaled = scale(pos)
                 integral = float(torch.sum(1 / scaled) * step)
                 d = (denoised - history[0]) / (lam_s - lam[i - 1])
-                x = x + d * (alpha_t * (dt + integral * _er_scale(lam_t)))
+                x = x + d * (alpha_t * (dt + integral * scale(lam_t)))
                 if stage >= 3:
                     integral_u = float(torch.sum((pos - lam_s) / scaled) * step)
                     u = (d - previous_d) / ((lam_s - lam[i - 2]) / 2)
-                    x = x + u * (alpha_t * (dt ** 2 / 2 + integral_u * _er_scale(lam_t)))
+                    x = x + u * (alpha_t * (dt ** 2 / 2 + integral_u * scale(lam_t)))
                 previous_d = d
             if s_noise > 0:
                 spread = lam_t ** 2 - lam_s ** 2 * r ** 2

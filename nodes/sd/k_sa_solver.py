@@ -16,15 +16,28 @@ from sdgraph.nodes.sd.k_samplers import (DenoiseFn, NoiseSampler, StepCallback, 
                                          default_noise_sampler)
 
 
-def sa_tau_interval(alphas_cumprod: Tensor | None = None) -> tuple[float, float]:
-    """The sigmas at 20% and 80% of the model's schedule (ComfyUI's percent_to_sigma, float32)."""
+# what ComfyUI's discrete models answer for percent 0 (a sigma above any schedule's)
+PERCENT_ZERO_SIGMA = 999999999.9
+
+
+def sa_tau_interval(alphas_cumprod: Tensor | None = None, start_percent: float = 0.2,
+                    end_percent: float = 0.8) -> tuple[float, float]:
+    """The sigmas reached at two fractions of the model's schedule (ComfyUI's percent_to_sigma, float32; percent
+    0 is above every sigma, percent 1 is sigma 0): by default SD's stochastic interval, 20% to 80%."""
     from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod  # noqa: PLC0415
     from sdgraph.nodes.sd.schedules import schedule_of  # noqa: PLC0415
 
     schedule = schedule_of(sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
     last = schedule.num_timesteps - 1
-    at = lambda p: float(schedule.sigma32(torch.tensor((1.0 - p) * last, dtype=torch.float32)))  # noqa: E731
-    return at(0.2), at(0.8)
+
+    def at(percent: float) -> float:
+        if percent <= 0.0:
+            return PERCENT_ZERO_SIGMA
+        if percent >= 1.0:
+            return 0.0
+        return float(schedule.sigma32(torch.tensor((1.0 - percent) * last, dtype=torch.float32)))
+
+    return at(start_percent), at(end_percent)
 
 
 def _exponential_moments(lam_s: Tensor, lam_t: Tensor, order: int, tau: float) -> Tensor:
@@ -42,21 +55,41 @@ def _exponential_moments(lam_s: Tensor, lam_t: Tensor, order: int, tau: float) -
     return (log_weight.exp() * sign).tril() @ ends
 
 
-def _sa_weights(sigma_next: float, nodes: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float) -> list[float]:
+def _sa_weights(sigma_next: float, nodes: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float,
+               simple_order_2: bool = False, corrector: bool = False) -> list[float]:
     """Weights of the data predictions at `nodes` (lambdas, oldest first) for a step from lam_s to lam_t."""
+    if simple_order_2 and nodes.shape[0] == 2:
+        return _simple_order_2_weights(sigma_next, nodes, lam_s, lam_t, tau, corrector)
     moments = _exponential_moments(lam_s, lam_t, nodes.shape[0], tau)
     integrals = torch.linalg.solve(torch.vander(nodes, nodes.shape[0], increasing=True).T, moments)
     alpha_t = torch.tensor(sigma_next, dtype=torch.float32) * lam_t.exp()
     return (alpha_t * integrals).tolist()
 
 
+def _simple_order_2_weights(sigma_next: float, nodes: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float,
+                            corrector: bool) -> list[float]:
+    """The paper's simplified second-order weights (App. D): the kernel's integral split between the two
+    predictions by a trapezoid (corrector) or a linear extrapolation from the older node (predictor)."""
+    k = 1 + tau ** 2
+    h = lam_t - lam_s
+    alpha_t = torch.tensor(sigma_next, dtype=torch.float32) * lam_t.exp()
+    whole = alpha_t * (-h * k).expm1().neg()
+    if corrector:
+        newer = alpha_t * (0.5 * k * h)
+        return [float(whole - newer), float(newer)]
+    older = alpha_t * (0.5 * k * h ** 2) / (nodes[-2] - lam_s)
+    return [float(older), float(whole - older)]
+
+
 def sample_sa_solver(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                      noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                     tau_interval: tuple[float, float] | None = None, predictor_order: int = 3,
-                     corrector_order: int = 4, pece: bool = False) -> Tensor:
+                     tau_interval: tuple[float, float] | None = None, eta: float = 1.0, predictor_order: int = 3,
+                     corrector_order: int = 4, pece: bool = False, simple_order_2: bool = False) -> Tensor:
     """SA-Solver: each step corrects the state the last predictor reached with the model's output there (no extra
     evaluation; with `pece` the corrected state is evaluated again), then predicts the next one, adding noise where
-    tau > 0. `tau_interval` = (start, end) sigmas of the stochastic part (default: SD's schedule at 20%, 80%)."""
+    tau > 0. tau is `eta` for steps landing inside `tau_interval` = (start, end) sigmas (default: SD's schedule at
+    20%, 80%) and 0 elsewhere; eta 0 is the ODE solver. `simple_order_2` replaces the two-prediction weights with
+    the paper's simplified ones. A corrector order 0 skips the corrector."""
     s = as_floats(sigmas)
     if len(s) < 2:
         return x
@@ -79,7 +112,7 @@ def sample_sa_solver(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[fl
         if c_order == 0:
             x = x_pred
         else:
-            weights = _sa_weights(s[i], lam[i - c_order + 1:i + 1], lam[i - 1], lam[i], tau)
+            weights = _sa_weights(s[i], lam[i - c_order + 1:i + 1], lam[i - 1], lam[i], tau, simple_order_2, True)
             x = x * (s[i] / s[i - 1] * math.exp(-(tau ** 2) * h))
             for w, m in zip(weights, outputs[-c_order:]):
                 x = x + m * w
@@ -91,8 +124,8 @@ def sample_sa_solver(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[fl
         if s[i + 1] == 0:
             x = denoised
         else:
-            tau = 1.0 if start >= s[i + 1] >= end else 0.0
-            weights = _sa_weights(s[i + 1], lam[i - p_order + 1:i + 1], lam[i], lam[i + 1], tau)
+            tau = eta if eta > 0 and start >= s[i + 1] >= end else 0.0
+            weights = _sa_weights(s[i + 1], lam[i - p_order + 1:i + 1], lam[i], lam[i + 1], tau, simple_order_2)
             h = float(lam[i + 1] - lam[i])
             x_pred = x * (s[i + 1] / s[i] * math.exp(-(tau ** 2) * h))
             for w, m in zip(weights, outputs[-p_order:]):
@@ -107,7 +140,9 @@ def sample_sa_solver(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[fl
 
 def sample_sa_solver_pece(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                           noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                          tau_interval: tuple[float, float] | None = None) -> Tensor:
+                          tau_interval: tuple[float, float] | None = None, eta: float = 1.0,
+                          predictor_order: int = 3, corrector_order: int = 4, simple_order_2: bool = False) -> Tensor:
     """SA-Solver in predict-evaluate-correct-evaluate mode (one more model evaluation per step)."""
     return sample_sa_solver(denoise, x, sigmas, noise_sampler=noise_sampler, callback=callback,
-                            tau_interval=tau_interval, pece=True)
+                            tau_interval=tau_interval, eta=eta, predictor_order=predictor_order,
+                            corrector_order=corrector_order, pece=True, simple_order_2=simple_order_2)

@@ -70,6 +70,15 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
     return math.sqrt(sigma_next ** 2 - up ** 2), up
 
 
+def ancestral_step_f32(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """`ancestral_step` in float32 as ComfyUI's tensors compute it (where sigma_down sets the UNet's next sigma)."""
+    if not eta or sigma_next == 0:
+        return sigma_next, 0.0
+    s, n = torch.tensor(sigma, dtype=torch.float32), torch.tensor(sigma_next, dtype=torch.float32)
+    up = torch.minimum(n, eta * (n ** 2 * (s ** 2 - n ** 2) / s ** 2) ** 0.5)
+    return float((n ** 2 - up ** 2) ** 0.5), float(up)
+
+
 def _report(callback: StepCallback | None, i: int, x: Tensor, denoised: Tensor, s: float, s_next: float) -> None:
     if callback is not None:
         callback(Step(i, x, denoised, s, s_next))
@@ -301,6 +310,7 @@ def _samplers() -> dict[str, SamplerFn]:
     from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415
     from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415
     from sdgraph.nodes.sd import k_sa_solver as sa  # noqa: PLC0415
+    from sdgraph.nodes.sd import k_upscale  # noqa: PLC0415
 
     return {
         "euler": sample_euler,
@@ -335,6 +345,7 @@ def _samplers() -> dict[str, SamplerFn]:
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,
         **k_cfgpp.CFG_PP_SAMPLERS,  # these call denoise.with_uncond (see k_cfgpp)
+        **k_upscale.RESIZING_SAMPLERS,  # these take a noise_like (see k_upscale)
     }
 
 
