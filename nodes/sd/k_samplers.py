@@ -14,8 +14,8 @@ A latent x at noise level sigma is `x0 + sigma * eps`; VP samplers (DDIM, DDPM, 
 in this parametrisation too, where they coincide with their published update rules divided by sqrt(alpha_bar).
 Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`;
 the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS) in `k_extra`, DPM-Solver
-fast/adaptive in `k_dpm_solver`, SA-Solver in `k_sa_solver`, and the CFG++ samplers, which also need the
-unconditional prediction, in `k_cfgpp`.
+fast/adaptive in `k_dpm_solver`, SA-Solver in `k_sa_solver`, the CFG++ samplers, which also need the
+unconditional prediction, in `k_cfgpp`, and LCM with upscaling, which changes the latent's size, in `k_upscale`.
 """
 from __future__ import annotations
 

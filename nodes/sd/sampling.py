@@ -136,9 +136,9 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """`sample_latent` with the denoiser built by `guide(samples, keep_uncond)` (classifier-free guidance or
     another rule; `keep_uncond`: the CFG++ samplers also need the unconditional estimate),
-    the sigmas given as they are, and the named sampler called with `sampler_options` (eta, r, order, ...; an
-    "s_noise" option scales the sampler's noise). Returns the sampled LATENT and the last denoised estimate as
-    a LATENT (unscaled), or None when no step ran."""
+    the sigmas given as they are, and the named sampler called with `sampler_options` (eta, r, order, ...; see
+    `call_sampler`). Returns the sampled LATENT and the last denoised estimate as a LATENT (unscaled), or None
+    when no step ran."""
     samples = latent["samples"]
     if len(sigmas) < 2:
         return dict(latent), None
