@@ -21,7 +21,7 @@ from sdgraph.types import CONDITIONING, LATENT, MODEL
 from sdgraph.nodes.sd.custom_sigmas import SIGMAS, as_sigmas, choice
 from sdgraph.nodes.sd.denoiser import SDDenoiser
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn
-from sdgraph.nodes.sd.noise import SEED_MAX
+from sdgraph.nodes.sd.noise import SEED_MAX, batch_noise
 
 SAMPLER = "SAMPLER"
 NOISE = "NOISE"
@@ -217,6 +217,32 @@ class DisableNoise(Node):
         return (NoiseSource(0, enabled=False),)
 
 
+class AddNoise(Node):
+    """Noise a latent to the span of a schedule: the NOISE's draw times |first sigma - last sigma| (the first
+    sigma alone for a one-sigma schedule) added in the model's space, as the model scales noise; an empty
+    schedule leaves the latent as it is."""
+
+    category = "_for_testing/custom_sampling/noise"
+    inputs = [Input("model", MODEL), Input("noise", NOISE), Input("sigmas", SIGMAS), Input("latent_image", LATENT)]
+    outputs = [Output(LATENT)]
+
+    def run(self, model: Any, noise: NoiseSource, sigmas: Tensor, latent_image: dict[str, Any]
+            ) -> tuple[dict[str, Any]]:
+        source = _typed(noise, NoiseSource, "AddNoise.noise", NOISE)
+        sigmas = as_sigmas(sigmas, "AddNoise.sigmas").float()  # ComfyUI's float32 arithmetic
+        latent = _check_latent(latent_image, "AddNoise.latent_image")
+        if len(sigmas) == 0:
+            return (latent,)
+        from sdgraph.nodes.sd.sampling import scale_in  # noqa: PLC0415 - it registers us
+
+        samples = latent["samples"].float()
+        drawn = batch_noise(source.seed, samples.shape, latent.get("batch_index")) if source.enabled \
+            else torch.zeros_like(samples)
+        span = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
+        noisy = model.latent_format.process_out(drawn * span + scale_in(model, samples))
+        return ({**latent, "samples": torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)},)
+
+
 GUIDERS = f"{CUSTOM}/guiders"
 _CFG = {"min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 
@@ -320,4 +346,5 @@ class SamplerCustom(Node):
 
 NODES: Sequence[type[Node]] = [
     SamplerCustomAdvanced, SamplerCustom, KSamplerSelect, SamplerEulerAncestral, SamplerDPMPP_2S_Ancestral,
-    SamplerDPMPP_SDE, SamplerDPMPP_2M_SDE, SamplerLMS, RandomNoise, DisableNoise, BasicGuider, CFGGuider, DualCFGGuider]
+    SamplerDPMPP_SDE, SamplerDPMPP_2M_SDE, SamplerLMS, RandomNoise, DisableNoise, AddNoise, BasicGuider, CFGGuider,
+    DualCFGGuider]

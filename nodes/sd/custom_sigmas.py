@@ -199,6 +199,39 @@ class SetFirstSigma(Node):
         return (sigmas,)
 
 
+_SPACINGS = {  # position of the inserted sigmas between two neighbours, for fractions 0..1
+    "linear": lambda u: u,
+    "cosine": lambda u: torch.sin(u * math.pi / 2),  # dense near the next sigma (the names are ComfyUI's)
+    "sine": lambda u: 1 - torch.cos(u * math.pi / 2),  # dense near the current sigma
+}
+
+
+class ExtendIntermediateSigmas(Node):
+    """Insert steps - 1 sigmas between each sigma and the next, for the sigmas from start_at_sigma down to
+    end_at_sigma (start -1: from the top), spaced linearly or bunched towards one end."""
+
+    category = SIGMA_OPS
+    inputs = [Input("sigmas", SIGMAS), Int("steps", 2, min=1, max=100, step=None),
+              Float("start_at_sigma", -1.0, min=-1.0, max=20000.0, step=0.01, round=False),
+              Float("end_at_sigma", 12.0, min=0.0, max=20000.0, step=0.01, round=False),
+              choice("spacing", list(_SPACINGS))]
+    outputs = [Output(SIGMAS)]
+
+    def run(self, sigmas: torch.Tensor, steps: int, start_at_sigma: float, end_at_sigma: float, spacing: str
+            ) -> tuple[torch.Tensor]:
+        sigmas = as_sigmas(sigmas, "ExtendIntermediateSigmas.sigmas").float()  # ComfyUI's float32 arithmetic
+        top = torch.tensor(float("inf") if start_at_sigma < 0 else start_at_sigma, dtype=torch.float32)
+        bottom = torch.tensor(end_at_sigma, dtype=torch.float32)
+        fractions = _SPACINGS[spacing](torch.linspace(0, 1, steps + 1, dtype=torch.float32)[1:-1])
+        out: list[torch.Tensor] = []
+        for current, following in zip(sigmas[:-1], sigmas[1:]):
+            out.append(current.reshape(1))
+            if bottom <= current <= top:
+                out.append(fractions * (following - current) + current)
+        out.append(sigmas[-1:])
+        return (float32_sigmas(torch.cat(out), append_zero=False),)
+
+
 # what ComfyUI's discrete models answer for percent 0 (a sigma above any schedule's)
 PERCENT_ZERO_SIGMA = 999999999.9
 
@@ -225,4 +258,4 @@ class SamplingPercentToSigma(Node):
 
 
 NODES = [BasicScheduler, KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler, SDTurboScheduler,
-         SplitSigmas, SplitSigmasDenoise, FlipSigmas, SetFirstSigma, SamplingPercentToSigma]
+         SplitSigmas, SplitSigmasDenoise, FlipSigmas, SetFirstSigma, ExtendIntermediateSigmas, SamplingPercentToSigma]

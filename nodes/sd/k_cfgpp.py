@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from sdgraph.nodes.sd.k_samplers import (NoiseSampler, StepCallback, Tensor, _report, ancestral_step, as_floats,
-                                         default_noise_sampler)
+from sdgraph.nodes.sd.k_samplers import (NoiseSampler, StepCallback, Tensor, _report, ancestral_step,
+                                         ancestral_step_f32, as_floats, default_noise_sampler)
 from sdgraph.nodes.sd.k_extra import _phi_1, _phi_2
 
 GuidedDenoiseFn = Callable[[Tensor, float], Tensor]  # with a `with_uncond(x, sigma)` attribute
@@ -28,15 +28,6 @@ def _both(denoise: GuidedDenoiseFn, x: Tensor, sigma: float) -> tuple[Tensor, Te
     if with_uncond is None:
         raise TypeError("a cfg_pp sampler needs a denoiser with a with_uncond(x, sigma) method")
     return with_uncond(x, sigma)
-
-
-def _ancestral_step_f32(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
-    """`ancestral_step` in float32 as ComfyUI's tensors compute it (sigma_down sets the UNet's next sigma)."""
-    if not eta or sigma_next == 0:
-        return sigma_next, 0.0
-    s, n = torch.tensor(sigma, dtype=torch.float32), torch.tensor(sigma_next, dtype=torch.float32)
-    up = torch.minimum(n, eta * (n ** 2 * (s ** 2 - n ** 2) / s ** 2) ** 0.5)
-    return float((n ** 2 - up ** 2) ** 0.5), float(up)
 
 
 def sample_euler_ancestral_cfg_pp(denoise: GuidedDenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
@@ -66,6 +57,21 @@ def sample_euler_cfg_pp(denoise: GuidedDenoiseFn, x: Tensor, sigmas: Tensor | Se
     return sample_euler_ancestral_cfg_pp(denoise, x, sigmas, callback=callback, eta=0.0)
 
 
+def sample_euler_cfg_pp_alternative(denoise: GuidedDenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
+                                    noise_sampler: NoiseSampler | None = None,
+                                    callback: StepCallback | None = None) -> Tensor:
+    """The other Euler CFG++ (ComfyUI's SamplerEulerCFGpp "alternative"): a plain Euler step along the slope of
+    x - guided + unconditional towards the guided estimate, i.e. (x - 2 guided + unconditional) / sigma, down to
+    the last sigma (no special last step)."""
+    s = as_floats(sigmas)
+    for i in range(len(s) - 1):
+        denoised, uncond = _both(denoise, x, s[i])
+        slope = (x - denoised + uncond - denoised) / s[i]
+        x = x + slope * (s[i + 1] - s[i])
+        _report(callback, i, x, denoised, s[i], s[i + 1])
+    return x
+
+
 def sample_dpmpp_2s_ancestral_cfg_pp(denoise: GuidedDenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                                      noise_sampler: NoiseSampler | None = None,
                                      callback: StepCallback | None = None, eta: float = 1.0) -> Tensor:
@@ -75,7 +81,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(denoise: GuidedDenoiseFn, x: Tensor, sigmas
     noise_sampler = noise_sampler or default_noise_sampler(x)
     for i in range(len(s) - 1):
         denoised, uncond = _both(denoise, x, s[i])
-        down, up = _ancestral_step_f32(s[i], s[i + 1], eta)
+        down, up = ancestral_step_f32(s[i], s[i + 1], eta)
         if down == 0:
             x = denoised
         else:
@@ -179,4 +185,6 @@ CFG_PP_SAMPLERS = {
     "res_multistep_cfg_pp": sample_res_multistep_cfg_pp,
     "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
     "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
+    # not one of KSampler's names: SamplerEulerCFGpp's "alternative" version
+    "euler_cfg_pp_alternative": sample_euler_cfg_pp_alternative,
 }

@@ -9,7 +9,8 @@ nearest to it, and one ulp can fall on the other side of a halfway point.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
@@ -262,15 +263,28 @@ def _er_scale(v):
     return v * ((v ** 0.3).exp() + 10.0) if isinstance(v, Tensor) else v * (math.exp(v ** 0.3) + 10.0)
 
 
+@dataclass(frozen=True)
+class PowerNoiseScaler:
+    """The reverse-time SDE's noise scaling of lambda: lambda^power (power = eta + 1; power 1 is the ODE)."""
+
+    power: float
+
+    def __call__(self, v):
+        return v ** self.power
+
+
 def sample_er_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
                   noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                  s_noise: float = 1.0, max_stage: int = 3) -> Tensor:
+                  s_noise: float = 1.0, max_stage: int = 3, noise_scaler: Callable | None = None) -> Tensor:
     """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (Cui et al. 2023, arXiv 2309.06169), in the
     variable lambda = sigma / alpha (= sigma here): a first-order step, then first and second divided differences
     of the data predictions with the noise-scaling integrals done by a 200-point Riemann sum in float32, as
-    ComfyUI does; fresh noise each step."""
+    ComfyUI does; fresh noise each step. `noise_scaler` is the solver's noise scaling function of lambda (floats
+    and float32 tensors; default ER-SDE's own, `PowerNoiseScaler` gives the reverse-time SDE); `max_stage` caps
+    the order (1 to 3)."""
     s = as_floats(sigmas)
     noise_sampler = noise_sampler or default_noise_sampler(x)
+    scale = noise_scaler or _er_scale
     points = 200
     index = torch.arange(0, points, dtype=torch.float32)
     # ComfyUI's lambda_t = exp(-(-log sigma)) in float32: sigma within an ulp
@@ -285,20 +299,20 @@ def sample_er_sde(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float
         else:
             lam_s, lam_t = lam[i], lam[i + 1]
             alpha_s, alpha_t = s[i] / lam_s, s[i + 1] / lam_t
-            r = _er_scale(lam_t) / _er_scale(lam_s)
+            r = scale(lam_t) / scale(lam_s)
             x = x * (alpha_t / alpha_s * r) + denoised * (alpha_t * (1 - r))
             if stage >= 2:
                 dt = lam_t - lam_s
                 step = -dt / points
                 pos = lam_t + index * torch.tensor(step, dtype=torch.float32)
-                scaled = _er_scale(pos)
+                scaled = scale(pos)
                 integral = float(torch.sum(1 / scaled) * step)
                 d = (denoised - history[0]) / (lam_s - lam[i - 1])
-                x = x + d * (alpha_t * (dt + integral * _er_scale(lam_t)))
+                x = x + d * (alpha_t * (dt + integral * scale(lam_t)))
                 if stage >= 3:
                     integral_u = float(torch.sum((pos - lam_s) / scaled) * step)
                     u = (d - previous_d) / ((lam_s - lam[i - 2]) / 2)
-                    x = x + u * (alpha_t * (dt ** 2 / 2 + integral_u * _er_scale(lam_t)))
+                    x = x + u * (alpha_t * (dt ** 2 / 2 + integral_u * scale(lam_t)))
                 previous_d = d
             if s_noise > 0:
                 spread = lam_t ** 2 - lam_s ** 2 * r ** 2
@@ -399,264 +413,3 @@ def sample_seeds_3(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[floa
                 x = x + noise * (s[i + 1] * s_noise)
         _report(callback, i, x, denoised, s[i], s[i + 1])
     return x
-
-
-# ---- DPM-Solver (fast and adaptive) -------------------------------------------------------------------------
-#
-# The single-step DPM-Solver-1/2/3 of Lu et al. (2022) in noise prediction, stepping in t = -log(sigma). Its
-# times, step sizes and coefficients are float32 scalars as in ComfyUI: its inner-stage sigmas (where the UNet is
-# evaluated) come from them, and the adaptive controller's decisions from its error norm.
-
-
-def _f32(value: float) -> Tensor:
-    return torch.tensor(float(value), dtype=torch.float32)
-
-
-class _DPMSolver:
-    def __init__(self, denoise: DenoiseFn, callback: StepCallback | None) -> None:
-        self.denoise = denoise
-        self.callback = callback
-
-    @staticmethod
-    def sigma(t: Tensor) -> Tensor:
-        return t.neg().exp()
-
-    def eps(self, cache: dict[str, Tensor], key: str, x: Tensor, t: Tensor) -> Tensor:
-        if key not in cache:
-            sigma = self.sigma(t)
-            cache[key] = (x - self.denoise(x, float(sigma))) / float(sigma)
-        return cache[key]
-
-    def order_1(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor]) -> Tensor:
-        h = t_next - t
-        return x - self.eps(cache, "eps", x, t) * float(self.sigma(t_next) * h.expm1())
-
-    def order_2(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor], r1: float = 1 / 2) -> Tensor:
-        h = t_next - t
-        eps = self.eps(cache, "eps", x, t)
-        s1 = t + r1 * h
-        u1 = x - eps * float(self.sigma(s1) * (r1 * h).expm1())
-        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
-        return (x - eps * float(self.sigma(t_next) * h.expm1())
-                - (eps_r1 - eps) * float(self.sigma(t_next) / (2 * r1) * h.expm1()))
-
-    def order_3(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor], r1: float = 1 / 3,
-                r2: float = 2 / 3) -> Tensor:
-        h = t_next - t
-        eps = self.eps(cache, "eps", x, t)
-        s1, s2 = t + r1 * h, t + r2 * h
-        u1 = x - eps * float(self.sigma(s1) * (r1 * h).expm1())
-        eps_r1 = self.eps(cache, "eps_r1", u1, s1)
-        u2 = (x - eps * float(self.sigma(s2) * (r2 * h).expm1())
-              - (eps_r1 - eps) * float(self.sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1)))
-        eps_r2 = self.eps(cache, "eps_r2", u2, s2)
-        return (x - eps * float(self.sigma(t_next) * h.expm1())
-                - (eps_r2 - eps) * float(self.sigma(t_next) / r2 * (h.expm1() / h - 1)))
-
-    def step(self, order: int, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor]) -> Tensor:
-        return (self.order_1, self.order_2, self.order_3)[order - 1](x, t, t_next, cache)
-
-
-def _dpm_range(s: list[float]) -> tuple[Tensor, Tensor] | None:
-    """t = -log(sigma) of the first sigma and of the last non-zero one (ComfyUI's sigma_min), float32."""
-    if len(s) < 2:
-        return None
-    sigma_min = s[-1] if s[-1] != 0 else s[-2]
-    if sigma_min <= 0 or s[0] <= 0:
-        raise ValueError("DPM-Solver needs non-zero sigma_min and sigma_max")
-    return _f32(s[0]).log().neg(), _f32(sigma_min).log().neg()
-
-
-def sample_dpm_fast(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
-                    noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None) -> Tensor:
-    """DPM-Solver-fast (Lu et al. 2022, Sec. 3.4): as many model evaluations as the schedule has steps, spent on
-    third-order steps evenly spaced in t from sigma_max to sigma_min (the last non-zero sigma), the remainder on one
-    lower-order step. Only the ends of the schedule are used; the result stays at sigma_min, like ComfyUI's."""
-    s = as_floats(sigmas)
-    ends = _dpm_range(s)
-    if ends is None:
-        return x
-    t_start, t_end = ends
-    nfe = len(s) - 1
-    m = nfe // 3 + 1
-    ts = torch.linspace(float(t_start), float(t_end), m + 1)
-    orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
-    solver = _DPMSolver(denoise, callback)
-    for i, order in enumerate(orders):
-        cache: dict[str, Tensor] = {}
-        t, t_next = ts[i], ts[i + 1]
-        sigma = float(solver.sigma(t))
-        denoised = x - solver.eps(cache, "eps", x, t) * sigma
-        x = solver.step(order, x, t, t_next, cache)
-        _report(callback, i, x, denoised, sigma, float(solver.sigma(t_next)))
-    return x
-
-
-class _PIDController:
-    """Step-size control for the adaptive solver (a PID controller on the inverse error, soft-limited)."""
-
-    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float, accept_safety: float,
-                 eps: float = 1e-8) -> None:
-        self.h = h
-        self.b = ((pcoeff + icoeff + dcoeff) / order, -(pcoeff + 2 * dcoeff) / order, dcoeff / order)
-        self.accept_safety = accept_safety
-        self.eps = eps
-        self.inverse_errors: list[float] = []
-
-    def propose(self, error: float) -> bool:
-        inverse = 1 / (error + self.eps)
-        if not self.inverse_errors:
-            self.inverse_errors = [inverse] * 3
-        self.inverse_errors[0] = inverse
-        e = self.inverse_errors
-        factor = e[0] ** self.b[0] * e[1] ** self.b[1] * e[2] ** self.b[2]
-        factor = 1 + math.atan(factor - 1)
-        accept = factor >= self.accept_safety
-        if accept:
-            e[2], e[1] = e[1], e[0]
-        self.h *= factor
-        return accept
-
-
-def sample_dpm_adaptive(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
-                        noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                        order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
-                        pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
-                        accept_safety: float = 0.81) -> Tensor:
-    """DPM-Solver-23 with adaptive steps (Lu et al. 2022, Sec. 3.4 and App. C): each step compares a second- and
-    a third-order solution (orders 1 and 2 for `order=2`), the controller accepts or shrinks the step from their
-    scaled difference. Only the ends of the schedule are used (sigma_max to the last non-zero sigma); the number
-    of model evaluations is the solver's own choice, and the result stays at sigma_min, like ComfyUI's."""
-    if order not in (2, 3):
-        raise ValueError(f"dpm_adaptive: order must be 2 or 3, not {order}")
-    s = as_floats(sigmas)
-    ends = _dpm_range(s)
-    if ends is None:
-        return x
-    t_start, t_end = ends
-    solver = _DPMSolver(denoise, callback)
-    pid = _PIDController(abs(h_init), pcoeff, icoeff, dcoeff, order, accept_safety)
-    atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
-    t_s, x_prev, steps = t_start, x, 0
-    while t_s < t_end - 1e-5:
-        cache: dict[str, Tensor] = {}
-        t = torch.minimum(t_end, t_s + pid.h)
-        sigma = float(solver.sigma(t_s))
-        denoised = x - solver.eps(cache, "eps", x, t_s) * sigma
-        if order == 2:
-            x_low, x_high = solver.order_1(x, t_s, t, cache), solver.order_2(x, t_s, t, cache)
-        else:
-            x_low, x_high = solver.order_2(x, t_s, t, cache, r1=1 / 3), solver.order_3(x, t_s, t, cache)
-        delta = torch.maximum(atol_t.to(x.device), rtol_t.to(x.device) * torch.maximum(x_low.abs(), x_prev.abs()))
-        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
-        if pid.propose(float(error)):
-            x_prev, x, t_s = x_low, x_high, t
-        _report(callback, steps, x, denoised, sigma, float(solver.sigma(t_s)))
-        steps += 1
-    return x
-
-
-# ---- SA-Solver ----------------------------------------------------------------------------------------------
-#
-# Stochastic Adams (Xue et al. 2023, arXiv 2309.05019) in data prediction: a multistep predictor (order 3) and
-# corrector (order 4) whose weights integrate the Lagrange basis through the last data predictions in lambda
-# against the SDE's exponential kernel. Noise (tau = 1) only between 20% and 80% of the model's schedule. The
-# coefficients are solved in float32 as ComfyUI solves them (a Vandermonde system, ill-conditioned enough that
-# float64 would be another answer at the 1e-5 level).
-
-
-def sa_tau_interval(alphas_cumprod: Tensor | None = None) -> tuple[float, float]:
-    """The sigmas at 20% and 80% of the model's schedule (ComfyUI's percent_to_sigma, float32)."""
-    from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod  # noqa: PLC0415
-    from sdgraph.nodes.sd.schedules import schedule_of  # noqa: PLC0415
-
-    schedule = schedule_of(sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
-    last = schedule.num_timesteps - 1
-    at = lambda p: float(schedule.sigma32(torch.tensor((1.0 - p) * last, dtype=torch.float32)))  # noqa: E731
-    return at(0.2), at(0.8)
-
-
-def _exponential_moments(lam_s: Tensor, lam_t: Tensor, order: int, tau: float) -> Tensor:
-    """(1 + tau^2) * integral_s^t e^((1 + tau^2)(x - t)) x^p dx for p < order, by repeated integration by parts:
-    a lower-triangular combination of t^p - s^p e^(-(1 + tau^2) h), float32."""
-    k = 1 + tau ** 2
-    p = torch.arange(order, dtype=torch.float32)
-    ends = lam_t ** p - lam_s ** p * (-k * (lam_t - lam_s)).exp()
-    depth = p.unsqueeze(1) - p.unsqueeze(0)
-    log_fact = (p + 1).lgamma()
-    log_weight = log_fact.unsqueeze(1) - log_fact.unsqueeze(0)
-    if tau > 0:
-        log_weight = log_weight - depth * math.log(k)
-    sign = torch.where(depth % 2 == 0, 1.0, -1.0)
-    return (log_weight.exp() * sign).tril() @ ends
-
-
-def _sa_weights(sigma_next: float, nodes: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float) -> list[float]:
-    """Weights of the data predictions at `nodes` (lambdas, oldest first) for a step from lam_s to lam_t."""
-    moments = _exponential_moments(lam_s, lam_t, nodes.shape[0], tau)
-    integrals = torch.linalg.solve(torch.vander(nodes, nodes.shape[0], increasing=True).T, moments)
-    alpha_t = torch.tensor(sigma_next, dtype=torch.float32) * lam_t.exp()
-    return (alpha_t * integrals).tolist()
-
-
-def sample_sa_solver(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
-                     noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                     tau_interval: tuple[float, float] | None = None, predictor_order: int = 3,
-                     corrector_order: int = 4, pece: bool = False) -> Tensor:
-    """SA-Solver: each step corrects the state the last predictor reached with the model's output there (no extra
-    evaluation; with `pece` the corrected state is evaluated again), then predicts the next one, adding noise where
-    tau > 0. `tau_interval` = (start, end) sigmas of the stochastic part (default: SD's schedule at 20%, 80%)."""
-    s = as_floats(sigmas)
-    if len(s) < 2:
-        return x
-    noise_sampler = noise_sampler or default_noise_sampler(x)
-    start, end = tau_interval or sa_tau_interval()
-    lam = torch.tensor(s, dtype=torch.float32).log().neg()
-    history = max(predictor_order, corrector_order)
-    to_zero = s[-1] == 0
-    x_pred, h, tau, noise = x, 0.0, 0.0, None
-    outputs: list[Tensor] = []  # oldest first
-    for i in range(len(s) - 1):
-        denoised = denoise(x_pred, s[i])
-        outputs.append(denoised)
-        del outputs[:-history]
-        p_order = min(predictor_order, len(outputs))
-        c_order = 0 if i == 0 or (s[i + 1] == 0 and not pece) else min(corrector_order, len(outputs))
-        if to_zero:
-            p_order = min(p_order, len(s) - 2 - i)
-            c_order = min(c_order, len(s) - 1 - i)
-        if c_order == 0:
-            x = x_pred
-        else:
-            weights = _sa_weights(s[i], lam[i - c_order + 1:i + 1], lam[i - 1], lam[i], tau)
-            x = x * (s[i] / s[i - 1] * math.exp(-(tau ** 2) * h))
-            for w, m in zip(weights, outputs[-c_order:]):
-                x = x + m * w
-            if noise is not None:
-                x = x + noise  # the previous predictor's noise
-            if pece:
-                denoised = denoise(x, s[i])
-                outputs[-1] = denoised
-        if s[i + 1] == 0:
-            x = denoised
-        else:
-            tau = 1.0 if start >= s[i + 1] >= end else 0.0
-            weights = _sa_weights(s[i + 1], lam[i - p_order + 1:i + 1], lam[i], lam[i + 1], tau)
-            h = float(lam[i + 1] - lam[i])
-            x_pred = x * (s[i + 1] / s[i] * math.exp(-(tau ** 2) * h))
-            for w, m in zip(weights, outputs[-p_order:]):
-                x_pred = x_pred + m * w
-            noise = None
-            if tau > 0:
-                noise = noise_sampler(s[i], s[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * tau ** 2 * h)))
-                x_pred = x_pred + noise
-        _report(callback, i, x_pred if s[i + 1] else x, denoised, s[i], s[i + 1])
-    return x
-
-
-def sample_sa_solver_pece(denoise: DenoiseFn, x: Tensor, sigmas: Tensor | Sequence[float], *,
-                          noise_sampler: NoiseSampler | None = None, callback: StepCallback | None = None,
-                          tau_interval: tuple[float, float] | None = None) -> Tensor:
-    """SA-Solver in predict-evaluate-correct-evaluate mode (one more model evaluation per step)."""
-    return sample_sa_solver(denoise, x, sigmas, noise_sampler=noise_sampler, callback=callback,
-                            tau_interval=tau_interval, pece=True)

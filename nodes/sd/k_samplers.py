@@ -13,8 +13,9 @@ Every sampler has one interface::
 A latent x at noise level sigma is `x0 + sigma * eps`; VP samplers (DDIM, DDPM, DPM-Solver, UniPC, LCM) are written
 in this parametrisation too, where they coincide with their published update rules divided by sqrt(alpha_bar).
 Single-step samplers live here; the multistep ones (LMS, DPM-Solver++ 2M/2M-SDE/3M-SDE, UniPC) in `k_multistep`;
-the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS, DPM-Solver fast/adaptive,
-SA-Solver) in `k_extra`, and the CFG++ samplers, which also need the unconditional prediction, in `k_cfgpp`.
+the rest of ComfyUI's list (Heun++, iPNDM, DEIS, RES, gradient estimation, ER-SDE, SEEDS) in `k_extra`, DPM-Solver
+fast/adaptive in `k_dpm_solver`, SA-Solver in `k_sa_solver`, the CFG++ samplers, which also need the
+unconditional prediction, in `k_cfgpp`, and LCM with upscaling, which changes the latent's size, in `k_upscale`.
 """
 from __future__ import annotations
 
@@ -67,6 +68,15 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
         return sigma_next, 0.0
     up = min(sigma_next, eta * math.sqrt(sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2))
     return math.sqrt(sigma_next ** 2 - up ** 2), up
+
+
+def ancestral_step_f32(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """`ancestral_step` in float32 as ComfyUI's tensors compute it (where sigma_down sets the UNet's next sigma)."""
+    if not eta or sigma_next == 0:
+        return sigma_next, 0.0
+    s, n = torch.tensor(sigma, dtype=torch.float32), torch.tensor(sigma_next, dtype=torch.float32)
+    up = torch.minimum(n, eta * (n ** 2 * (s ** 2 - n ** 2) / s ** 2) ** 0.5)
+    return float((n ** 2 - up ** 2) ** 0.5), float(up)
 
 
 def _report(callback: StepCallback | None, i: int, x: Tensor, denoised: Tensor, s: float, s_next: float) -> None:
@@ -296,8 +306,11 @@ def _sde_midpoint(sigma: float, sigma_next: float, r: float) -> float:
 
 def _samplers() -> dict[str, SamplerFn]:
     from sdgraph.nodes.sd import k_cfgpp  # noqa: PLC0415 - these modules import this one
+    from sdgraph.nodes.sd import k_dpm_solver as dpm  # noqa: PLC0415
     from sdgraph.nodes.sd import k_extra as ex  # noqa: PLC0415
     from sdgraph.nodes.sd import k_multistep as ms  # noqa: PLC0415
+    from sdgraph.nodes.sd import k_sa_solver as sa  # noqa: PLC0415
+    from sdgraph.nodes.sd import k_upscale  # noqa: PLC0415
 
     return {
         "euler": sample_euler,
@@ -307,8 +320,8 @@ def _samplers() -> dict[str, SamplerFn]:
         "dpm_2": sample_dpm_2,
         "dpm_2_ancestral": sample_dpm_2_ancestral,
         "lms": ms.sample_lms,
-        "dpm_fast": ex.sample_dpm_fast,
-        "dpm_adaptive": ex.sample_dpm_adaptive,
+        "dpm_fast": dpm.sample_dpm_fast,
+        "dpm_adaptive": dpm.sample_dpm_adaptive,
         "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
         "dpmpp_sde": sample_dpmpp_sde,
         "dpmpp_2m": ms.sample_dpmpp_2m,
@@ -326,12 +339,13 @@ def _samplers() -> dict[str, SamplerFn]:
         "er_sde": ex.sample_er_sde,
         "seeds_2": ex.sample_seeds_2,
         "seeds_3": ex.sample_seeds_3,
-        "sa_solver": ex.sample_sa_solver,
-        "sa_solver_pece": ex.sample_sa_solver_pece,
+        "sa_solver": sa.sample_sa_solver,
+        "sa_solver_pece": sa.sample_sa_solver_pece,
         "ddim": sample_euler,  # deterministic DDIM is Euler in this parametrisation (see sample_euler)
         "uni_pc": ms.sample_uni_pc,
         "uni_pc_bh2": ms.sample_uni_pc_bh2,
         **k_cfgpp.CFG_PP_SAMPLERS,  # these call denoise.with_uncond (see k_cfgpp)
+        **k_upscale.RESIZING_SAMPLERS,  # these take a noise_like (see k_upscale)
     }
 
 

@@ -73,7 +73,27 @@ def to_device(cpu: torch.Tensor, device: torch.device, dtype: torch.dtype = torc
 
 def batch_noise(seed: int, shape: Sequence[int], batch_index: Sequence[int] | None = None) -> torch.Tensor:
     """The initial noise of a batch of `shape` (see the module docstring)."""
+    return _draw_batch(_generator(seed), shape, batch_index)
+
+
+def continued_noise(seed: int, shape: Sequence[int], batch_index: Sequence[int] | None = None
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`noise_like(x)`: standard normal noise shaped like x (any shape, and x's memory layout, as `randn_like`
+    draws it) on x's device, drawn on the CPU from the initial noise's generator after the initial noise.
+    ComfyUI seeds its global generator when it draws the initial noise, and a sampler drawing with `randn_like`
+    (SamplerLCMUpscale's) goes on from there."""
     generator = _generator(seed)
+    _draw_batch(generator, shape, batch_index)
+
+    def noise_like(x: torch.Tensor) -> torch.Tensor:
+        drawn = torch.randn_like(x, device="cpu", dtype=torch.float32, generator=generator)
+        return drawn.to(device=x.device, dtype=x.dtype)
+
+    return noise_like
+
+
+def _draw_batch(generator: torch.Generator, shape: Sequence[int], batch_index: Sequence[int] | None
+                ) -> torch.Tensor:
     indices = _indices(shape[0], batch_index)
     if indices is None:
         return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sdgraph.nodes.sd.bislerp import bislerp
+
 LATENT_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 IMAGE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 CROPS = ("disabled", "center")
@@ -31,8 +33,8 @@ def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str = "d
         x = center_crop(x, width, height)
     if method == "lanczos":
         return _lanczos(x, width, height)
-    if method == "bislerp":  # a spherical blend of neighbours; bilinear is its close, cheap stand-in here
-        method = "bilinear"
+    if method == "bislerp":
+        return bislerp(x.float(), width, height)
     mode = {"nearest-exact": "nearest-exact", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}[method]
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(x.float(), size=(height, width), mode=mode, **kwargs)

@@ -31,9 +31,11 @@ from sdgraph.types import CONDITIONING, LATENT, MODEL
 
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
-from sdgraph.nodes.sd.k_extra import sa_tau_interval
+from sdgraph.nodes.sd.k_sa_solver import sa_tau_interval
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
-from sdgraph.nodes.sd.noise import BROWNIAN_SAMPLERS, SEED_MAX, brownian_sampler, initial_noise, to_device
+from sdgraph.nodes.sd.k_upscale import RESIZING_SAMPLERS
+from sdgraph.nodes.sd.noise import (BROWNIAN_SAMPLERS, SEED_MAX, SeededNoise, brownian_sampler, continued_noise,
+                                   initial_noise, to_device)
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
 from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas, schedule_of
 
@@ -134,15 +136,15 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """`sample_latent` with the denoiser built by `guide(samples, keep_uncond)` (classifier-free guidance or
     another rule; `keep_uncond`: the CFG++ samplers also need the unconditional estimate),
-    the sigmas given as they are, and the named sampler called with `sampler_options` (eta, r, order, ...; an
-    "s_noise" option scales the sampler's noise). Returns the sampled LATENT and the last denoised estimate as
-    a LATENT (unscaled), or None when no step ran."""
+    the sigmas given as they are, and the named sampler called with `sampler_options` (eta, r, order, ...; see
+    `call_sampler`). Returns the sampled LATENT and the last denoised estimate as a LATENT (unscaled), or None
+    when no step ran."""
     samples = latent["samples"]
     if len(sigmas) < 2:
         return dict(latent), None
     options = {**model_sampler_options(sampler_name, model), **(sampler_options or {})}
-    s_noise = float(options.pop("s_noise", 1.0))
-    noise, seeded = initial_noise(seed, samples, latent.get("batch_index"), per_item_noise)
+    batch_index = latent.get("batch_index")
+    noise, seeded = initial_noise(seed, samples, batch_index, per_item_noise)
     if not add_noise:  # as ComfyUI: no initial noise, so the noise mask's blend renoises nothing either
         noise = torch.zeros_like(noise)
     device = torch.device(model.compute_device(manager))
@@ -157,6 +159,9 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
         denoiser = guide(samples, sampler_name in CFG_PP_SAMPLERS)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
+        if mask is not None and sampler_name in RESIZING_SAMPLERS and options.get("total_upscale", 2.0) != 1.0:
+            raise ValueError(f"{sampler_name}: a latent with a noise_mask cannot change size while it is sampled "
+                             "(remove the mask, or sample at scale_ratio 1)")
         if mask is not None:
             mask = _resize_mask(mask, *samples.shape[-2:]).to(device)
             denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)
@@ -167,16 +172,40 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
             if on_step is not None:
                 on_step(step, total)
 
-        if noise_sampler is None:
-            brownian = sampler_name in BROWNIAN_SAMPLERS and not per_item_noise
-            noise_sampler = brownian_sampler(seed, x, sigmas.tolist()) if brownian else seeded.sampler(x)
-        if s_noise != 1.0:
-            noise_sampler = _scaled(noise_sampler, s_noise)
-        out = get_sampler(sampler_name)(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler,
-                                        **options)
+        out = call_sampler(sampler_name, denoise, x, sigmas, seed=seed, seeded=seeded, options=options,
+                           batch_index=batch_index, per_item_noise=per_item_noise, noise_sampler=noise_sampler,
+                           callback=callback)
         result = model.latent_format.process_out(out.float()).cpu()
         denoised = model.latent_format.process_out(last[0].float()).cpu() if last else None
     return {**latent, "samples": result}, (None if denoised is None else {**latent, "samples": denoised})
+
+
+def call_sampler(sampler_name: str, denoise: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *, seed: int,
+                 seeded: SeededNoise, options: dict[str, Any], batch_index: Any = None, per_item_noise: bool = False,
+                 noise_sampler: NoiseSampler | None = None, callback: Callable[[Step], None] | None = None
+                 ) -> torch.Tensor:
+    """Run the named sampler from x (noised to sigmas[0]) with its noise sources as KSampler gives them (the
+    seeded generator `seeded`, or the Brownian tree of the SDE samplers; a `noise_like` for the samplers that
+    resize the latent) and its options; an "s_noise" option scales the sampler's noise."""
+    options = dict(options)
+    s_noise = float(options.pop("s_noise", 1.0))
+    if noise_sampler is None:
+        brownian = sampler_name in BROWNIAN_SAMPLERS and not per_item_noise
+        noise_sampler = brownian_sampler(seed, x, sigmas.tolist()) if brownian else seeded.sampler(x)
+    if sampler_name in RESIZING_SAMPLERS:
+        options["noise_like"] = _noise_like(seed, x.shape, batch_index, seeded, per_item_noise)
+    if s_noise != 1.0:
+        noise_sampler = _scaled(noise_sampler, s_noise)
+    return get_sampler(sampler_name)(denoise, x, sigmas, callback=callback, noise_sampler=noise_sampler, **options)
+
+
+def _noise_like(seed: int, shape: torch.Size, batch_index: Any, seeded: SeededNoise, per_item: bool
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Noise of any shape for the samplers that resize the latent, going on from the initial noise's
+    generator(s) as ComfyUI's randn_like goes on from its seeded global generator."""
+    if not per_item:
+        return continued_noise(seed, shape, batch_index)
+    return lambda x: to_device(seeded.draw(x.shape[1:]), x.device, x.dtype)
 
 
 def _scaled(noise_sampler: NoiseSampler, factor: float) -> NoiseSampler:
@@ -296,7 +325,9 @@ class KSamplerAdvanced(Node):
         return refusal(lambda: check_schedule(current_limits(), "KSamplerAdvanced.steps", steps))
 
 
-# the custom-sampling set (SamplerCustomAdvanced and its parts) is built on this module's sample_guided
-from sdgraph.nodes.sd import custom_sampling, custom_sigmas  # noqa: E402 - they import this module lazily
+# the custom-sampling set (SamplerCustomAdvanced and its parts) is built on this module's sample_guided; they
+# import this module lazily
+from sdgraph.nodes.sd import custom_samplers, custom_sampling, custom_schedulers, custom_sigmas  # noqa: E402
 
-NODES = [KSampler, KSamplerAdvanced, *custom_sampling.NODES, *custom_sigmas.NODES]
+NODES = [KSampler, KSamplerAdvanced, *custom_sampling.NODES, *custom_samplers.NODES, *custom_sigmas.NODES,
+         *custom_schedulers.NODES]

@@ -58,7 +58,7 @@ def test_matches_comfyui_on_the_toy_denoiser(case: str) -> None:
 
 def test_sa_solver_noise_interval_is_comfyuis() -> None:
     """SD's schedule at 20% and 80%: ComfyUI's percent_to_sigma(0.2), (0.8) on its discrete EPS sampling."""
-    from sdgraph.nodes.sd.k_extra import sa_tau_interval  # noqa: PLC0415
+    from sdgraph.nodes.sd.k_sa_solver import sa_tau_interval  # noqa: PLC0415
 
     start, end = sa_tau_interval()
     assert (start, end) == (5.092408180236816, 0.5711888670921326)  # ComfyUI a125cd8, measured
