@@ -68,12 +68,13 @@ def _fourier_filter(x: Tensor, threshold: int, scale: float) -> Tensor:
 
 
 def _normalised_mean(h: Tensor) -> Tensor:
-    """Each picture's channel-mean map scaled to 0..1 over its pixels: [B, 1, H, W]."""
+    """Each picture's channel-mean map scaled to 0..1 over its pixels: [B, 1, H, W]. A constant map (1 x 1
+    features: small pictures) is 0 here, where ComfyUI divides 0 by 0 and samples NaN."""
     mean = h.mean(1, keepdim=True)
     flat = mean.flatten(1)
     low = flat.min(dim=-1).values[:, None, None, None]
-    high = flat.max(dim=-1).values[:, None, None, None]
-    return (mean - low) / (high - low)
+    span = flat.max(dim=-1).values[:, None, None, None] - low
+    return torch.where(span > 0, (mean - low) / span, torch.zeros_like(mean))
 
 
 def freeu_patch(channels: int, b1: float, b2: float, s1: float, s2: float, v2: bool) -> Callable[..., Any]:

@@ -2,6 +2,7 @@
 UNet's features and attention, against expectations computed here by other means."""
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
@@ -249,3 +250,30 @@ def test_hypertile_node_tiles_the_full_resolution_self_attention(sd1: tuple, ctx
     for block in (("input", 1), ("output", 2), ("output", 3)):
         reference.set_model_attn1_replace(_tiled_attention(8, 4), *block)
     torch.testing.assert_close(out, run(reference), rtol=0, atol=1e-5)
+
+
+def test_the_patches_keep_a_half_precision_unets_dtype(sd1: tuple, ctx: Any, tiny_tree: dict) -> None:
+    from sdgraph.nodes.sd.hypernetwork import HypernetworkPatch
+    from sdgraph.nodes.sd.token_merging import TomePatchModel
+
+    model = call(FreeU_V2, ctx, model=sd1[0], b1=1.3, b2=1.4, s1=0.9, s2=0.2)[0]
+    model = _shrink(ctx, model, after_skip=False, downscale_factor=1.5, downscale_method="bislerp")
+    model = call(HyperTile, ctx, model=model, tile_size=32, swap_size=1, max_depth=0, scale_depth=False)[0]
+    model = call(TomePatchModel, ctx, model=model, ratio=0.4)[0]
+    g = torch.Generator().manual_seed(0)
+    model.set_model_attn2_patch(HypernetworkPatch({64: tuple(((("linear", torch.randn(64, 64, generator=g) * 0.1,
+                                                                torch.zeros(64)),),) * 2)}, 0.5))
+    unet = copy.deepcopy(tiny_tree["sd1"].unet).to(torch.bfloat16)
+    x = torch.randn(2, 4, 8, 8, generator=g).to(torch.bfloat16)
+    context = torch.randn(2, 77, 64, generator=g).to(torch.bfloat16)
+    options = {**model.model_options["transformer_options"], "cond_or_uncond": [1, 0],
+               "sigmas": torch.full((2,), 5.0)}
+    with torch.inference_mode():
+        out = patched_unet(unet, x, torch.tensor([500.0]), context, options)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+
+
+def test_freeu_v2_leaves_constant_feature_maps_alone() -> None:
+    h, skip = torch.randn(1, 16, 1, 1), torch.randn(1, 16, 1, 1)
+    new_h, _ = freeu_patch(8, b1=1.0, b2=1.8, s1=1.0, s2=1.0, v2=True)(h.clone(), skip, {})
+    assert torch.equal(new_h, h)  # ComfyUI: 0 / 0, NaN
