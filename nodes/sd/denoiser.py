@@ -12,7 +12,11 @@ the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + 
 - ControlNet: an entry's "control" hint (see `nodes.sd.control`) adds residuals while the step's percent
   (ComfyUI's: 1 - timestep / 999) lies in the hint's [start_percent, end_percent];
 - SDXL: `added_cond_kwargs` from the entry's pooled output and size/crop extras (the refiner's aesthetic score
-  defaults by the side the entry is on: positive or negative).
+  defaults by the side the entry is on: positive or negative);
+- model patches: when the MODEL's transformer_options hold patches, each UNet call goes through
+  `nodes.sd.unet_walk.patched_unet` with a per-call copy of them plus ComfyUI's "cond_or_uncond" (0 cond, 1 uncond,
+  one per stacked batch chunk) and "sigmas" (the step's sigma per latent); without patches the diffusers UNet is
+  called as it is.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.schedules import schedule_of
+from sdgraph.nodes.sd.unet_walk import has_unet_patches, patched_unet
 
 Tensor = torch.Tensor
 
@@ -76,6 +81,8 @@ class SDDenoiser:
         if not self.positive:
             raise ValueError("sampling needs at least one positive conditioning entry")
         self.batched = self._plan_batched()
+        options = getattr(model, "model_options", {}).get("transformer_options")
+        self.transformer_options = options if has_unet_patches(options) else None
         self.calls = 0  # UNet evaluations, for tests and benchmarks
 
     @property
@@ -153,20 +160,20 @@ class SDDenoiser:
         halves = len(plan.entries)
         x_batch = torch.cat([x_in] * halves) if halves > 1 else x_in
         control = self._control_kwargs(plan.entries, x_in, t, plan.context, sigma)
-        out = self._unet(x_batch, t, plan.context, plan.added, control)
+        out = self._unet(x_batch, t, plan.context, plan.added, control, [1, 0] if halves > 1 else [0], sigma)
         if halves == 1:
             return out, None
         uncond, cond = out.chunk(2)
         return torch.lerp(uncond, cond, self.cfg), uncond  # uncond + cfg * (cond - uncond) in one kernel
 
     def _general_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
-        cond = self._side_eps(self.positive, x_in, t, sigma)
+        cond = self._side_eps(self.positive, x_in, t, sigma, 0)
         if not self.negative:
             return cond, None
-        uncond = self._side_eps(self.negative, x_in, t, sigma)
+        uncond = self._side_eps(self.negative, x_in, t, sigma, 1)
         return uncond + (cond - uncond) * self.cfg, uncond
 
-    def _side_eps(self, entries: list[Entry], x_in: Tensor, t: Tensor, sigma: float) -> Tensor:
+    def _side_eps(self, entries: list[Entry], x_in: Tensor, t: Tensor, sigma: float, side: int) -> Tensor:
         """The weighted average of the entries' predictions, each on its own area."""
         total = torch.zeros(x_in.shape, device=self.device, dtype=torch.float32)
         weight = torch.zeros((x_in.shape[0], 1, *x_in.shape[2:]), device=self.device, dtype=torch.float32)
@@ -175,7 +182,7 @@ class SDDenoiser:
             crop = x_in[:, :, y0:y1, x0:x1]
             context = to_batch(entry.context, crop.shape[0])
             control = self._control_kwargs([entry], crop, t, context, sigma)
-            out = self._unet(crop, t, context, entry.added, control).float()
+            out = self._unet(crop, t, context, entry.added, control, [side], sigma).float()
             w = torch.full((crop.shape[0], 1, y1 - y0, x1 - x0), entry.strength, device=self.device)
             if entry.mask is not None:
                 w = w * entry.mask[:, :, y0:y1, x0:x1]
@@ -184,14 +191,18 @@ class SDDenoiser:
         return total / weight.clamp_min(1e-8)
 
     def _unet(self, x: Tensor, t: Tensor, context: Tensor, added: dict[str, Tensor] | None,
-              control: dict[str, Any]) -> Tensor:
+              control: dict[str, Any], cond_or_uncond: list[int], sigma: float) -> Tensor:
         self.calls += 1
         kwargs: dict[str, Any] = dict(control)
         if "down_intrablock_additional_residuals" in kwargs:  # the UNet pops them off the list it is given
             kwargs["down_intrablock_additional_residuals"] = list(kwargs["down_intrablock_additional_residuals"])
         if added is not None:
             kwargs["added_cond_kwargs"] = added
-        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+        if self.transformer_options is None:
+            return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+        sigmas = torch.full((x.shape[0] // len(cond_or_uncond),), sigma, device=self.device, dtype=torch.float32)
+        options = {**self.transformer_options, "cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}
+        return patched_unet(self.unet, x, t, context, options, **kwargs)
 
     def _control_kwargs(self, entries: list[Entry], x_in: Tensor, t: Tensor, context: Tensor,
                         sigma: float) -> dict[str, Any]:

@@ -328,6 +328,7 @@ class KSamplerAdvanced(Node):
 # the custom-sampling set (SamplerCustomAdvanced and its parts) is built on this module's sample_guided; they
 # import this module lazily
 from sdgraph.nodes.sd import custom_samplers, custom_sampling, custom_schedulers, custom_sigmas  # noqa: E402
+from sdgraph.nodes.sd import hypernetwork, token_merging, unet_patches  # noqa: E402 - the UNet-level model patches
 
 NODES = [KSampler, KSamplerAdvanced, *custom_sampling.NODES, *custom_samplers.NODES, *custom_sigmas.NODES,
-         *custom_schedulers.NODES]
+         *custom_schedulers.NODES, *unet_patches.NODES, *token_merging.NODES, *hypernetwork.NODES]

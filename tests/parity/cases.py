@@ -13,6 +13,7 @@ import numpy as np
 INPUT_IMAGE = "parity_input.png"
 INPAINT_IMAGE = "parity_inpaint.png"  # INPUT_IMAGE with a transparent, soft-edged disc: LoadImage's mask
 LORA = "parity-lora-kohya.safetensors"
+HYPERNETWORK = "parity-hypernetwork.pt"
 CONTROLNETS = {"original": "parity-controlnet-original.safetensors",
                "diffusers": "parity-controlnet-diffusers.safetensors"}  # one net in two file layouts
 DECODE_NODE = "8"
@@ -119,6 +120,39 @@ def _controlnet(layout: str) -> dict:
     return p
 
 
+def _patched(*chain: tuple[str, dict[str, Any]], width: int = 64) -> dict:
+    """The euler / normal case with model-patch nodes chained between the checkpoint and the sampler."""
+    p = _case()
+    p["5"]["inputs"]["width"] = width
+    source: list[Any] = ["4", 0]
+    for number, (class_type, inputs) in enumerate(chain, start=40):
+        p[str(number)] = {"class_type": class_type, "inputs": {"model": source, **inputs}}
+        source = [str(number), 0]
+    p["3"]["inputs"]["model"] = source
+    return p
+
+
+_FREEU = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}
+_SHRINK = {"block_number": 3, "downscale_factor": 2.0, "start_percent": 0.0, "end_percent": 0.5,
+           "downscale_after_skip": True, "downscale_method": "bicubic", "upscale_method": "bicubic"}
+# The UNet-level model patches (issue 15). HyperTile with swap_size 1 draws nothing at random (ComfyUI draws from
+# torch's global generator); TomePatchModel always does, so it has no reference. FreeU_V2 runs 128 x 64: at 64 x 64
+# the deepest features are 1 x 1, whose normalised mean map is 0 / 0 (ComfyUI samples NaN; sdgraph leaves them).
+PATCH_CASES: dict[str, dict[str, Any]] = {
+    "freeu": _patched(("FreeU", _FREEU)),
+    "freeu_v2": _patched(("FreeU_V2", _FREEU), width=128),
+    "deep_shrink": _patched(("PatchModelAddDownscale", _SHRINK)),
+    "deep_shrink_before_skip": _patched(("PatchModelAddDownscale", dict(
+        _SHRINK, block_number=1, downscale_factor=1.5, downscale_after_skip=False, downscale_method="bilinear",
+        upscale_method="area"))),
+    "hypertile": _patched(("HyperTile", {"tile_size": 32, "swap_size": 1, "max_depth": 1, "scale_depth": False})),
+    "hypernetwork": _patched(("HypernetworkLoader", {"hypernetwork_name": HYPERNETWORK, "strength": 0.8})),
+    "freeu_hypertile_hypernetwork": _patched(
+        ("HypernetworkLoader", {"hypernetwork_name": HYPERNETWORK, "strength": 0.8}), ("FreeU_V2", _FREEU),
+        ("HyperTile", {"tile_size": 32, "swap_size": 1, "max_depth": 0, "scale_depth": False}), width=128),
+}
+
+
 def _sampler_cases() -> dict[str, dict[str, Any]]:
     """Every sampler with "normal" and "karras", the other schedulers with euler, and the pairings some samplers
     are usually run with."""
@@ -143,6 +177,7 @@ CASES: dict[str, dict[str, Any]] = {
     "lora_kohya": _lora(),
     "controlnet_original_layout": _controlnet("original"),
     "controlnet_diffusers_layout": _controlnet("diffusers"),
+    **PATCH_CASES,
 }
 
 

@@ -127,5 +127,39 @@ def sd15_controlnets(seed: int = 0, directory: Path | None = None) -> tuple[Path
     return original, diffusers_file
 
 
+HYPERNETWORK_WIDTHS = (768, 320)  # the text context (every cross-attention) and the top level's self-attention
+
+
+def _hypernetwork_net(width: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A 1-2-1 network with a layer norm after each linear layer, in A1111's key names (file order matters)."""
+    def linear(out: int, inp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(out, inp, generator=generator) / inp ** 0.5 * 0.5, torch.randn(out, generator=generator) * 0.02
+
+    (w1, b1), (w2, b2) = linear(2 * width, width), linear(width, 2 * width)
+    return {"linear.0.weight": w1, "linear.0.bias": b1,
+            "linear.2.weight": 1 + 0.1 * torch.randn(2 * width, generator=generator),
+            "linear.2.bias": 0.02 * torch.randn(2 * width, generator=generator),
+            "linear.3.weight": w2, "linear.3.bias": b2,
+            "linear.5.weight": 1 + 0.1 * torch.randn(width, generator=generator),
+            "linear.5.bias": 0.02 * torch.randn(width, generator=generator)}
+
+
+def hypernetwork(seed: int = 0, directory: Path | None = None) -> Path:
+    """A random hypernetwork in the A1111 / ComfyUI `.pt` layout (relu, layer norms) for two SD1.5 widths."""
+    directory = directory or cache_dir()
+    path = directory / f"parity-hypernetwork-s{seed}-v{VERSION}.pt"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        generator = torch.Generator().manual_seed(seed + 2)
+        data: dict = {width: [_hypernetwork_net(width, generator), _hypernetwork_net(width, generator)]
+                      for width in HYPERNETWORK_WIDTHS}
+        data.update(activation_func="relu", is_layer_norm=True, use_dropout=False, activate_output=False,
+                    last_layer_dropout=False, layer_structure=[1, 2, 1], name="parity", step=0)
+        tmp = path.with_suffix(".partial")
+        torch.save(data, tmp)
+        tmp.replace(path)
+    return path
+
+
 if __name__ == "__main__":
     print(sd15_checkpoint(int(sys.argv[1]) if len(sys.argv) > 1 else 0))

@@ -88,12 +88,13 @@ def sdgraph_run(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("parity_home")
     (base / "models" / "checkpoints").mkdir(parents=True)
     _place(ckpt, base / "models" / "checkpoints" / ckpt.name)
-    for sub in ("input", "output", "temp", "models/loras", "models/controlnet"):
+    for sub in ("input", "output", "temp", "models/loras", "models/controlnet", "models/hypernetworks"):
         (base / sub).mkdir()
     parity_cases.write_inputs(base / "input")
     _place(checkpoints.kohya_lora(META["checkpoint_seed"]), base / "models" / "loras" / parity_cases.LORA)
     for path, name in zip(checkpoints.sd15_controlnets(META["checkpoint_seed"]), parity_cases.CONTROLNETS.values()):
         _place(path, base / "models" / "controlnet" / name)
+    _place(checkpoints.hypernetwork(META["checkpoint_seed"]), base / "models" / "hypernetworks" / parity_cases.HYPERNETWORK)
 
     registry = build_registry(plugins=False)
     registry.add_native([ParityCapture, ParityCaptureLatent], "parity-tests")

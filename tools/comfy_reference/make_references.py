@@ -47,8 +47,12 @@ def write_torchvision_stand_in(where: Path) -> None:
         (package / "__init__.py").write_text(_STUB + "__version__ = '0.0.0+stand-in'\n")
 
 
+# comfy_extras modules the cases use (ComfyUI registers them at server start, which the harness does not run)
+_EXTRAS = ("nodes_freelunch.py", "nodes_model_downscale.py", "nodes_hypertile.py", "nodes_hypernetwork.py")
+
+
 def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir: Path, lora_dir: Path,
-                   controlnet_dir: Path):
+                   controlnet_dir: Path, hypernetwork_dir: Path):
     write_torchvision_stand_in(scratch)
     sys.path[:0] = [str(scratch), str(comfyui)]
     sys.argv = [sys.argv[0], "--cpu"]
@@ -58,8 +62,15 @@ def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir
     folder_paths.add_model_folder_path("checkpoints", str(checkpoint_dir), is_default=True)
     folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
     folder_paths.add_model_folder_path("controlnet", str(controlnet_dir), is_default=True)
+    folder_paths.add_model_folder_path("hypernetworks", str(hypernetwork_dir), is_default=True)
     folder_paths.set_input_directory(str(input_dir))
+    import asyncio
+
     import nodes
+    for name in _EXTRAS:
+        loaded = asyncio.run(nodes.load_custom_node(str(comfyui / "comfy_extras" / name), module_parent="comfy_extras"))
+        if not loaded:
+            raise RuntimeError(f"ComfyUI's comfy_extras/{name} did not load")
     return nodes
 
 
@@ -83,7 +94,7 @@ def evaluate(nodes_module, prompt: dict, wanted: str) -> dict[str, tuple]:
             if spec["class_type"] in _SHARED and key in _shared_outputs:
                 done[node_id] = _shared_outputs[key]
             else:
-                done[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+                done[node_id] = tuple(getattr(cls(), cls.FUNCTION)(**kwargs))  # v3 nodes give a NodeOutput
                 if spec["class_type"] in _SHARED:
                     _shared_outputs[key] = done[node_id]
         return done[node_id]
@@ -107,14 +118,16 @@ def main() -> None:
     ckpt = checkpoints.sd15_checkpoint(args.seed)
     scratch = Path(tempfile.mkdtemp(prefix="comfy-reference-"))
     input_dir, lora_dir, controlnet_dir = scratch / "input", scratch / "loras", scratch / "controlnet"
-    for folder in (input_dir, lora_dir, controlnet_dir):
+    hypernetwork_dir = scratch / "hypernetworks"
+    for folder in (input_dir, lora_dir, controlnet_dir, hypernetwork_dir):
         folder.mkdir()
     parity_cases.write_inputs(input_dir)
     (lora_dir / parity_cases.LORA).symlink_to(checkpoints.kohya_lora(args.seed))
     for path, name in zip(checkpoints.sd15_controlnets(args.seed), parity_cases.CONTROLNETS.values()):
         (controlnet_dir / name).symlink_to(path)
+    (hypernetwork_dir / parity_cases.HYPERNETWORK).symlink_to(checkpoints.hypernetwork(args.seed))
     nodes_module = import_comfyui(args.comfyui.resolve(), scratch, ckpt.parent, input_dir, lora_dir,
-                                  controlnet_dir)
+                                  controlnet_dir, hypernetwork_dir)
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta_path = args.out / "references.json"
