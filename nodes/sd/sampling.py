@@ -157,6 +157,8 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
         denoiser = guide(samples, sampler_name in CFG_PP_SAMPLERS)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
+        if mask is not None and hasattr(denoiser, "set_noise_mask"):  # an inpainting UNet's mask channel
+            denoiser.set_noise_mask(mask)
         if mask is not None:
             mask = _resize_mask(mask, *samples.shape[-2:]).to(device)
             denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)
