@@ -278,10 +278,17 @@ class VaeModel(_SingleModule):
 
 @dataclass
 class ControlNetModel(_SingleModule):
-    """CONTROL_NET: a diffusers ControlNetModel under the model manager."""
+    """CONTROL_NET: a diffusers ControlNetModel under the model manager. `extra_args` are ComfyUI's extra
+    ControlNet call arguments set by nodes (SetUnionControlNetType's "control_type": a list of union type
+    numbers, [] for auto); a ControlNet that takes no such argument ignores them, as in ComfyUI."""
 
     slot: "ManagedModule"
     name: str = ""
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+    def with_extra_arg(self, key: str, value: Any) -> "ControlNetModel":
+        """A copy (same weights) with one extra call argument set."""
+        return dataclasses.replace(self, extra_args={**self.extra_args, key: value})
 
 
 @dataclass
