@@ -229,8 +229,10 @@ class SDDenoiser:
         return torch.where(covered, total / weight.clamp_min(1e-37), self._zero_estimate_output(x, sigma))
 
     def _zero_estimate_output(self, x: Tensor, sigma: float) -> Tensor:
-        """The UNet output whose x0 estimate is 0 at (x, sigma)."""
+        """The UNet output whose x0 estimate is 0 at (x, sigma) (at sigma 0 none is: the estimate is x)."""
         x = x.float()
+        if sigma <= 0:
+            return torch.zeros_like(x)
         if self.v_prediction:
             return x / (sigma * math.sqrt(sigma * sigma + 1.0))
         return x / sigma
