@@ -8,6 +8,7 @@ import torch
 from sdgraph.limits import current_limits, refusal
 from sdgraph.node import Float, Input, Int, Node, Output, String
 from sdgraph.paths import Dirs
+from sdgraph.nodes.sd import conditioning_ops, controlnet_options, inpaint_conditioning
 from sdgraph.nodes.sd.common import MAX_RESOLUTION, copy_conditioning
 from sdgraph.nodes.sd.model_objects import ClipModel, ControlHint, ControlNetModel
 from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
@@ -147,4 +148,5 @@ class ConditioningZeroOut(Node):
         return (out,)
 
 
-NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut]
+NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
+         *conditioning_ops.NODES, *inpaint_conditioning.NODES, *controlnet_options.NODES]

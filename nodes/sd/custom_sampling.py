@@ -96,6 +96,11 @@ class DualCFGGuide(Guider):
                 return dn + (d2 + (d1 - d2) * cfg1 - dn) * cfg2
             return dn + (d2 - dn) * cfg2 + (d1 - d2) * cfg1
 
+        def set_noise_mask(mask: Tensor | None) -> None:
+            for side in (cond1, cond2, negative):
+                side.set_noise_mask(mask)
+
+        denoise.set_noise_mask = set_noise_mask  # type: ignore[attr-defined]
         return denoise
 
 

@@ -8,7 +8,13 @@ the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + 
   usual case) both go through the UNet in one batched call, [uncond; cond], as diffusers pipelines do, and the
   per-call tensors that do not change between steps (text embeddings, SDXL ids) are built once;
 - several entries per side, "area", "mask" and "strength" extras: each entry is evaluated on its own (on its
-  area's crop) and the entries of a side are averaged with weights strength x area box x mask;
+  area's crop) and the entries of a side are averaged with ComfyUI's weights (see `cond_areas`: percentage
+  areas, mask bounds, mask strength, the fade at an area's inner edges, twins of area entries on the other side);
+  where no entry of a side weighs anything (outside every area, or every entry outside its step window) the
+  side's estimate is 0, as in ComfyUI;
+- "start_percent"/"end_percent": an entry sits out the steps outside its window (`cond_areas.in_window`);
+- inpainting (9-channel) and InstructPix2Pix (8-channel) UNets get each entry's concat channels after the
+  scaled latent (see `concat_cond`); the sampler hands over the LATENT's noise mask with `set_noise_mask`;
 - ControlNet: an entry's "control" hint (see `nodes.sd.control`) adds residuals while the step's percent
   (ComfyUI's: 1 - timestep / 999) lies in the hint's [start_percent, end_percent];
 - SDXL: `added_cond_kwargs` from the entry's pooled output and size/crop extras (the refiner's aesthetic score
@@ -25,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from sdgraph.nodes.sd.batching import to_batch
+from sdgraph.nodes.sd.concat_cond import ConcatSource, concat_kind
+from sdgraph.nodes.sd.cond_areas import (add_area_twins, area_box, entry_weight, in_window, resize_mask,
+                                         resolve_entry, step_window)
 from sdgraph.nodes.sd.schedules import schedule_of
 from sdgraph.nodes.sd.unet_walk import has_unet_patches, patched_unet
 
@@ -45,10 +53,13 @@ class Entry:
     mask: Tensor | None = None  # [1 or B, 1, h, w] float32 on the device
     added: dict[str, Tensor] | None = None  # SDXL added_cond_kwargs for the full batch
     control: Any = None
+    window: tuple[float, float] | None = None  # (sigma at start_percent, sigma at end_percent)
+    weight: Tensor | None = None  # its weight on its area's box, [1 or B, 1, h, w] (see cond_areas.entry_weight)
+    concat: Tensor | None = None  # the UNet's extra input channels over the full latent (see concat_cond)
 
     @property
     def plain(self) -> bool:
-        return self.area is None and self.mask is None
+        return self.area is None and self.mask is None and self.window is None and self.strength != 0
 
 
 @dataclass
@@ -58,6 +69,7 @@ class _Batched:
     context: Tensor
     added: dict[str, Tensor] | None
     entries: list[Entry] = field(default_factory=list)
+    concat: Tensor | None = None
 
 
 class SDDenoiser:
@@ -74,6 +86,9 @@ class SDDenoiser:
         self.v_prediction = model.prediction_type == "v_prediction"
         self.cfg = float(cfg)
         self.batch, _, self.height, self.width = latent.shape
+        self.concat_source = ConcatSource(concat_kind(self.unet, latent.shape[1]), tuple(latent.shape), latent,
+                                          model.latent_format, self.device, self.dtype)
+        positive, negative = self._resolved(positive, negative)
         self.positive = [self._entry(c, "positive") for c in positive]
         # CFG++ samplers read the unconditional prediction even at cfg 1 (ComfyUI's disable_cfg1_optimization)
         self.keep_uncond = bool(keep_uncond)
@@ -91,13 +106,23 @@ class SDDenoiser:
 
     # ---- preparation ----------------------------------------------------------------------------------------
 
+    def _resolved(self, positive: Sequence[Sequence[Any]],
+                  negative: Sequence[Sequence[Any]]) -> tuple[list[list[Any]], list[list[Any]]]:
+        """Both sides with areas and masks resolved to the latent and area entries twinned across the sides."""
+        sides = [[resolve_entry(c, self.height, self.width) for c in side] for side in (positive, negative)]
+        add_area_twins(sides)
+        return sides[0], sides[1]
+
     def _entry(self, pair: Sequence[Any], prompt_type: str) -> Entry:
         cond, extras = pair[0], dict(pair[1]) if len(pair) > 1 and pair[1] else {}
         entry = Entry(context=cond.to(self.device, self.dtype), extras=extras,
                       area=tuple(extras["area"]) if extras.get("area") is not None else None,
-                      strength=float(extras.get("strength", 1.0)), control=extras.get("control"))
+                      strength=float(extras.get("strength", 1.0)), control=extras.get("control"),
+                      window=step_window(extras, self.schedule),
+                      weight=entry_weight(extras, self.height, self.width, self.device),
+                      concat=self.concat_source.build(extras))
         if extras.get("mask") is not None:
-            entry.mask = _resize_mask(extras["mask"], self.height, self.width).to(self.device)
+            entry.mask = extras["mask"].to(self.device)
         if getattr(self.model, "is_sdxl", False) and extras.get("pooled_output") is not None:
             entry.added = self.model.sdxl_added_cond(extras["pooled_output"], extras, (self.height, self.width),
                                                      self.batch, self.device, self.dtype, prompt_type)
@@ -116,7 +141,22 @@ class SDDenoiser:
         added = None
         if all(e.added is not None for e in entries):
             added = {k: torch.cat([e.added[k] for e in entries]) for k in entries[0].added}
-        return _Batched(context=context, added=added, entries=entries)
+        concat = None
+        if entries[0].concat is not None:
+            concat = torch.cat([to_batch(e.concat, self.batch) for e in entries])
+        return _Batched(context=context, added=added, entries=entries, concat=concat)
+
+    def set_noise_mask(self, mask: Tensor | None) -> None:
+        """The LATENT's noise mask (any MASK shape): an inpainting model's mask channel when an entry has no
+        "concat_mask" of its own."""
+        if self.concat_source.kind is None:
+            return
+        if mask is not None:
+            mask = to_batch(resize_mask(mask, self.height, self.width), self.batch).to(self.device)
+        self.concat_source.noise_mask = mask
+        for entry in (*self.positive, *self.negative):
+            entry.concat = self.concat_source.build(entry.extras)
+        self.batched = self._plan_batched()
 
     # ---- evaluation -----------------------------------------------------------------------------------------
 
@@ -141,7 +181,7 @@ class SDDenoiser:
         if self.batched is not None:
             eps, uncond_eps = self._batched_eps(x_in, t, sigma)
         else:
-            eps, uncond_eps = self._general_eps(x_in, t, sigma)
+            eps, uncond_eps = self._general_eps(x_in, t, sigma, x)
         denoised = self._denoised(x, eps, sigma, c_in)
         if not want_uncond:
             return denoised, None
@@ -160,35 +200,52 @@ class SDDenoiser:
         halves = len(plan.entries)
         x_batch = torch.cat([x_in] * halves) if halves > 1 else x_in
         control = self._control_kwargs(plan.entries, x_in, t, plan.context, sigma)
-        out = self._unet(x_batch, t, plan.context, plan.added, control, [1, 0] if halves > 1 else [0], sigma)
+        out = self._unet(_with_concat(x_batch, plan.concat), t, plan.context, plan.added, control,
+                         [1, 0] if halves > 1 else [0], sigma)
         if halves == 1:
             return out, None
         uncond, cond = out.chunk(2)
         return torch.lerp(uncond, cond, self.cfg), uncond  # uncond + cfg * (cond - uncond) in one kernel
 
-    def _general_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
-        cond = self._side_eps(self.positive, x_in, t, sigma, 0)
+    def _general_eps(self, x_in: Tensor, t: Tensor, sigma: float, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        cond = self._side_eps(self.positive, x_in, t, sigma, x, 0)
         if not self.negative:
             return cond, None
-        uncond = self._side_eps(self.negative, x_in, t, sigma, 1)
+        uncond = self._side_eps(self.negative, x_in, t, sigma, x, 1)
         return uncond + (cond - uncond) * self.cfg, uncond
 
-    def _side_eps(self, entries: list[Entry], x_in: Tensor, t: Tensor, sigma: float, side: int) -> Tensor:
-        """The weighted average of the entries' predictions, each on its own area."""
+    def _side_eps(self, entries: list[Entry], x_in: Tensor, t: Tensor, sigma: float, x: Tensor,
+                  side: int) -> Tensor:
+        """The weighted average of the active entries' predictions, each on its own area; where nothing weighs,
+        the output whose estimate is 0 (ComfyUI averages estimates, starting from 0). `side` is ComfyUI's
+        cond_or_uncond index of the entries (0 positive, 1 negative)."""
         total = torch.zeros(x_in.shape, device=self.device, dtype=torch.float32)
         weight = torch.zeros((x_in.shape[0], 1, *x_in.shape[2:]), device=self.device, dtype=torch.float32)
         for entry in entries:
-            y0, y1, x0, x1 = _area_box(entry.area, self.height, self.width)
+            if not in_window(entry.window, sigma):
+                continue
+            y0, y1, x0, x1 = area_box(entry.area, self.height, self.width)
             crop = x_in[:, :, y0:y1, x0:x1]
             context = to_batch(entry.context, crop.shape[0])
             control = self._control_kwargs([entry], crop, t, context, sigma)
-            out = self._unet(crop, t, context, entry.added, control, [side], sigma).float()
-            w = torch.full((crop.shape[0], 1, y1 - y0, x1 - x0), entry.strength, device=self.device)
-            if entry.mask is not None:
-                w = w * entry.mask[:, :, y0:y1, x0:x1]
+            concat = None if entry.concat is None else to_batch(entry.concat[:, :, y0:y1, x0:x1], crop.shape[0])
+            out = self._unet(_with_concat(crop, concat), t, context, entry.added, control, [side], sigma).float()
+            w = to_batch(entry.weight, crop.shape[0])
             total[:, :, y0:y1, x0:x1] += out * w
             weight[:, :, y0:y1, x0:x1] += w
-        return total / weight.clamp_min(1e-8)
+        covered = weight > 0
+        if bool(covered.all()):
+            return total / weight
+        return torch.where(covered, total / weight.clamp_min(1e-37), self._zero_estimate_output(x, sigma))
+
+    def _zero_estimate_output(self, x: Tensor, sigma: float) -> Tensor:
+        """The UNet output whose x0 estimate is 0 at (x, sigma) (at sigma 0 none is: the estimate is x)."""
+        x = x.float()
+        if sigma <= 0:
+            return torch.zeros_like(x)
+        if self.v_prediction:
+            return x / (sigma * math.sqrt(sigma * sigma + 1.0))
+        return x / sigma
 
     def _unet(self, x: Tensor, t: Tensor, context: Tensor, added: dict[str, Tensor] | None,
               control: dict[str, Any], cond_or_uncond: list[int], sigma: float) -> Tensor:
@@ -248,21 +305,9 @@ def _same_length(contexts: list[Tensor]) -> list[Tensor] | None:
     return [c.repeat(1, target // c.shape[1], 1) for c in contexts]
 
 
-def _area_box(area: tuple[int, int, int, int] | None, height: int, width: int) -> tuple[int, int, int, int]:
-    if area is None:
-        return 0, height, 0, width
-    h, w, y, x = (int(v) for v in area)
-    y0, x0 = min(max(y, 0), height - 1), min(max(x, 0), width - 1)
-    return y0, min(y0 + max(h, 1), height), x0, min(x0 + max(w, 1), width)
+def _with_concat(x: Tensor, concat: Tensor | None) -> Tensor:
+    """The UNet input: the scaled latent, then the entry's extra channels (inpainting / InstructPix2Pix)."""
+    return x if concat is None else torch.cat([x, concat], dim=1)
 
 
-def _resize_mask(mask: Tensor, height: int, width: int) -> Tensor:
-    """A mask of any of the shapes [H, W], [B, H, W], [B, 1, H, W] as [B, 1, height, width] float32."""
-    m = mask.float()
-    if m.ndim == 2:
-        m = m[None, None]
-    elif m.ndim == 3:
-        m = m[:, None]
-    if m.shape[-2:] != (height, width):
-        m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
-    return m
+_resize_mask = resize_mask  # the sampler's name for it

@@ -86,8 +86,6 @@ def _load_single_file(path: Path, manager: Any) -> tuple[DiffusionModel, ClipMod
 
     sd = open_weights(path)
     layout = read_layout(sd, path.name)
-    if layout.is_inpaint:
-        raise UnsupportedCheckpoint("inpainting checkpoints (9-channel UNet) are not supported yet")
     with empty_weights():
         unet = UNet2DConditionModel(**layout.unet)
         vae = AutoencoderKL(**layout.vae)

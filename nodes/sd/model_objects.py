@@ -9,19 +9,29 @@ Socket values (what a node receives / returns):
   its compute device with this model's LoRA patches applied, `compute_device(manager)`, `dtype(manager)` (cast
   UNet inputs to it and the output back to float32), `clone()`, `patches` (a tuple of `LoraPatch`),
   `sdxl_added_cond(...)` (SDXL's `added_cond_kwargs`). `manager` may be omitted: every object remembers the
-  manager that loaded it.
+  manager that loaded it. The UNet config's `in_channels` tells its kind: `latent_channels` (plain), twice that
+  (InstructPix2Pix) or twice plus one (inpainting); see `nodes.sd.concat_cond`.
 - CLIP -> `ClipModel` (tokenizers + text encoders, `clip_skip`, LoRA patches); `TextEncode` turns it into CONDITIONING.
 - VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents` and `decode(latents) -> pixels [B,H,W,C]
   in 0..1`, the latents unscaled (what the VAE's encoder gives and its decoder takes).
-- CONTROL_NET -> `ControlNetModel`: `module(manager)` -> the diffusers `ControlNetModel` on its compute device.
+- CONTROL_NET -> `ControlNetModel`: `module(manager)` -> the diffusers `ControlNetModel` on its compute device,
+  `extra_args` (ComfyUI's extra ControlNet arguments, e.g. SetUnionControlNetType's "control_type").
 - CONDITIONING -> a list of `[cond, extras]` pairs, `cond` a float32 tensor [1, T, D] (T a multiple of 77 for
   long prompts), `extras` a dict that may hold:
     "pooled_output" [1, 1280] (SDXL), "width"/"height"/"crop_w"/"crop_h"/"target_width"/"target_height" (SDXL
     size conditioning, pixels), "aesthetic_score" (the SDXL refiner's; default 6, or 2.5 on the negative side),
     "prompt_type" ("positive" | "negative": overrides the side the entry is sampled on),
     "control" (a `ControlHint`, chained through `.previous`),
-    "area" (h, w, y, x) in latent units (pixels // 8) with "strength", "mask" [1, H, W].
-  Several pairs are combined by the sampler (ConditioningCombine concatenates the lists).
+    "area": (h, w, y, x) in latent units (pixels // 8), or ("percentage", h, w, y, x) as fractions of the
+    latent's size, resolved when sampling; "strength" (the entry's weight among its side's entries, default 1);
+    "mask" [B, H, W] (any size: resized to the latent) with "mask_strength" (a factor on it) and
+    "set_area_to_bounds" (True: the area is the mask's bounding box, at least 8x8 latent pixels);
+    "start_percent" / "end_percent" (0..1: the entry acts only on the steps whose sigma lies between the sigmas
+    at those fractions of the schedule, compared as ComfyUI compares them);
+    "concat_latent_image" (unscaled VAE latents [B, 4, h, w]) and "concat_mask" ([B, 1, H, W], pixel size): the
+    extra UNet channels of inpainting / InstructPix2Pix models (see `nodes.sd.concat_cond`).
+  Several pairs are combined by the sampler (ConditioningCombine concatenates the lists): each active entry is
+  evaluated on its area and a side's estimate is their weighted average (see `nodes.sd.cond_areas`).
 - LATENT -> {"samples": Tensor [B, C, h, w] float32, unscaled as in ComfyUI (the VAE's own latents; the sampler
   scales them into the model's space with the MODEL's `latent_format` and back; all zeros means "empty" and is
   not shifted),
@@ -319,10 +329,17 @@ class VaeModel(_SingleModule):
 
 @dataclass
 class ControlNetModel(_SingleModule):
-    """CONTROL_NET: a diffusers ControlNetModel under the model manager."""
+    """CONTROL_NET: a diffusers ControlNetModel under the model manager. `extra_args` are ComfyUI's extra
+    ControlNet call arguments set by nodes (SetUnionControlNetType's "control_type": a list of union type
+    numbers, [] for auto); a ControlNet that takes no such argument ignores them, as in ComfyUI."""
 
     slot: "ManagedModule"
     name: str = ""
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+    def with_extra_arg(self, key: str, value: Any) -> "ControlNetModel":
+        """A copy (same weights) with one extra call argument set."""
+        return dataclasses.replace(self, extra_args={**self.extra_args, key: value})
 
 
 @dataclass

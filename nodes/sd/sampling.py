@@ -162,6 +162,8 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
         if mask is not None and sampler_name in RESIZING_SAMPLERS and options.get("total_upscale", 2.0) != 1.0:
             raise ValueError(f"{sampler_name}: a latent with a noise_mask cannot change size while it is sampled "
                              "(remove the mask, or sample at scale_ratio 1)")
+        if mask is not None and hasattr(denoiser, "set_noise_mask"):  # an inpainting UNet's mask channel
+            denoiser.set_noise_mask(mask)
         if mask is not None:
             mask = _resize_mask(mask, *samples.shape[-2:]).to(device)
             denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)

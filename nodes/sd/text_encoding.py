@@ -120,16 +120,28 @@ def _run_encoder(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | No
 def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None,
                   where: str = "CLIPTextEncode.text") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditioning tensor [1, 77*n, D] and pooled output [1, P] of a prompt."""
+    return encode_prompts(clip, [text] * len(clip.tokenizers), limits, [where] * len(clip.tokenizers))
+
+
+def encode_prompts(clip: ClipModel, texts: list[str], limits: Limits | None = None,
+                   wheres: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_prompt` with one prompt per text encoder (SDXL: CLIP-L's, then OpenCLIP-G's). When the prompts
+    take different numbers of chunks, the shorter ones are padded with the empty prompt's chunk, as ComfyUI pads
+    them, so the encoders' features line up token for token."""
     limits = limits or current_limits()
-    check_prompt_chars(limits, where, text)
+    wheres = wheres or ["CLIPTextEncode.text"] * len(texts)
+    for text, where in zip(texts, wheres):
+        check_prompt_chars(limits, where, text)
+    tokens = [_prompt_chunks(tok, spec, text, limits, where)
+              for tok, spec, text, where in zip(clip.tokenizers, clip.specs, texts, wheres)]
+    count = max(len(ids) for ids, _ in tokens)
     features, pooled = [], None
     for index, (tokenizer, spec) in enumerate(zip(clip.tokenizers, clip.specs)):
-        groups = weighted_groups(tokenizer, text, limits.max_tokens, where)
+        ids, weights = _pad_chunks(*tokens[index], count, tokenizer, spec)
         module = clip.encoder(index)
-        ids, weights = chunk_tokens(groups, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
         weighted = bool((weights != 1.0).any())
         if weighted:
-            empty, _ = chunk_tokens([], tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
+            empty, _ = _empty_chunk(tokenizer, spec)
             ids = torch.cat([ids, empty])
         hidden, pool = _encode_in_batches(module, spec, clip.clip_skip, ids, clip.compute_device())
         if weighted:
@@ -139,3 +151,23 @@ def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None,
         features.append(hidden.reshape(1, -1, hidden.shape[-1]))
         pooled = pool[:1] if pool is not None else pooled
     return torch.cat(features, dim=-1), pooled
+
+
+def _prompt_chunks(tokenizer: Any, spec: EncoderSpec, text: str, limits: Limits,
+                   where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    groups = weighted_groups(tokenizer, text, limits.max_tokens, where)
+    return chunk_tokens(groups, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
+
+
+def _empty_chunk(tokenizer: Any, spec: EncoderSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    return chunk_tokens([], tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
+
+
+def _pad_chunks(ids: torch.Tensor, weights: torch.Tensor, count: int, tokenizer: Any,
+                spec: EncoderSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunks followed by empty-prompt chunks up to `count`."""
+    missing = count - len(ids)
+    if missing <= 0:
+        return ids, weights
+    empty_ids, empty_weights = _empty_chunk(tokenizer, spec)
+    return (torch.cat([ids, empty_ids.repeat(missing, 1)]), torch.cat([weights, empty_weights.repeat(missing, 1)]))
