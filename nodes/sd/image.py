@@ -16,6 +16,7 @@ from sdgraph.nodes.sd.image_files import (
     check_image_file, file_sha256, input_images, input_path, missing_input, png_metadata, read_channel, read_image,
     save_pngs, save_webp, webp_metadata,
 )
+from sdgraph.nodes.sd.compositing import NODES as COMPOSITING
 from sdgraph.nodes.sd.image_filters import NODES as IMAGE_FILTERS
 from sdgraph.nodes.sd.image_layout import NODES as IMAGE_LAYOUT
 from sdgraph.nodes.sd.image_ops import NODES as IMAGE_OPS
@@ -209,4 +210,4 @@ class SaveAnimatedWEBP(Node):
 
 
 NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
-         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *IMAGE_LAYOUT, *IMAGE_FILTERS]
+         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *IMAGE_LAYOUT, *IMAGE_FILTERS, *COMPOSITING]
