@@ -21,6 +21,7 @@ from sdgraph.nodes.sd.image_filters import NODES as IMAGE_FILTERS
 from sdgraph.nodes.sd.image_layout import NODES as IMAGE_LAYOUT
 from sdgraph.nodes.sd.image_ops import NODES as IMAGE_OPS
 from sdgraph.nodes.sd.mask_nodes import NODES as MASK_NODES
+from sdgraph.nodes.sd.output_images import NODES as OUTPUT_IMAGES
 from sdgraph.nodes.sd.rebatch import NODES_IMAGE as REBATCH_IMAGES
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
@@ -211,4 +212,5 @@ class SaveAnimatedWEBP(Node):
 
 
 NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
-         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *IMAGE_LAYOUT, *IMAGE_FILTERS, *COMPOSITING, *REBATCH_IMAGES]
+         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *IMAGE_LAYOUT, *IMAGE_FILTERS, *COMPOSITING, *OUTPUT_IMAGES,
+         *REBATCH_IMAGES]
