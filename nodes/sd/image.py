@@ -16,8 +16,13 @@ from sdgraph.nodes.sd.image_files import (
     check_image_file, file_sha256, input_images, input_path, missing_input, png_metadata, read_channel, read_image,
     save_pngs, save_webp, webp_metadata,
 )
+from sdgraph.nodes.sd.compositing import NODES as COMPOSITING
+from sdgraph.nodes.sd.image_filters import NODES as IMAGE_FILTERS
+from sdgraph.nodes.sd.image_layout import NODES as IMAGE_LAYOUT
 from sdgraph.nodes.sd.image_ops import NODES as IMAGE_OPS
 from sdgraph.nodes.sd.mask_nodes import NODES as MASK_NODES
+from sdgraph.nodes.sd.output_images import NODES as OUTPUT_IMAGES
+from sdgraph.nodes.sd.rebatch import NODES_IMAGE as REBATCH_IMAGES
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
 from sdgraph.types import IMAGE, MASK
 
@@ -207,4 +212,5 @@ class SaveAnimatedWEBP(Node):
 
 
 NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
-         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES]
+         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *IMAGE_LAYOUT, *IMAGE_FILTERS, *COMPOSITING, *OUTPUT_IMAGES,
+         *REBATCH_IMAGES]

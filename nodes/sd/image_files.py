@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
-from sdgraph.limits import Limits, check_count, check_memory
+from sdgraph.limits import Limits, check_count, check_memory, refusal
 from sdgraph.paths import Dirs, safe_join
 from sdgraph.uiformat.pictures import comfy_metadata
 
@@ -26,6 +26,15 @@ def input_images(dirs: Dirs) -> list[str]:
     if not dirs.input.is_dir():
         return []
     return sorted(p.name for p in dirs.input.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def output_images(dirs: Dirs) -> list[str]:
+    """Image files at the top of the output directory, newest first, by their annotated names (`pic.png [output]`,
+    what LoadImageOutput takes)."""
+    if not dirs.output.is_dir():
+        return []
+    files = [p for p in dirs.output.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return [f"{p.name} [output]" for p in sorted(files, key=lambda p: (-p.stat().st_mtime, p.name))]
 
 
 def input_path(dirs: Dirs, name: str) -> Path:
@@ -47,6 +56,19 @@ def missing_input(dirs: Dirs, name: str) -> str | None:
     except (ValueError, OSError) as exc:  # UnsafePath, a name too long, a symlink loop
         return f"Invalid image file: {name!r}: {exc}"
     return f"Invalid image file: {name!r}: no such file"
+
+
+def load_refusal(dirs: Dirs, limits: Limits, name: str, where: str, all_frames: bool = True) -> str | None:
+    """Why an image name cannot be loaded (no such file, not an image, over the budget from its header), None when
+    it can."""
+    problem = missing_input(dirs, name)
+    if problem is not None:
+        return problem
+    path = input_path(dirs, name)
+    try:
+        return refusal(lambda: check_image_file(limits, where, path, all_frames))
+    except OSError as exc:  # not an image Pillow can read
+        return f"{where}: {name!r} is not a readable image: {exc}"
 
 
 def check_image_file(limits: Limits, where: str, path: Path, all_frames: bool = True) -> None:
@@ -175,6 +197,19 @@ def save_webp(images: torch.Tensor, root: Path, prefix: str, kind: str, exif: Im
         options.update(save_all=True, append_images=frames[1:], duration=int(1000.0 / fps))
     name, _ = write_new(folder, stem, ".webp", next_counter(folder, stem, ".webp"),
                         lambda f: frames[0].save(f, format="WEBP", **options))
+    return [{"filename": name, "subfolder": folder_part, "type": kind}]
+
+
+def save_apng(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
+              fps: float = 6.0, compress_level: int = 4) -> list[dict[str, str]]:
+    """Write the batch as one animated PNG (one frame per image, 1000 / fps ms each), `<prefix>_<counter:05>_.png`
+    under root, never overwriting, with the metadata chunks of `metadata`; return its UI record."""
+    folder, folder_part, stem = output_folder(root, prefix)
+    frames = [Image.fromarray(to_uint8(image)) for image in images]
+    name, _ = write_new(folder, stem, ".png", next_counter(folder, stem),
+                        lambda f: frames[0].save(f, format="PNG", pnginfo=metadata, compress_level=compress_level,
+                                                 save_all=True, duration=int(1000.0 / fps),
+                                                 append_images=frames[1:]))
     return [{"filename": name, "subfolder": folder_part, "type": kind}]
 
 

@@ -43,7 +43,7 @@ def resize(x: torch.Tensor, width: int, height: int, method: str, crop: str = "d
 def _lanczos(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
     out = []
     for item in x.float().clamp(0, 1):
-        arr = (item.movedim(0, -1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        arr = (item.movedim(0, -1).cpu().numpy() * 255.0).astype(np.uint8)  # truncated, as ComfyUI does
         img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
         img = img.resize((width, height), Image.Resampling.LANCZOS)
         t = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)

@@ -1,9 +1,11 @@
 """Workflows inside pictures: the `prompt` and `workflow` texts that ComfyUI and sdgraph embed in PNG and WebP.
 
-The two carriers, as ComfyUI writes them (and its frontend reads them):
+The carriers, as ComfyUI writes them (and its frontend reads them):
 
 - PNG: one text chunk per item, keyword `prompt` (the API prompt as JSON) and `workflow` (the editor layout as
   JSON), and one more per further key of `extra_pnginfo`. Written as tEXt; readers also accept iTXt and zTXt.
+- Animated PNG (SaveAnimatedPNG): the same items in private `comf` chunks after the image data, each
+  `<key>\\0<json>` as in tEXt (ComfyUI's frontend reads them like tEXt).
 - WebP: an EXIF chunk holding one TIFF directory (IFD0) of ASCII entries whose values are `"<key>:<json>"`.
   The prompt goes in tag 0x0110 (Model), the first `extra_pnginfo` key (the workflow) in 0x010F (Make), a further
   key in 0x010E, and so on downwards. Readers split each value at its first colon; the EXIF payload may or may not
@@ -55,7 +57,7 @@ def _png_texts(data: bytes) -> dict[str, str]:
         body = data[offset + 8:offset + 8 + length]
         if len(body) < length:
             break  # truncated file: keep what was read
-        if kind in (b"tEXt", b"iTXt", b"zTXt"):
+        if kind in (b"tEXt", b"iTXt", b"zTXt", b"comf"):
             item = _png_text_chunk(kind, body)
             if item is not None:
                 texts[item[0]] = item[1]
@@ -70,7 +72,7 @@ def _png_text_chunk(kind: bytes, body: bytes) -> tuple[str, str] | None:
     if not sep:
         return None
     key = keyword.decode("latin-1")
-    if kind == b"tEXt":
+    if kind in (b"tEXt", b"comf"):
         # tEXt is Latin-1 by the PNG specification, but JSON written by ComfyUI is ASCII, and some writers put
         # UTF-8 there: take UTF-8 when it decodes, as ComfyUI's frontend does.
         return key, _decode_utf8_or_latin1(rest)
@@ -151,6 +153,7 @@ def _exif_texts(exif: bytes) -> dict[str, str]:
 def comfy_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] | None, fmt: str) -> Any:
     """What SaveImage-style nodes attach to a picture from their hidden `prompt` and `extra_pnginfo` inputs,
     exactly as ComfyUI does: for "png" a PngInfo (text chunk `prompt`, then one per extra key, JSON each);
+    for "apng" a PngInfo of the same items as `comf` chunks after the image data (ComfyUI's animated PNGs);
     for "webp" an Image.Exif (tag 0x0110 `prompt:<json>`, then 0x010F, 0x010E, ... `<key>:<json>`)."""
     fmt = fmt.lower()
     items = ([("prompt", prompt)] if prompt is not None else []) + list((extra_pnginfo or {}).items())
@@ -161,6 +164,14 @@ def comfy_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] 
         for key, value in items:
             info.add_text(key, json.dumps(value))
         return info
+    if fmt == "apng":
+        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+
+        info = PngInfo()
+        for key, value in items:  # JSON is ASCII: only an odd key can need the replacement
+            info.add(b"comf", key.encode("latin-1", "replace") + b"\0" + json.dumps(value).encode("latin-1"),
+                     after_idat=True)
+        return info
     if fmt == "webp":
         from PIL import Image  # noqa: PLC0415
 
@@ -170,7 +181,7 @@ def comfy_metadata(prompt: dict[str, Any] | None, extra_pnginfo: dict[str, Any] 
         for tag, (key, value) in zip(range(EXIF_FIRST_EXTRA_TAG, 0, -1), (extra_pnginfo or {}).items()):
             exif[tag] = f"{key}:{json.dumps(value)}"
         return exif
-    raise ValueError(f"pictures carry metadata as png or webp, not {fmt!r}")
+    raise ValueError(f"pictures carry metadata as png, apng or webp, not {fmt!r}")
 
 
 def picture_metadata(prompt: dict[str, Any] | None, workflow: dict[str, Any] | None, fmt: str) -> Any:

@@ -68,7 +68,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 GALLERY = {"txt2img": (1, 64), "img2img": (1, 64), "inpaint": (1, 64), "controlnet": (1, 64), "hires_fix": (1, 96),
-           "lora": (1, 64), "sweep": (6, 64), "custom_sampling": (1, 64), "masks": (4, 64)}
+           "lora": (1, 64), "sweep": (6, 64), "custom_sampling": (1, 64), "masks": (4, 64),
+           "utilities": (7, 64)}
 
 
 @pytest.mark.parametrize("name", sorted(GALLERY))
@@ -155,6 +156,41 @@ def test_masks_put_the_right_picture_over_the_right_half_with_a_soft_seam(execut
     blend = left * (1 - weights[None, :, None]) + right * weights[None, :, None]
     assert np.abs(out - blend).max() <= 2  # the seam, up to 8-bit rounding of the three pictures
     assert np.abs(out[:, 32:39] - left[:, 32:39]).max() > 20  # the seam is not just the left picture
+
+
+def _neighbourhood(mask: np.ndarray, radius: int, grow: bool = True) -> np.ndarray:
+    """Each pixel's maximum (grow) or minimum over the (2 r + 1)^2 square around it; outside counts as False/True."""
+    padded = np.pad(mask, radius, constant_values=not grow)
+    height, width = mask.shape
+    views = [padded[dy:dy + height, dx:dx + width] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+    return np.max(views, axis=0) if grow else np.min(views, axis=0)
+
+
+def test_utilities_outline_composite_stitch_and_quantise_the_pictures(executor, classifier):
+    """Canny outlines the star (every edge pixel within 2 px of the yellow shape's border, and the whole border
+    within 2 px of an edge); Morphology's dilation is a 3x3 maximum; SRC_OVER of a half-transparent star over the
+    opaque circle is their average; the pictures stitched side by side and fitted into 64x64 on black are their
+    2x2 averages between two black bands; four colours still show a red circle on blue."""
+    _, pictures = run(executor, "utilities")
+    left, right = pictures["10"], pictures["11"]
+    assert classify(classifier, left)["shape"] == "circle" and classify(classifier, right)["shape"] == "star"
+    edges = pictures["30"][..., 0]
+    assert set(np.unique(pictures["30"])) == {0, 255} and (edges > 0).sum() > 60
+    star = colour_mask(right, "yellow", "gray")
+    border = star & ~_neighbourhood(star, 1, grow=False)
+    found = edges > 0
+    assert (found & ~_neighbourhood(border, 2)).sum() == 0 and (border & ~_neighbourhood(found, 2)).sum() == 0
+    assert np.array_equal(pictures["31"][..., 0], _neighbourhood(edges, 1))
+    left, right = left.astype(np.float32), right.astype(np.float32)
+    assert np.abs(pictures["32"] - (left + right) / 2).max() <= 2  # up to the 8-bit truncations
+    stitched = pictures["33"].astype(np.float32)
+    assert stitched[:16].max() == 0 and stitched[48:].max() == 0
+    halves = [part.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3)) for part in (left, right)]
+    assert np.abs(stitched[16:48] - np.concatenate(halves, axis=1)).max() <= 2
+    quantized = pictures["34"]
+    assert len({tuple(p) for p in quantized.reshape(-1, 3)}) <= 4
+    seen = classify(classifier, quantized)
+    assert (seen["shape"], seen["colour"], seen["background"]) == ("circle", "red", "blue")
 
 
 def test_controlnet_follows_the_outline(executor):

@@ -1,4 +1,5 @@
-// Read the text chunks (tEXt, iTXt, zTXt) of a PNG file: sdgraph stores "prompt" and "workflow" there.
+// Read the text chunks (tEXt, iTXt, zTXt) of a PNG file: sdgraph stores "prompt" and "workflow" there; an
+// animated PNG keeps them in private `comf` chunks laid out as tEXt (ComfyUI's SaveAnimatedPNG).
 
 const SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
 
@@ -26,12 +27,12 @@ export async function pngText(buffer) {
     const data = bytes.subarray(pos + 8, pos + 8 + length);
     pos += 12 + length;
     if (type === 'IEND') break;
-    if (type !== 'tEXt' && type !== 'iTXt' && type !== 'zTXt') continue;
+    if (type !== 'tEXt' && type !== 'iTXt' && type !== 'zTXt' && type !== 'comf') continue;
     const nul = data.indexOf(0);
     if (nul < 0) continue;
     const key = decode(data.subarray(0, nul), false);
     try {
-      if (type === 'tEXt') out[key] = decode(data.subarray(nul + 1));
+      if (type === 'tEXt' || type === 'comf') out[key] = decode(data.subarray(nul + 1));
       else if (type === 'zTXt') out[key] = decode(await inflate(data.subarray(nul + 2)));
       else {
         const compressed = data[nul + 1];
