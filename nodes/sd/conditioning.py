@@ -10,6 +10,8 @@ from sdgraph.node import Float, Input, Int, Node, Output, String
 from sdgraph.paths import Dirs
 from sdgraph.nodes.sd.common import MAX_RESOLUTION, copy_conditioning
 from sdgraph.nodes.sd.model_objects import ClipModel, ControlHint, ControlNetModel
+from sdgraph.nodes.sd.primitives import NODES as PRIMITIVES
+from sdgraph.nodes.sd.strings import NODES as STRINGS
 from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
 from sdgraph.types import CLIP, CONDITIONING, CONTROL_NET, IMAGE, VAE
 
@@ -147,4 +149,5 @@ class ConditioningZeroOut(Node):
         return (out,)
 
 
-NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut]
+NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
+         *PRIMITIVES, *STRINGS]

@@ -43,9 +43,7 @@ UNetSelfAttentionMultiply ModelMergeSimple ModelMergeBlocks ModelMergeAdd ModelM
 ModelMergeSD2 ModelMergeSDXL CLIPMergeSimple CLIPMergeAdd CLIPMergeSubtract CheckpointSave ModelSave CLIPSave
 VAESave LoraSave VAEEncodeTiled VAEDecodeTiled RebatchLatents LatentBatchSeedBehavior LoadImageOutput
 ImageScaleToMaxDimension ImageUpscaleWithModel RebatchImages ImageStitch ResizeAndPadImage ImageQuantize Morphology
-Canny ImageAddNoise SaveAnimatedPNG MaskPreview PorterDuffImageComposite PrimitiveInt PrimitiveFloat PrimitiveString
-PrimitiveStringMultiline PrimitiveBoolean PreviewAny StringConcatenate StringReplace StringSubstring StringLength
-StringTrim StringContains StringCompare CaseConverter RegexMatch RegexExtract RegexReplace
+Canny ImageAddNoise SaveAnimatedPNG MaskPreview PorterDuffImageComposite
 """.split())
 
 
