@@ -16,6 +16,7 @@ from sdgraph.nodes.sd.latent_files import LoadLatent, SaveLatent
 from sdgraph.nodes.sd.latent_ops import NODES as LATENT_OPS
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
+from sdgraph.nodes.sd.vae_tiled import NODES as VAE_TILED
 from sdgraph.types import IMAGE, LATENT, MASK, VAE
 
 
@@ -167,4 +168,4 @@ class LatentUpscaleBy(Node):
 
 
 NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy,
-         SaveLatent, LoadLatent, *LATENT_OPS]
+         SaveLatent, LoadLatent, *LATENT_OPS, *VAE_TILED]
