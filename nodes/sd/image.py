@@ -19,6 +19,7 @@ from sdgraph.nodes.sd.image_files import (
 from sdgraph.nodes.sd.image_ops import NODES as IMAGE_OPS
 from sdgraph.nodes.sd.mask_nodes import NODES as MASK_NODES
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
+from sdgraph.nodes.sd.upscale_model import NODES as UPSCALE_MODEL_NODES
 from sdgraph.types import IMAGE, MASK
 
 
@@ -207,4 +208,4 @@ class SaveAnimatedWEBP(Node):
 
 
 NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
-         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES]
+         SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *UPSCALE_MODEL_NODES]

@@ -30,7 +30,7 @@ EXCEPTED_INPUTS: dict[str, set[str]] = {
 # Names of sd-family-nodes.txt that sdgraph does not offer yet (other branches add many of them).
 MISSING: set[str] = set("""
 unCLIPCheckpointLoader ImageOnlyCheckpointLoader UNETLoader CLIPLoader DualCLIPLoader CLIPVisionLoader
-DiffControlNetLoader StyleModelLoader GLIGENLoader UpscaleModelLoader HypernetworkLoader DiffusersLoader
+DiffControlNetLoader StyleModelLoader GLIGENLoader HypernetworkLoader DiffusersLoader
 CLIPTextEncodeSDXL ConditioningAverage ConditioningConcat ConditioningSetAreaPercentage ConditioningSetAreaStrength
 ConditioningSetMask ConditioningSetTimestepRange CLIPVisionEncode unCLIPConditioning StyleModelApply
 GLIGENTextBoxApply SetUnionControlNetType InpaintModelConditioning InstructPixToPixConditioning VPScheduler
@@ -42,7 +42,7 @@ TomePatchModel DifferentialDiffusion CFGZeroStar APG TCFG CLIPAttentionMultiply 
 UNetSelfAttentionMultiply ModelMergeSimple ModelMergeBlocks ModelMergeAdd ModelMergeSubtract ModelMergeSD1
 ModelMergeSD2 ModelMergeSDXL CLIPMergeSimple CLIPMergeAdd CLIPMergeSubtract CheckpointSave ModelSave CLIPSave
 VAESave LoraSave RebatchLatents LatentBatchSeedBehavior LoadImageOutput
-ImageScaleToMaxDimension ImageUpscaleWithModel RebatchImages ImageStitch ResizeAndPadImage ImageQuantize Morphology
+ImageScaleToMaxDimension RebatchImages ImageStitch ResizeAndPadImage ImageQuantize Morphology
 Canny ImageAddNoise SaveAnimatedPNG MaskPreview PorterDuffImageComposite
 """.split())
 
