@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import call, make_ctx
+from toy_vae import ToyVae
 from sdgraph.models import ModelManager
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.tiling import feather, tile_count, tile_spans, tiled_scale
@@ -128,23 +127,6 @@ def test_spans_feather_and_counts() -> None:
 
 
 # ---- toy VAEs under the model manager ----------------------------------------------------------------------
-
-
-class ToyVae(nn.Module):
-    """A VAE-shaped module: decode = (3x3 or 1x1 conv) then nearest x8; encode = 8x8 mean then a 1x1 conv."""
-
-    def __init__(self, kernel: int) -> None:
-        super().__init__()
-        torch.manual_seed(kernel)
-        self.dec = nn.Conv2d(4, 3, kernel, padding=kernel // 2)
-        self.enc = nn.Conv2d(3, 4, 1)
-
-    def decode(self, z: torch.Tensor) -> SimpleNamespace:
-        return SimpleNamespace(sample=F.interpolate(torch.tanh(self.dec(z)), scale_factor=8, mode="nearest"))
-
-    def encode(self, x: torch.Tensor) -> SimpleNamespace:
-        latents = self.enc(F.avg_pool2d(x, 8))
-        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: latents))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 GROWTH = 32  # every published RRDBNet uses 32 growth channels (spandrel assumes it)
 
 
-def _conv(out: int, inp: int, g: torch.Generator, k: int = 3, std: float = 0.05) -> dict[str, torch.Tensor]:
+def _random_conv(out: int, inp: int, g: torch.Generator, k: int = 3, std: float = 0.05) -> dict[str, torch.Tensor]:
     return {"weight": torch.randn(out, inp, k, k, generator=g) * std, "bias": torch.randn(out, generator=g) * 0.01}
 
 
@@ -22,9 +22,15 @@ def _put(state: dict[str, torch.Tensor], name: str, conv: dict[str, torch.Tensor
 
 
 def esrgan_state(features: int = 8, blocks: int = 1, doublings: int = 2, channels_in: int = 3,
-                 channels_out: int = 3, layout: str = "original", seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights (N(0, 0.05)) of an RRDBNet with 2**doublings upscaling."""
+                 channels_out: int = 3, layout: str = "original", seed: int = 0, std: float = 0.05,
+                 out_bias: float = 0.0) -> dict[str, torch.Tensor]:
+    """Random weights (N(0, std)) of an RRDBNet with 2**doublings upscaling; `out_bias` is added to the last
+    convolution's bias (0.5 centres the output in 0..1)."""
     g = torch.Generator().manual_seed(seed)
+
+    def _conv(out: int, inp: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return _random_conv(out, inp, g, std=std)
+
     state: dict[str, torch.Tensor] = {}
     new = layout == "new"
     _put(state, "conv_first" if new else "model.0", _conv(features, channels_in, g))
@@ -40,7 +46,9 @@ def esrgan_state(features: int = 8, blocks: int = 1, doublings: int = 2, channel
         _put(state, f"conv_up{d}" if new else f"model.{3 * d}", _conv(features, features, g))
     last = 3 * doublings
     _put(state, "conv_hr" if new else f"model.{last + 2}", _conv(features, features, g))
-    _put(state, "conv_last" if new else f"model.{last + 4}", _conv(channels_out, features, g))
+    final = _conv(channels_out, features, g)
+    final["bias"] = final["bias"] + out_bias
+    _put(state, "conv_last" if new else f"model.{last + 4}", final)
     return state
 
 
@@ -48,12 +56,12 @@ def compact_state(features: int = 8, convs: int = 2, scale: int = 2, channels: i
                   std: float = 0.05) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
-    _put(state, "body.0", _conv(features, channels, g, std=std))
+    _put(state, "body.0", _random_conv(features, channels, g, std=std))
     state["body.1.weight"] = torch.full((features,), 0.25)
     for i in range(convs):
-        _put(state, f"body.{2 * i + 2}", _conv(features, features, g, std=std))
+        _put(state, f"body.{2 * i + 2}", _random_conv(features, features, g, std=std))
         state[f"body.{2 * i + 3}.weight"] = torch.rand(features, generator=g) * 0.3
-    _put(state, f"body.{2 * convs + 2}", _conv(channels * scale * scale, features, g, std=std))
+    _put(state, f"body.{2 * convs + 2}", _random_conv(channels * scale * scale, features, g, std=std))
     return state
 
 
