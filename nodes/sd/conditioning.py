@@ -11,6 +11,8 @@ from sdgraph.paths import Dirs
 from sdgraph.nodes.sd import conditioning_ops, controlnet_options, inpaint_conditioning
 from sdgraph.nodes.sd.common import MAX_RESOLUTION, copy_conditioning
 from sdgraph.nodes.sd.model_objects import ClipModel, ControlHint, ControlNetModel
+from sdgraph.nodes.sd.primitives import NODES as PRIMITIVES
+from sdgraph.nodes.sd.strings import NODES as STRINGS
 from sdgraph.nodes.sd.text_encoding import check_prompt_chars, encode_prompt
 from sdgraph.types import CLIP, CONDITIONING, CONTROL_NET, IMAGE, VAE
 
@@ -149,4 +151,4 @@ class ConditioningZeroOut(Node):
 
 
 NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
-         *conditioning_ops.NODES, *inpaint_conditioning.NODES, *controlnet_options.NODES]
+         *conditioning_ops.NODES, *inpaint_conditioning.NODES, *controlnet_options.NODES, *PRIMITIVES, *STRINGS]

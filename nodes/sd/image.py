@@ -24,6 +24,7 @@ from sdgraph.nodes.sd.mask_nodes import NODES as MASK_NODES
 from sdgraph.nodes.sd.output_images import NODES as OUTPUT_IMAGES
 from sdgraph.nodes.sd.rebatch import NODES_IMAGE as REBATCH_IMAGES
 from sdgraph.nodes.sd.resize import CROPS, IMAGE_METHODS, resize
+from sdgraph.nodes.sd.upscale_model import NODES as UPSCALE_MODEL_NODES
 from sdgraph.types import IMAGE, MASK
 
 
@@ -213,4 +214,4 @@ class SaveAnimatedWEBP(Node):
 
 NODES = [LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageCompositeMasked, SaveImage, PreviewImage,
          SaveAnimatedWEBP, *IMAGE_OPS, *MASK_NODES, *IMAGE_LAYOUT, *IMAGE_FILTERS, *COMPOSITING, *OUTPUT_IMAGES,
-         *REBATCH_IMAGES]
+         *REBATCH_IMAGES, *UPSCALE_MODEL_NODES]

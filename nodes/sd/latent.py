@@ -17,6 +17,7 @@ from sdgraph.nodes.sd.latent_ops import NODES as LATENT_OPS
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.rebatch import NODES_LATENT as REBATCH_LATENTS
 from sdgraph.nodes.sd.resize import CROPS, LATENT_METHODS, resize
+from sdgraph.nodes.sd.vae_tiled import NODES as VAE_TILED
 from sdgraph.types import IMAGE, LATENT, MASK, VAE
 
 
@@ -168,4 +169,4 @@ class LatentUpscaleBy(Node):
 
 
 NODES = [EmptyLatent, VAEDecode, VAEEncode, VAEEncodeForInpaint, SetLatentNoiseMask, LatentUpscale, LatentUpscaleBy,
-         SaveLatent, LoadLatent, *LATENT_OPS, *REBATCH_LATENTS]
+         SaveLatent, LoadLatent, *LATENT_OPS, *REBATCH_LATENTS, *VAE_TILED]

@@ -13,7 +13,8 @@ Socket values (what a node receives / returns):
   (InstructPix2Pix) or twice plus one (inpainting); see `nodes.sd.concat_cond`.
 - CLIP -> `ClipModel` (tokenizers + text encoders, `clip_skip`, LoRA patches); `TextEncode` turns it into CONDITIONING.
 - VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents` and `decode(latents) -> pixels [B,H,W,C]
-  in 0..1`, the latents unscaled (what the VAE's encoder gives and its decoder takes).
+  in 0..1`, the latents unscaled (what the VAE's encoder gives and its decoder takes); `encode_tiled` /
+  `decode_tiled` do the same in overlapping tiles, as ComfyUI's VAE does.
 - CONTROL_NET -> `ControlNetModel`: `module(manager)` -> the diffusers `ControlNetModel` on its compute device,
   `extra_args` (ComfyUI's extra ControlNet arguments, e.g. SetUnionControlNetType's "control_type").
 - CONDITIONING -> a list of `[cond, extras]` pairs, `cond` a float32 tensor [1, T, D] (T a multiple of 77 for
@@ -296,7 +297,8 @@ class _SingleModule:
 
 @dataclass
 class VaeModel(_SingleModule):
-    """VAE: pixels [B,H,W,C] 0..1 <-> unscaled latents [B,C,H/8,W/8].
+    """VAE: pixels [B,H,W,C] 0..1 <-> unscaled latents [B,C,H/8,W/8], with ComfyUI VAE's surface: `encode`,
+    `decode`, `encode_tiled`, `decode_tiled` (see `nodes.sd.tiling`), `downscale_ratio`, `upscale_ratio`.
 
     `scaling_factor` / `shift_factor` are the VAE config's, for information only: encode and decode never apply
     them; the MODEL's `latent_format` scales latents in and out of sampling, as in ComfyUI.
@@ -309,22 +311,85 @@ class VaeModel(_SingleModule):
     downscale: int = 8
     name: str = ""
 
+    @property
+    def downscale_ratio(self) -> int:
+        """Pixels per latent pixel along each side, encoding."""
+        return self.downscale
+
+    @property
+    def upscale_ratio(self) -> int:
+        """Pixels per latent pixel along each side, decoding."""
+        return self.downscale
+
+    def spacial_compression_encode(self) -> int:
+        return self.downscale
+
+    def spacial_compression_decode(self) -> int:
+        return self.downscale
+
+    def temporal_compression_decode(self) -> None:
+        return None  # an image VAE: no frames to compress
+
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
-        """Encode images (mode of the posterior, deterministic) to unscaled float32 CPU latents."""
-        vae = self.module(manager)
-        device, dtype = self.placement(manager)
-        x = pixels[..., :3].movedim(-1, 1).to(device=device, dtype=dtype) * 2.0 - 1.0
-        latents = vae.encode(x).latent_dist.mode()
-        return latents.float().cpu()
+        """Encode images (mode of the posterior, deterministic) to unscaled float32 CPU latents; the images are
+        centre-cropped to a multiple of `downscale` first, as ComfyUI's VAE does."""
+        return self._encoder(manager)(self._cropped(pixels)).cpu()
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, manager: "ModelManager | None" = None) -> torch.Tensor:
         """Decode unscaled latents to float32 CPU images [B,H,W,C] in 0..1."""
+        return _to_image(self._decoder(manager)(latents))
+
+    @torch.inference_mode()
+    def decode_tiled(self, samples: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
+                     overlap: int | None = None, tile_t: int | None = None, overlap_t: int | None = None,
+                     manager: "ModelManager | None" = None, on_tile: Any = None) -> torch.Tensor:
+        """`decode` in overlapping tiles of latent pixels (default 64 x 64, overlap 16), averaged over ComfyUI's
+        three tile shapes before the output is mapped to 0..1. `tile_t` / `overlap_t` are for video VAEs: unused."""
+        from sdgraph.nodes.sd.tiling import averaged_passes, pass_shapes
+
+        shapes = pass_shapes(tile_x or 64, tile_y or 64, "decode")
+        raw = averaged_passes(samples, self._decoder(manager), shapes, 16 if overlap is None else overlap,
+                              self.upscale_ratio, 3, on_tile)
+        return _to_image(raw)
+
+    @torch.inference_mode()
+    def encode_tiled(self, pixels: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
+                     overlap: int | None = None, tile_t: int | None = None, overlap_t: int | None = None,
+                     manager: "ModelManager | None" = None, on_tile: Any = None) -> torch.Tensor:
+        """`encode` in overlapping tiles of pixels (default 512 x 512, overlap 64), averaged over ComfyUI's three
+        tile shapes. `tile_t` / `overlap_t` are for video VAEs: unused."""
+        from sdgraph.nodes.sd.tiling import averaged_passes, pass_shapes
+
+        shapes = pass_shapes(tile_x or 512, tile_y or 512, "encode")
+        x, encoder = self._cropped(pixels).movedim(-1, 1), self._encoder(manager)
+        return averaged_passes(x, lambda tile: encoder(tile.movedim(1, -1)), shapes,
+                               64 if overlap is None else overlap, 1 / self.downscale_ratio, self.latent_channels,
+                               on_tile)
+
+    def _cropped(self, pixels: torch.Tensor) -> torch.Tensor:
+        from sdgraph.nodes.sd.latent import crop_to_multiple  # latent.py's nodes import this module
+
+        return crop_to_multiple(pixels[..., :3], self.downscale_ratio)
+
+    def _encoder(self, manager: "ModelManager | None") -> Any:
+        """pixels [B,H,W,3] 0..1 -> float32 latents on the compute device."""
         vae = self.module(manager)
         device, dtype = self.placement(manager)
-        images = vae.decode(latents.to(device=device, dtype=dtype)).sample.float()
-        return ((images + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
+        return lambda pixels: vae.encode(pixels.movedim(-1, 1).to(device=device, dtype=dtype) * 2.0 - 1.0
+                                         ).latent_dist.mode().float()
+
+    def _decoder(self, manager: "ModelManager | None") -> Any:
+        """latents -> the decoder's float32 output on the compute device (about -1..1, not yet clamped)."""
+        vae = self.module(manager)
+        device, dtype = self.placement(manager)
+        return lambda latents: vae.decode(latents.to(device=device, dtype=dtype)).sample.float()
+
+
+def _to_image(raw: torch.Tensor) -> torch.Tensor:
+    """A decoder's output [B,3,H,W] (about -1..1) as an IMAGE: [B,H,W,3] float32 in 0..1 on the CPU."""
+    return ((raw + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
 
 
 @dataclass

@@ -19,7 +19,8 @@
 
 Devices: cuda > mps > cpu, or cpu when forced; `simulated_device=True` makes a CPU compute device act as a
 separate one (see `placement`). Precision: fp16 on a GPU (bf16 or fp32 for the VAE, whose fp16 activations
-overflow), fp32 on the CPU; the `precision` option overrides the choice for UNets and text encoders.
+overflow; fp32 for upscale models, as in ComfyUI), fp32 on the CPU; the `precision` option overrides the choice
+for UNets and text encoders.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from sdgraph.models.patching import WeightPatch, apply_patches, lora_delta
 from sdgraph.models.placement import GIB, Placement
 from sdgraph.models.slots import ManagedModule, ManagerStats, module_nbytes
 
-ROLES = ("unet", "text_encoder", "vae", "controlnet", "other")
+ROLES = ("unet", "text_encoder", "vae", "controlnet", "upscale_model", "other")
 KEEP_DROPPED = 32  # dropped files remembered, so a load of one returns its same (refilled) objects
 __all__ = ["GIB", "ROLES", "ManagedModule", "ManagerStats", "ModelManager", "ModelReloadError", "WeightPatch",
            "file_key", "lora_delta", "module_nbytes", "pick_device"]
@@ -106,7 +107,7 @@ class ModelManager:
         self.placement.budget_bytes = value
 
     def dtype_for_role(self, role: str) -> torch.dtype:
-        if self.compute_device.type == "cpu":
+        if self.compute_device.type == "cpu" or role == "upscale_model":  # ComfyUI runs upscale models in fp32
             return torch.float32
         if self.precision in ("fp32", "fp16", "bf16") and role != "vae":
             return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]

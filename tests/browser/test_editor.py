@@ -403,6 +403,26 @@ def test_run_error_names_the_node_and_the_message(editor, object_info, server_ba
     editor.shot("15-run-error")
 
 
+def test_preview_any_shows_its_text_on_the_node(editor, object_info):
+    """PrimitiveString -> StringConcatenate -> PreviewAny: the executed message's text appears on PreviewAny."""
+    require_nodes(object_info, ["PrimitiveString", "StringConcatenate", "PreviewAny"])
+    page = editor.page
+    page.click("#btn-clear")
+    editor.add_by_drag("PrimitiveString", 40, 60)
+    editor.add_by_drag("StringConcatenate", 360, 60)
+    editor.add_by_drag("PreviewAny", 720, 60)
+    editor.wire("PrimitiveString", 0, "StringConcatenate", "string_a")
+    editor.wire("StringConcatenate", 0, "PreviewAny", "source")
+    editor.node("PrimitiveString").locator('[data-widget="value"]').fill("red")
+    concat = editor.node("StringConcatenate")
+    concat.locator('[data-widget="string_b"]').fill("circle")
+    concat.locator('[data-widget="delimiter"]').fill(" + ")
+    page.click("#btn-queue")
+    page.wait_for_selector('[data-node-type="PreviewAny"] .node-text pre', timeout=60_000)
+    assert editor.node("PreviewAny").locator(".node-text pre").inner_text() == "red + circle"
+    editor.shot("16-preview-any")
+
+
 def test_save_open_and_export_files(editor, tmp_path):
     page = editor.page
     count, links = page.locator(".node").count(), len(editor.links())

@@ -25,7 +25,7 @@ export class Editor {
     this.undoStack = [];
     this.redoStack = [];
     this.snapshot = JSON.stringify(graph.serialize());
-    this.run = { running: null, cached: new Set(), progress: {}, errors: {}, images: {}, preview: {} };
+    this.run = { running: null, cached: new Set(), progress: {}, errors: {}, images: {}, texts: {}, preview: {} };
     this.world = h('div', { class: 'world' });
     this.svg = document.createElementNS(SVG, 'svg');
     this.svg.classList.add('wires');
@@ -237,6 +237,8 @@ export class Editor {
       el.append(h('div', { class: 'node-images' }, images.map((src, i) => h('img', { src, alt: 'output image', draggable: 'false',
         class: run.preview[node.id] ? 'preview' : null, onclick: () => this.hooks.enlarge(images, i) }))));
     }
+    const texts = run.texts[node.id];
+    if (texts && texts.length) el.append(h('div', { class: 'node-text' }, texts.map(t => h('pre', { text: t }))));
     const p = run.progress[node.id];
     el.append(h('div', { class: 'progress', hidden: !p }, h('i', { style: p ? `width:${(100 * p[0] / p[1]).toFixed(1)}%` : '' })));
     el.append(h('div', { class: 'resize', title: 'Drag to resize' }));
@@ -490,7 +492,7 @@ export class Editor {
     this.run.cached = new Set();
     this.run.progress = {};
     this.run.preview = {};
-    if (all) { this.run.errors = {}; this.run.images = {}; }
+    if (all) { this.run.errors = {}; this.run.images = {}; this.run.texts = {}; }
     this.render();
   }
 

@@ -231,6 +231,8 @@ function onEvent(type, data) {
       const images = (data.output && data.output.images) || [];
       delete run.preview[String(data.node)];
       if (images.length) editor.setRun({ images: { ...run.images, [String(data.node)]: images.map(api.viewUrl) } });
+      const texts = (data.output && data.output.text) || [];  // PreviewAny and other nodes that show text
+      if (texts.length) editor.setRun({ texts: { ...run.texts, [String(data.node)]: texts.map(String) } });
       break;
     }
     case 'execution_success': setStatus('Finished'); panel.refresh(); break;
