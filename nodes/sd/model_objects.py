@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -184,7 +185,8 @@ class ClipModel:
     """CLIP: one text encoder (SD 1.x/2.x) or two (SDXL), their tokenizers and how each is used.
 
     `clip_skip` is ComfyUI's `stop_at_clip_layer` (-1 the last layer, -2 the one before, counted in the original
-    OpenCLIP/CLIP depth); None uses each encoder's `default_skip`.
+    OpenCLIP/CLIP depth); None uses each encoder's `default_skip`. `embedding_dirs` are where a prompt's
+    `embedding:name` is looked up (the loader nodes set models/embeddings); with none, it is plain text.
     """
 
     tokenizers: tuple[Any, ...]
@@ -193,6 +195,7 @@ class ClipModel:
     clip_skip: int | None = None
     patches: tuple[tuple[LoraPatch, ...], ...] = ()
     name: str = ""
+    embedding_dirs: tuple[Path, ...] = ()
 
     @property
     def manager(self) -> "ModelManager":

@@ -5,6 +5,7 @@ from typing import Any, Protocol
 
 import torch
 
+from sdgraph.models.cast_at_use import is_narrow, widened_sum
 from sdgraph.models.slots import ManagedModule, ManagerStats
 
 
@@ -40,7 +41,10 @@ def apply_patches(slot: ManagedModule, patches: tuple[WeightPatch, ...], backup_
             if pname not in slot.backups:
                 slot.backups[pname] = weight.detach().to(backup_device, copy=True)
             delta = lora_delta(up, down, weight.shape, weight.device) * (scale * patch.strength)
-            weight.data.add_(delta.to(weight.dtype))
+            if is_narrow(weight.dtype):  # fp8 has no arithmetic of its own
+                weight.data.copy_(widened_sum(weight.data, delta))
+            else:
+                weight.data.add_(delta.to(weight.dtype))
     if slot.value_dtype is not None and patches:
         for name in slot.backups:
             params[name].data.copy_(params[name].data.to(slot.value_dtype))

@@ -29,8 +29,8 @@ EXCEPTED_INPUTS: dict[str, set[str]] = {
 
 # Names of sd-family-nodes.txt that sdgraph does not offer yet (other branches add many of them).
 MISSING: set[str] = set("""
-unCLIPCheckpointLoader ImageOnlyCheckpointLoader UNETLoader CLIPLoader DualCLIPLoader CLIPVisionLoader
-DiffControlNetLoader StyleModelLoader GLIGENLoader UpscaleModelLoader HypernetworkLoader DiffusersLoader
+unCLIPCheckpointLoader ImageOnlyCheckpointLoader CLIPVisionLoader
+StyleModelLoader GLIGENLoader UpscaleModelLoader HypernetworkLoader
 CLIPTextEncodeSDXL ConditioningAverage ConditioningConcat ConditioningSetAreaPercentage ConditioningSetAreaStrength
 ConditioningSetMask ConditioningSetTimestepRange CLIPVisionEncode unCLIPConditioning StyleModelApply
 GLIGENTextBoxApply SetUnionControlNetType InpaintModelConditioning InstructPixToPixConditioning VPScheduler
