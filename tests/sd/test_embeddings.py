@@ -5,18 +5,20 @@ untouched (CLIP attends causally), weights apply to them, and a missing name is 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from sdgraph.nodes.sd.embeddings import EmbeddingLookup, split_pieces, with_embeddings
 from sdgraph.nodes.sd.text_encoding import _final_norm, chunk_rows, encode_prompt, token_rows, weighted_groups
 from sdgraph.paths import Dirs
 
+from embedding_files import PROMPTS, embedding_vectors, write_embeddings
+from key_lists import DATA
 from tiny_models import TEXT
 
 VOCAB = 49408
@@ -25,25 +27,13 @@ BOS, EOS = 49406, 49407
 
 @pytest.fixture(scope="module")
 def vectors() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    return {name: torch.randn(n, TEXT, generator=g) for name, n in
-            (("cat", 2), ("style", 3), ("pair_l", 2), ("pair_g", 2), ("deep", 1), ("old", 2), ("narrow", 2))}
+    return embedding_vectors()
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, vectors: dict[str, torch.Tensor]) -> Dirs:
     base = tmp_path_factory.mktemp("embeddings_home")
-    folder = base / "models" / "embeddings"
-    (folder / "styles" / "nested").mkdir(parents=True)
-    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors["cat"]}, "name": "cat", "step": 500,
-                "sd_checkpoint": "abc", "sd_checkpoint_name": "sd15"}, str(folder / "cat.pt"))  # A1111
-    save_file({"emb_params": vectors["style"]}, str(folder / "style.safetensors"))
-    save_file({"clip_l": vectors["pair_l"], "clip_g": vectors["pair_g"]}, str(folder / "pair.safetensors"))  # SDXL
-    save_file({"emp_params": vectors["deep"][0]}, str(folder / "styles" / "nested" / "deep.safetensors"))
-    old = torch.nn.ParameterDict({"*": torch.nn.Parameter(vectors["old"])})  # refused by a weights-only load
-    torch.save({"string_to_token": {"*": 265}, "string_to_param": old}, str(folder / "old.pt"))
-    save_file({"emb_params": vectors["narrow"][:, :TEXT // 2].contiguous()}, str(folder / "narrow.safetensors"))
-    (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
+    write_embeddings(base / "models" / "embeddings", vectors)
     return Dirs(base=base, extra_model_roots=[])
 
 
@@ -97,7 +87,8 @@ def test_an_embedding_takes_its_token_positions(sd1, home, vectors):
 
 
 @pytest.mark.parametrize("text,name", [("embedding:style.safetensors", "style"), ("embedding:deep", "deep"),
-                                       ("embedding:styles/nested/deep", "deep"), ("embedding:old", "old")])
+                                       ("embedding:styles/nested/deep", "deep"), ("embedding:old", "old"),
+                                       ("embedding:long", "long")])
 def test_names_extensions_subfolders_and_old_pickles(sd1, home, vectors, text, name):
     _, clip, _ = sd1
     lookup = EmbeddingLookup(tuple(home.model_roots("embeddings")), "clip_l", TEXT)
@@ -169,3 +160,25 @@ def test_vectors_of_another_width_are_dropped_for_that_encoder(sd1, home, caplog
     assert weights[0, :6].tolist() == pytest.approx([1.0, 1.0, 1.3, 1.3, 1.0, 0.5]), "weights keep their positions"
     narrow, _ = encode_prompt(clip, "a embedding:narrow b")
     assert torch.equal(narrow, encode_prompt(clip, "a b")[0]), "the row closes up and is padded at its end"
+
+
+def _named(token: Any, vectors: dict[str, torch.Tensor]) -> Any:
+    if not isinstance(token, torch.Tensor):
+        return int(token)
+    return next(f"{name}#{row}" for name, table in vectors.items() for row in range(len(table))
+                if table[row].shape == token.shape and torch.equal(table[row], token))
+
+
+@pytest.mark.parametrize("kind", ["clip_l", "clip_g"])
+def test_prompts_tokenize_as_comfyui_tokenizes_them(sdxl, home, vectors, kind):
+    """Against ComfyUI's SDTokenizer over the same files (tools/comfy_reference/embedding_tokens.py)."""
+    reference = json.loads((DATA / "embedding_tokens.json").read_text())["prompts"]
+    assert sorted(reference) == sorted(PROMPTS)
+    _, clip, _ = sdxl
+    index = ["clip_l", "clip_g"].index(kind)
+    tokenizer, pad = clip.tokenizers[index], clip.specs[index].pad_id
+    lookup = EmbeddingLookup(tuple(home.model_roots("embeddings")), kind, TEXT)
+    for prompt in PROMPTS:
+        rows = chunk_rows(weighted_groups(tokenizer, prompt, lookup=lookup), BOS, EOS, pad)
+        ours = [[[_named(t, vectors), pytest.approx(w)] for t, w in row] for row in rows]
+        assert ours == reference[prompt][kind], prompt

@@ -197,6 +197,20 @@ def test_fp8_weights_are_stored_narrow_and_widened_at_use(pctx, home, weight_dty
     assert {p.dtype for p in narrow.slot.module.parameters()} == {dtype}, "a run leaves the weights narrow"
 
 
+def test_fp8_weights_stream_layer_by_layer(home, pctx):
+    """Streamed (lowvram) on a separate device, each layer's fp8 weights visit it and are widened there."""
+    from sdgraph.models import ModelManager
+
+    name = _save(home["models"] / "unet" / "sd1-fp8-stream.safetensors",
+                 _part(_file_state(pctx, "sd1-tiny.safetensors"), UNET))
+    resident = call(UNETLoader, pctx, unet_name=name, weight_dtype="fp8_e4m3fn")[0]
+    streaming = ModelManager(force_cpu=True, simulated_device=True, lowvram=True)
+    (streamed,) = call(UNETLoader, make_ctx(pctx.dirs, streaming), unet_name=name, weight_dtype="fp8_e4m3fn")
+    assert torch.equal(unet_out(streamed), unet_out(resident))
+    assert streaming.stats.layer_visits > 0 and streamed.slot.streamed
+    assert {p.dtype for p in streamed.slot.module.parameters()} == {torch.float8_e4m3fn}
+
+
 def test_a_lora_on_fp8_weights_rounds_the_patched_weight_back_to_fp8(pctx, home):
     name = _save(home["models"] / "unet" / "sd1-fp8-lora.safetensors",
                  _part(_file_state(pctx, "sd1-tiny.safetensors"), UNET))
