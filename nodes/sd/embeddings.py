@@ -8,7 +8,7 @@ Read as ComfyUI reads them (`comfy/sd1_clip.py`):
 - The name is a path under models/embeddings or any folder below it (roots first, then subfolders in name
   order), used as given when that file exists, else with `.safetensors`, `.pt`, `.bin` appended.
 - A name that is not found, or a file that cannot be read, is left out of the prompt with a warning.
-- Layouts: A1111's `.pt` (`string_to_param`: the first tensor), `.safetensors` with `emp_params` (any single
+- Layouts: A1111's `.pt` (`string_to_param`: the first tensor), `.safetensors` with `emb_params` (any single
   tensor), SDXL pairs (`clip_l` / `clip_g`: each encoder takes its own key; `clip_h` for SD 2.x), embeddings
   bundled in a LoRA (`bundle_emb.*.string_to_param.*`, or `bundle_emb.*.<key>`), lists of dicts (every tensor as
   wide as the encoder), and old pickled `.pt` files that a weights-only load refuses (their float32 tensor
