@@ -7,6 +7,11 @@ from pathlib import Path
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# ComfyUI's model folders that read more than one directory under models/, in its search order, and its legacy
+# names for two of them (a node asking for "unet" sees what one asking for "diffusion_models" sees).
+FOLDER_DIRS = {"diffusion_models": ("unet", "diffusion_models"), "text_encoders": ("text_encoders", "clip"),
+               "controlnet": ("controlnet", "t2i_adapter")}
+LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
 
 
 class UnsafePath(ValueError):
@@ -55,8 +60,10 @@ class Dirs:
         return getattr(self, kind)
 
     def model_roots(self, folder: str) -> list[Path]:
-        """Directories searched for models of one kind (checkpoints, loras, ...), user's first."""
-        return [self.models / folder, *(root / folder for root in self.extra_model_roots)]
+        """Directories searched for models of one kind (checkpoints, loras, ...), user's first; a ComfyUI folder
+        name spanning several directories (`FOLDER_DIRS`) searches each of them in ComfyUI's order."""
+        names = FOLDER_DIRS.get(LEGACY_FOLDERS.get(folder, folder), (folder,))
+        return [base / name for base in (self.models, *self.extra_model_roots) for name in names]
 
     def list_models(self, folder: str) -> list[str]:
         """Model names in a folder: files with a model extension, and diffusers-format directories (whose

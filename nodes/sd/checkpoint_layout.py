@@ -261,17 +261,17 @@ def infer_vae_config(sd: StateDict, prefix: str, defaults: dict[str, Any]) -> di
 
 def _text_encoder_configs(sd: StateDict, family: str, defaults: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if family == "sd1":
-        return [_hf_clip_config(sd, SD1_CLIP, defaults[0])]
+        return [hf_clip_config(sd, SD1_CLIP, defaults[0])]
     if family == "sd2":  # like diffusers, SD 2.x's text encoder drops OpenCLIP's last layer (never used)
-        cfg = _open_clip_config(sd, SD2_CLIP, defaults[0])
+        cfg = open_clip_config(sd, SD2_CLIP, defaults[0])
         cfg["num_hidden_layers"] -= 1
         return [cfg]
     if family == "sdxl_refiner":
-        return [_open_clip_config(sd, SDXL_REFINER_CLIP_G, defaults[0])]
-    return [_hf_clip_config(sd, SDXL_CLIP_L, defaults[0]), _open_clip_config(sd, SDXL_CLIP_G, defaults[1])]
+        return [open_clip_config(sd, SDXL_REFINER_CLIP_G, defaults[0])]
+    return [hf_clip_config(sd, SDXL_CLIP_L, defaults[0]), open_clip_config(sd, SDXL_CLIP_G, defaults[1])]
 
 
-def _hf_clip_config(sd: StateDict, prefix: str, defaults: dict[str, Any]) -> dict[str, Any]:
+def hf_clip_config(sd: StateDict, prefix: str, defaults: dict[str, Any]) -> dict[str, Any]:
     inner = prefix + ("text_model." if any(k.startswith(prefix + "text_model.") for k in sd) else "")
     tok = sd[inner + "embeddings.token_embedding.weight"]
     return _clip_config(defaults, vocab=tok.shape[0], hidden=tok.shape[1],
@@ -281,7 +281,7 @@ def _hf_clip_config(sd: StateDict, prefix: str, defaults: dict[str, Any]) -> dic
                         projection=None)
 
 
-def _open_clip_config(sd: StateDict, prefix: str, defaults: dict[str, Any]) -> dict[str, Any]:
+def open_clip_config(sd: StateDict, prefix: str, defaults: dict[str, Any]) -> dict[str, Any]:
     tok = sd[prefix + "token_embedding.weight"]
     proj = sd.get(prefix + "text_projection")
     return _clip_config(defaults, vocab=tok.shape[0], hidden=tok.shape[1],

@@ -36,9 +36,9 @@ EXPECTED = ("expected a ControlNet: original-layout keys (control_model.input_hi
 
 def detect_layout(sd: StateDict, name: str) -> str:
     """"ldm" or "diffusers"; anything else is an `UnsupportedCheckpoint` that says what the file looks like."""
-    if "difference" in sd:  # ComfyUI adds the base model's weights to these; sdgraph does not
-        raise UnsupportedCheckpoint(f"{name}: a difference ControlNet (weights relative to a base model), "
-                                    "which is not supported")
+    if "difference" in sd:  # the base model's weights complete these (nodes/sd/diff_controlnet.py)
+        raise UnsupportedCheckpoint(f"{name}: a difference ControlNet (weights relative to a base model): load it "
+                                    "with DiffControlNetLoader, which adds its MODEL's weights")
     if DIFFUSERS_MARKER in sd:
         return "diffusers"
     if all(LDM_PREFIX + k in sd for k in LDM_MARKERS) or all(k in sd for k in LDM_MARKERS):

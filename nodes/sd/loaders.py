@@ -7,9 +7,11 @@ from pathlib import Path
 from sdgraph.node import Combo, Float, Input, Int, Node, Output, models_in
 from sdgraph.nodes.sd import attention_multiply, merging, saving
 from sdgraph.nodes.sd.common import manager_of, model_path
+from sdgraph.nodes.sd.embeddings import with_embeddings
 from sdgraph.nodes.sd.loading import load_checkpoint, load_controlnet, load_vae
 from sdgraph.nodes.sd.lora import apply_lora, read_lora
 from sdgraph.nodes.sd.model_objects import ClipModel, DiffusionModel
+from sdgraph.nodes.sd.part_loaders import NODES as PART_LOADERS
 from sdgraph.paths import Dirs, safe_join
 from sdgraph.types import CLIP, CONTROL_NET, MODEL, VAE
 
@@ -22,7 +24,8 @@ class CheckpointLoaderSimple(Node):
     outputs = [Output(MODEL), Output(CLIP), Output(VAE)]
 
     def run(self, ckpt_name: str) -> tuple:
-        return load_checkpoint(model_path(self.ctx, "checkpoints", ckpt_name), manager_of(self.ctx))
+        model, clip, vae = load_checkpoint(model_path(self.ctx, "checkpoints", ckpt_name), manager_of(self.ctx))
+        return model, with_embeddings(clip, self.ctx.dirs), vae
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -77,7 +80,7 @@ class CheckpointLoader(Node):
         model, clip, vae = load_checkpoint(model_path(self.ctx, "checkpoints", ckpt_name), manager_of(self.ctx))
         if prediction != model.prediction_type:
             model = dataclasses.replace(model, prediction_type=prediction)
-        return model, clip, vae
+        return model, with_embeddings(clip, self.ctx.dirs), vae
 
 
 class VAELoader(Node):
@@ -149,3 +152,4 @@ class CLIPSetLastLayer(Node):
 
 NODES = [CheckpointLoaderSimple, CheckpointLoader, VAELoader, ControlNetLoader, LoraLoader, LoraLoaderModelOnly, CLIPSetLastLayer,
          *merging.NODES, *attention_multiply.NODES, *saving.NODES]
+NODES += PART_LOADERS  # UNETLoader, CLIPLoader, DualCLIPLoader, DiffusersLoader, DiffControlNetLoader

@@ -49,10 +49,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdgraph.models.cast_at_use import is_narrow, widened_sum
 from sdgraph.models.patching import WeightPatch, lora_delta
 from sdgraph.nodes.sd.comfy_keys import clip_key_map, unet_key_map
 from sdgraph.nodes.sd.model_patcher import PatcherMethods, WeightMethods, copy_options, default_model_options
@@ -98,7 +100,11 @@ class LoraPatch:
         return lora_delta(up, down, weight.shape, weight.device) * (scale * self.strength)
 
     def apply(self, name: str, weight: torch.Tensor, original: torch.Tensor) -> None:
-        weight.add_(self.delta(name, weight).to(weight.dtype))
+        delta = self.delta(name, weight)
+        if is_narrow(weight.dtype):  # fp8 has no arithmetic of its own
+            weight.copy_(widened_sum(weight, delta))
+        else:
+            weight.add_(delta.to(weight.dtype))
 
 
 def _manager(own: "ModelManager", given: "ModelManager | None") -> "ModelManager":
@@ -222,7 +228,8 @@ class ClipModel(WeightMethods):
     """CLIP: one text encoder (SD 1.x/2.x) or two (SDXL), their tokenizers and how each is used.
 
     `clip_skip` is ComfyUI's `stop_at_clip_layer` (-1 the last layer, -2 the one before, counted in the original
-    OpenCLIP/CLIP depth); None uses each encoder's `default_skip`.
+    OpenCLIP/CLIP depth); None uses each encoder's `default_skip`. `embedding_dirs` are where a prompt's
+    `embedding:name` is looked up (the loader nodes set models/embeddings); with none, it is plain text.
     """
 
     tokenizers: tuple[Any, ...]
@@ -231,6 +238,7 @@ class ClipModel(WeightMethods):
     clip_skip: int | None = None
     patches: tuple[tuple[WeightPatch, ...], ...] = ()
     name: str = ""
+    embedding_dirs: tuple[Path, ...] = ()
 
     @property
     def manager(self) -> "ModelManager":

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from sdgraph.models.cast_at_use import store_narrow
 from sdgraph.models.files import FileCache, FileEntry, file_key, loose_tensor_bytes, path_bytes
 from sdgraph.models.memory import default_ram_budget, return_freed_memory, victims
 from sdgraph.models.patching import WeightPatch, apply_patches, lora_delta
@@ -145,10 +146,16 @@ class ModelManager:
             self._enforce_ram(keep=entry)
             return entry.obj
 
-    def manage(self, module: torch.nn.Module, name: str, role: str = "other") -> ManagedModule:
-        """Take a freshly loaded (CPU) module under management, cast to its role's compute dtype."""
+    def manage(self, module: torch.nn.Module, name: str, role: str = "other",
+               stored_dtype: torch.dtype | None = None) -> ManagedModule:
+        """Take a freshly loaded (CPU) module under management, cast to its role's compute dtype; with an fp8
+        `stored_dtype` its weights stay in that dtype and each layer's are widened as it runs (`cast_at_use`)."""
         dtype = self.dtype_for_role(role)
-        module.to(device=self.offload_device, dtype=dtype)
+        if stored_dtype is None:
+            module.to(device=self.offload_device, dtype=dtype)
+        else:
+            module.to(device=self.offload_device)
+            store_narrow(module, stored_dtype, dtype)
         module.eval().requires_grad_(False)
         slot = ManagedModule(self, name, module, role, dtype, module_nbytes(module))
         with self._lock:

@@ -36,3 +36,19 @@ def test_safe_join_refuses_symlinks_that_lead_out(tmp_path):
     with pytest.raises(UnsafePath):
         safe_join(inside, "up/secret")
     assert safe_join(inside, "sub/file.png") == (inside / "sub" / "file.png").resolve()
+
+
+def test_comfyui_folder_names_span_their_directories(tmp_path):
+    dirs = Dirs(base=tmp_path, extra_model_roots=[tmp_path / "shipped"])
+    for folder, name in (("unet", "a.safetensors"), ("diffusion_models", "b.safetensors"), ("clip", "c.pt"),
+                         ("text_encoders", "d.safetensors"), ("t2i_adapter", "e.pth")):
+        (dirs.models / folder).mkdir(parents=True)
+        (dirs.models / folder / name).write_bytes(b"")
+    assert dirs.list_models("diffusion_models") == dirs.list_models("unet") == ["a.safetensors", "b.safetensors"]
+    assert dirs.list_models("text_encoders") == dirs.list_models("clip") == ["c.pt", "d.safetensors"]
+    assert dirs.list_models("controlnet") == ["e.pth"]
+    assert dirs.model_roots("diffusion_models") == [dirs.models / "unet", dirs.models / "diffusion_models",
+                                                    tmp_path / "shipped" / "unet",
+                                                    tmp_path / "shipped" / "diffusion_models"]
+    assert dirs.find_model("text_encoders", "c.pt") == (dirs.models / "clip" / "c.pt").resolve()
+    assert dirs.model_roots("vae") == [dirs.models / "vae", tmp_path / "shipped" / "vae"]

@@ -29,11 +29,10 @@ EXCEPTED_INPUTS: dict[str, set[str]] = {
 
 # Names of sd-family-nodes.txt that sdgraph does not offer yet (other branches add many of them).
 MISSING: set[str] = set("""
-unCLIPCheckpointLoader ImageOnlyCheckpointLoader UNETLoader CLIPLoader DualCLIPLoader CLIPVisionLoader
-DiffControlNetLoader StyleModelLoader GLIGENLoader DiffusersLoader CLIPVisionEncode unCLIPConditioning
-StyleModelApply GLIGENTextBoxApply PerpNegGuider ModelSamplingDiscrete ModelSamplingContinuousEDM
-ModelSamplingContinuousV RescaleCFG PerturbedAttentionGuidance SelfAttentionGuidance DifferentialDiffusion
-CFGZeroStar APG TCFG
+unCLIPCheckpointLoader ImageOnlyCheckpointLoader CLIPVisionLoader StyleModelLoader GLIGENLoader CLIPVisionEncode
+unCLIPConditioning StyleModelApply GLIGENTextBoxApply PerpNegGuider ModelSamplingDiscrete
+ModelSamplingContinuousEDM ModelSamplingContinuousV RescaleCFG PerturbedAttentionGuidance SelfAttentionGuidance
+DifferentialDiffusion CFGZeroStar APG TCFG
 """.split())
 
 
