@@ -32,7 +32,7 @@ def store_narrow(module: torch.nn.Module, stored: torch.dtype, compute: torch.dt
             if not own:
                 continue
             for param in own:
-                pass
+                param.data = param.data.to(stored)
             sub.forward = functools.partial(_widened_forward, sub, sub.forward, compute)
 
 
