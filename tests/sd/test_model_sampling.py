@@ -112,6 +112,11 @@ def test_lcm_samples_the_fifty_distilled_levels_with_the_consistency_output() ->
     expected = c_out * (x - sigma * out) + c_skip * x
     torch.testing.assert_close(ms.calculate_denoised(sigma, out, x), expected)
     torch.testing.assert_close(ms.calculate_denoised(torch.tensor([sigma]), out, x), expected)
+    # c_skip alone, at the lowest distilled timestep (19): an output whose epsilon x0 is 0
+    low = float(full.sigmas[19])
+    c_skip = 0.25 / (190.0 ** 2 + 0.25)
+    x_low = out * torch.tensor(low)  # exactly sigma times the output
+    torch.testing.assert_close(ms.calculate_denoised(low, out, x_low), c_skip * x_low, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", ["x0", "img_to_img"])

@@ -304,6 +304,23 @@ def test_differential_diffusion_regenerates_where_the_mask_reaches_each_steps_pr
     assert masks[0].sum() < masks[-1].sum()  # the regenerated region grows as the steps go
 
 
+@pytest.mark.parametrize("end", [None, 4])
+def test_differential_diffusion_threshold_is_the_timestep_progress(toy: DiffusionModel, ctx: Any,
+                                                                   end: int | None) -> None:
+    """Mask values just under / at / over each step's threshold (current - last) / (first - last), the last
+    timestep that of the run's final sigma when it is above the model's sigma_min (a run left noisy)."""
+    function = call(DifferentialDiffusion, ctx, model=toy, strength=1.0)[0].model_options["denoise_mask_function"]
+    sigmas = plan_sigmas(toy, "karras", 7).sigmas.float()[:end]
+    log_sigmas = schedule_of(toy.alphas_cumprod).sigmas.log()
+    nearest = lambda sigma: int((math.log(float(sigma)) - log_sigmas).abs().argmin())  # noqa: E731
+    first, last = nearest(sigmas[0]), (0 if end is None else nearest(sigmas[-1]))
+    for sigma in sigmas[:-1]:
+        tau = (nearest(sigma) - last) / (first - last)
+        probe = torch.tensor([tau - 1e-4, tau, tau + 1e-4], dtype=torch.float32).view(1, 1, 1, 3)
+        out = function(sigma.repeat(2), probe, extra_options={"model": _Inner(toy.model_sampling), "sigmas": sigmas})
+        assert out.flatten().tolist() == [0.0, 1.0, 1.0], float(sigma)
+
+
 def test_differential_diffusion_strength_blends_the_step_mask_with_the_soft_one(toy: DiffusionModel,
                                                                                 ctx: Any) -> None:
     function = call(DifferentialDiffusion, ctx, model=toy, strength=0.25)[0].model_options["denoise_mask_function"]
