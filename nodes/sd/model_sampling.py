@@ -25,6 +25,7 @@ in scalar arithmetic as sdgraph always has, so an unpatched model samples the nu
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -208,7 +209,7 @@ _DIFFUSERS_NAMES = {"epsilon": "eps", "v_prediction": "v_prediction", "sample": 
 # ---- noise-level families ---------------------------------------------------------------------------------
 
 
-class ModelSampling:
+class ModelSampling(ABC):
     """Noise levels (a subclass) with a parametrisation; the ComfyUI ModelSampling interface (module docstring)."""
 
     def __init__(self, prediction: Prediction, sigmas: Tensor, log_sigmas: Tensor, sigma_data: float = 1.0) -> None:
@@ -229,17 +230,21 @@ class ModelSampling:
     def prediction_type(self) -> str:
         return self.prediction.name
 
+    @abstractmethod
     def timestep(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The UNet's timestep at each noise level."""
 
+    @abstractmethod
     def sigma(self, timestep: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The noise level of each timestep."""
 
+    @abstractmethod
     def percent_to_sigma(self, percent: float) -> float:
-        raise NotImplementedError
+        """The sigma reached at a fraction of the sampling process (0: above every level, 1: 0)."""
 
+    @abstractmethod
     def sigma_to_percent(self, sigma: float) -> float:
-        raise NotImplementedError
+        """The fraction of the sampling process at which `sigma` is reached (percent_to_sigma's inverse)."""
 
     def unet_timestep(self, sigma: float) -> float:
         """The timestep the UNet is given at noise level `sigma`."""
