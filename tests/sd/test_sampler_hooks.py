@@ -26,7 +26,7 @@ from sdgraph.nodes.sd.sampling import KSampler, plan_sigmas  # noqa: E402
 from sdgraph.nodes.sd.schedules import schedule_of  # noqa: E402
 
 POS, NEG, EMPTY = ([[toy_text(seed), {}]] for seed in (1, 2, 3))
-SIGMA = 3.7
+SIGMA = 3.75  # a float32 value, as the schedules give them
 CFG = 4.5
 SHAPE = (2, 4, 8, 8)
 
@@ -255,6 +255,46 @@ def test_areas_go_through_calc_cond_batch_one_call_per_entry(toy: DiffusionModel
         plain = SDDenoiser(toy, left, NEG, CFG, x)(x, SIGMA)
     assert chunks == [[0], [0], [1]]
     torch.testing.assert_close(hooked, plain, atol=1e-4, rtol=0)
+
+
+class ResidualUNet(ToyUNet):
+    """The toy UNet plus a ControlNet-style mid-block residual (its mean per item), when one is given."""
+
+    def forward(self, x_in: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                return_dict: bool = True, mid_block_additional_residual: Any = None, **kw: Any) -> Any:
+        out = super().forward(x_in, t, encoder_hidden_states)[0]
+        if mid_block_additional_residual is not None:
+            out = out + mid_block_additional_residual.mean(dim=(1, 2, 3), keepdim=True)
+        return (out,)
+
+
+def test_control_residuals_reach_the_unet_on_the_hooked_path_as_on_the_fast_one(manager: Any,
+                                                                                monkeypatch: Any) -> None:
+    """A stand-in for ControlNet: a residual made from the scaled input, the timestep and the step's percent, on
+    the positive entry only."""
+    seen: list[tuple[float, float]] = []
+
+    def residuals(hint: Any, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, percent: float,
+                  **_: Any) -> dict[str, Any]:
+        seen.append((float(t.flatten()[0]), percent))
+        return {"mid_block_additional_residual": x * (1.0 + percent) + float(t.flatten()[0]) / 1000.0}
+
+    monkeypatch.setattr("sdgraph.nodes.sd.control.control_residuals", residuals)
+    model = DiffusionModel(slot=manager.manage(ResidualUNet(), "toy-control:unet", "unet"), name="toy-control")
+    positive = [[toy_text(1), {"control": "a hint"}]]
+    x = noisy(11)
+    with torch.inference_mode():
+        fast = SDDenoiser(model, positive, NEG, CFG, x)(x, SIGMA)
+        hooked_model = model.clone()
+        controls: list[dict[str, Any]] = []
+        hooked_model.set_model_unet_function_wrapper(lambda apply, a: controls.append(a["c"]["control"]) or
+                                                     apply(a["input"], a["timestep"], **a["c"]))
+        hooked = SDDenoiser(hooked_model, positive, NEG, CFG, x)(x, SIGMA)
+    assert seen[0] == seen[1] and 0.0 < seen[0][1] < 1.0
+    residual = controls[0]["mid_block_additional_residual"]
+    assert residual.shape[0] == 4 and torch.equal(residual[:2], torch.zeros_like(residual[:2]))  # uncond: none
+    torch.testing.assert_close(hooked, fast, atol=1e-5, rtol=0)
+    assert float((fast - SDDenoiser(model, [[toy_text(1), {}]], NEG, CFG, x)(x, SIGMA)).abs().max()) > 1e-2
 
 
 # ---- the denoise mask function (the masked sampling path) ------------------------------------------------
