@@ -80,15 +80,15 @@ def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, st
                 sampler_name: str | None = None) -> Plan:
     """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule of the MODEL's
     model sampling."""
-    schedule = model_sampling_of(model)
+    sampling = model_sampling_of(model)
     from_start = True
     if denoise is None or denoise > 0.9999:
-        sigmas = sampler_sigmas(schedule, scheduler, steps, sampler_name)
+        sigmas = sampler_sigmas(sampling, scheduler, steps, sampler_name)
     elif denoise <= 0.0:
         sigmas = torch.zeros(0, dtype=torch.float64)
     else:
         total = schedule_length(steps, denoise)
-        sigmas = sampler_sigmas(schedule, scheduler, total, sampler_name)[-(steps + 1):]
+        sigmas = sampler_sigmas(sampling, scheduler, total, sampler_name)[-(steps + 1):]
         from_start = total == steps
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[:last_step + 1].clone()
