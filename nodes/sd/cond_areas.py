@@ -134,12 +134,13 @@ def percent_sigma(schedule: DiscreteSchedule, percent: float) -> float:
     return float(schedule.sigma32(torch.tensor((1.0 - percent) * (schedule.num_timesteps - 1), dtype=torch.float32)))
 
 
-def step_window(extras: dict[str, Any], schedule: DiscreteSchedule) -> tuple[float, float] | None:
-    """(sigma at start_percent, sigma at end_percent) of an entry, or None when it acts at every step."""
+def step_window(extras: dict[str, Any], sampling: Any) -> tuple[float, float] | None:
+    """(sigma at start_percent, sigma at end_percent) of an entry by the model sampling's `percent_to_sigma`, or
+    None when it acts at every step."""
     if "start_percent" not in extras and "end_percent" not in extras:
         return None
-    start = percent_sigma(schedule, float(extras["start_percent"])) if "start_percent" in extras else math.inf
-    end = percent_sigma(schedule, float(extras["end_percent"])) if "end_percent" in extras else -math.inf
+    start = sampling.percent_to_sigma(float(extras["start_percent"])) if "start_percent" in extras else math.inf
+    end = sampling.percent_to_sigma(float(extras["end_percent"])) if "end_percent" in extras else -math.inf
     return start, end
 
 

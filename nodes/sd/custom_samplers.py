@@ -19,6 +19,7 @@ from sdgraph.nodes.sd.custom_sigmas import choice
 from sdgraph.nodes.sd.k_extra import PowerNoiseScaler
 from sdgraph.nodes.sd.k_sa_solver import sa_tau_interval
 from sdgraph.nodes.sd.k_upscale import UPSCALE_METHODS
+from sdgraph.nodes.sd.model_sampling import model_sampling_of
 
 _NOISE_DEVICE = choice("noise_device", ["gpu", "cpu"])
 
@@ -109,7 +110,7 @@ class SamplerSASolver(Node):
         for name, value, low in (("predictor_order", predictor_order, 1), ("corrector_order", corrector_order, 0)):
             if not low <= value <= 6:
                 raise ValueError(f"SamplerSASolver.{name}: must be from {low} to 6, got {value}")
-        interval = sa_tau_interval(model.alphas_cumprod, sde_start_percent, sde_end_percent)
+        interval = sa_tau_interval(model_sampling_of(model), sde_start_percent, sde_end_percent)
         options = {"tau_interval": interval, "eta": eta, "s_noise": s_noise, "predictor_order": predictor_order,
                    "corrector_order": corrector_order, "pece": bool(use_pece), "simple_order_2": bool(simple_order_2)}
         return (SamplerChoice("sa_solver", options),)

@@ -10,6 +10,7 @@ import it only when they run.)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,8 +19,10 @@ import torch
 from sdgraph.node import Boolean, Float, Input, Int, Node, Output
 from sdgraph.types import CONDITIONING, LATENT, MODEL
 
+from sdgraph.nodes.sd.cfg_pipeline import calc_cond_batch, cfg_function, levels, sampler_hooks_set
 from sdgraph.nodes.sd.custom_sigmas import SIGMAS, as_sigmas, choice
 from sdgraph.nodes.sd.denoiser import SDDenoiser
+from sdgraph.nodes.sd.model_sampling import latent_format_of, model_sampling_of
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn
 from sdgraph.nodes.sd.noise import SEED_MAX, batch_noise
 
@@ -76,6 +79,26 @@ def _as_negative(conditioning: list) -> list:
     return [[c[0], {**(c[1] if len(c) > 1 and c[1] else {}), "prompt_type": "negative"}] for c in conditioning]
 
 
+class ComposedDenoiser:
+    """A guider's denoise function built on an SDDenoiser (`base`: its UNet, model sampling and entries), with
+    the attributes the denoise mask function reads (ComfyUI's `model.inner_model.model_sampling`)."""
+
+    def __init__(self, base: SDDenoiser) -> None:
+        self.base = base
+
+    @property
+    def inner_model(self) -> SDDenoiser:
+        return self.base
+
+    @property
+    def model_sampling(self) -> Any:
+        return self.base.model_sampling
+
+    def set_noise_mask(self, mask: Tensor | None) -> None:
+        """The LATENT's noise mask, for an inpainting UNet's mask channel (see `SDDenoiser.set_noise_mask`)."""
+        self.base.set_noise_mask(mask)
+
+
 class DualCFGGuide(Guider):
     """Guidance with two positives: regular, negative + cfg2 (cond2 - negative) + cfg1 (cond1 - cond2);
     nested, negative + cfg2 (cond2 + cfg1 (cond1 - cond2) - negative)."""
@@ -87,21 +110,51 @@ class DualCFGGuide(Guider):
         self.cfg1, self.cfg2, self.nested = float(cfg1), float(cfg2), nested
 
     def denoiser(self, samples: Tensor, manager: Any, keep_uncond: bool = False) -> DenoiseFn:
-        cond1, cond2, negative = (SDDenoiser(self.model, side, [], 1.0, samples, manager) for side in self.sides)
-        cfg1, cfg2 = self.cfg1, self.cfg2
+        return _DualCFGDenoiser(self, samples, manager)
 
-        def denoise(x: Tensor, sigma: float) -> Tensor:
-            d1, d2, dn = cond1(x, sigma), cond2(x, sigma), negative(x, sigma)
-            if self.nested:
-                return dn + (d2 + (d1 - d2) * cfg1 - dn) * cfg2
-            return dn + (d2 - dn) * cfg2 + (d1 - d2) * cfg1
 
-        def set_noise_mask(mask: Tensor | None) -> None:
-            for side in (cond1, cond2, negative):
-                side.set_noise_mask(mask)
+class _DualCFGDenoiser(ComposedDenoiser):
+    """DualCFGGuide's rule on each side's own estimate; a MODEL with sampler-level hooks goes through ComfyUI's
+    pipeline instead (one batched call of the three sides, the cfg function between cond2 and negative)."""
 
-        denoise.set_noise_mask = set_noise_mask  # type: ignore[attr-defined]
-        return denoise
+    def __init__(self, guide: DualCFGGuide, samples: Tensor, manager: Any) -> None:
+        cond1, cond2, negative = guide.sides
+        super().__init__(SDDenoiser(guide.model, cond1, [], 1.0, samples, manager))
+        self.guide = guide
+        self.hooked = sampler_hooks_set(self.base.model_options)
+        if self.hooked:  # the three sides' entries all on the base denoiser
+            self.middle, self.negative = self.base.prepare(cond2, "negative"), self.base.prepare(negative, "negative")
+            self.sides: tuple[SDDenoiser, ...] = (self.base,)
+        else:
+            self.sides = (self.base, *(SDDenoiser(guide.model, side, [], 1.0, samples, manager)
+                                       for side in (cond2, negative)))
+
+    def set_noise_mask(self, mask: Tensor | None) -> None:
+        for side in self.sides:
+            side.set_noise_mask(mask)
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        cfg1, cfg2 = self.guide.cfg1, self.guide.cfg2
+        if self.hooked:
+            return self._hooked(x, float(sigma), cfg1, cfg2)
+        d1, d2, dn = (side(x, sigma) for side in self.sides)
+        if self.guide.nested:
+            return dn + (d2 + (d1 - d2) * cfg1 - dn) * cfg2
+        return dn + (d2 - dn) * cfg2 + (d1 - d2) * cfg1
+
+    def _hooked(self, x: Tensor, sigma: float, cfg1: float, cfg2: float) -> Tensor:
+        base, options, timestep = self.base, self.base.model_options, levels(x, sigma)
+        positive, middle, negative = base.positive, self.middle, self.negative
+        if self.guide.nested:
+            out = calc_cond_batch(base, [negative, middle, positive], x, timestep, options)
+            inner = cfg_function(base, out[2], out[1], cfg1, x, timestep, options, cond=positive, uncond=middle)
+            return out[0] + cfg2 * (inner - out[0])
+        if not options.get("disable_cfg1_optimization") and math.isclose(cfg2, 1.0):
+            negative = None
+            middle = None if math.isclose(cfg1, 1.0) else middle
+        out = calc_cond_batch(base, [negative, middle, positive], x, timestep, options)
+        guided = cfg_function(base, out[1], out[0], cfg2, x, timestep, options, cond=middle, uncond=negative)
+        return guided + (out[2] - out[1]) * cfg1
 
 
 def _typed(value: Any, kind: type, where: str, socket: str) -> Any:
@@ -244,7 +297,8 @@ class AddNoise(Node):
         drawn = batch_noise(source.seed, samples.shape, latent.get("batch_index")) if source.enabled \
             else torch.zeros_like(samples)
         span = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
-        noisy = model.latent_format.process_out(drawn * span + scale_in(model, samples))
+        noisy = model_sampling_of(model).noise_scaling(span, drawn, scale_in(model, samples))
+        noisy = latent_format_of(model).process_out(noisy)
         return ({**latent, "samples": torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)},)
 
 

@@ -19,8 +19,8 @@ from sdgraph.node import Float, Input, Int, Node, Output
 from sdgraph.types import MODEL
 
 from sdgraph.nodes.sd.custom_sigmas import SCHEDULERS, SIGMAS, choice, float32_sigmas
+from sdgraph.nodes.sd.model_sampling import model_sampling_of
 from sdgraph.nodes.sd.schedules import beta as beta_schedule
-from sdgraph.nodes.sd.schedules import schedule_of
 
 TABLES = Path(__file__).with_name("schedule_tables.json")
 _BOUND = {"min": 0.0, "max": 5000.0, "step": 0.01, "round": False}
@@ -99,7 +99,7 @@ class BetaSamplingScheduler(Node):
             if not value > 0.0:
                 raise ValueError(f"BetaSamplingScheduler.{name}: must be above 0 (a Beta distribution's shape), "
                                  f"got {value}")
-        return (beta_schedule(schedule_of(model.alphas_cumprod), steps, alpha, beta),)
+        return (beta_schedule(model_sampling_of(model), steps, alpha, beta),)
 
 
 _DENOISE = Float("denoise", 1.0, min=0.0, max=1.0, step=0.01)

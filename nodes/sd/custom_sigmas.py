@@ -19,7 +19,8 @@ from sdgraph.paths import Dirs
 from sdgraph.spec import InputSpec
 from sdgraph.types import COMBO, FLOAT, MODEL
 
-from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, schedule_of
+from sdgraph.nodes.sd.model_sampling import model_sampling_of
+from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES
 
 SIGMAS = "SIGMAS"
 SCHEDULERS = "sampling/custom_sampling/schedulers"
@@ -137,7 +138,7 @@ class SDTurboScheduler(Node):
         first = 10 - int(10 * denoise)
         timesteps = torch.arange(10, 0, -1) * 100 - 1
         picked = timesteps[first:first + steps]
-        return (float32_sigmas(schedule_of(model.alphas_cumprod).sigma32(picked)),)
+        return (float32_sigmas(model_sampling_of(model).sigma(picked)),)
 
 
 class SplitSigmas(Node):
@@ -232,10 +233,6 @@ class ExtendIntermediateSigmas(Node):
         return (float32_sigmas(torch.cat(out), append_zero=False),)
 
 
-# what ComfyUI's discrete models answer for percent 0 (a sigma above any schedule's)
-PERCENT_ZERO_SIGMA = 999999999.9
-
-
 class SamplingPercentToSigma(Node):
     """The sigma reached at a fraction of the sampling process (0 = start, 1 = end); with return_actual_sigma
     the ends are the model's sigma_max and sigma_min instead of the values start/end percent checks use."""
@@ -246,14 +243,12 @@ class SamplingPercentToSigma(Node):
     outputs = [Output(FLOAT, "sigma_value")]
 
     def run(self, model: Any, sampling_percent: float, return_actual_sigma: bool) -> tuple[float]:
-        schedule = schedule_of(model.alphas_cumprod)
-        if sampling_percent <= 0.0:
-            value = float(schedule.sigmas32[-1]) if return_actual_sigma else PERCENT_ZERO_SIGMA
-        elif sampling_percent >= 1.0:
-            value = float(schedule.sigmas32[0]) if return_actual_sigma else 0.0
-        else:
-            t = torch.tensor((1.0 - sampling_percent) * (schedule.num_timesteps - 1), dtype=torch.float32)
-            value = float(schedule.sigma32(t))
+        sampling = model_sampling_of(model)
+        value = sampling.percent_to_sigma(sampling_percent)
+        if return_actual_sigma and sampling_percent <= 0.0:
+            value = float(sampling.sigma_max)
+        elif return_actual_sigma and sampling_percent >= 1.0:
+            value = float(sampling.sigma_min)
         return (value,)
 
 

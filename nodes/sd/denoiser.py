@@ -1,12 +1,16 @@
 """The discrete-time Stable Diffusion denoiser: a UNet, its noise schedule and classifier-free guidance, seen by
 the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + sigma * eps.
 
-- sigma -> the UNet's training timestep: the whole one nearest in log-sigma, as ComfyUI's discrete models do;
-- c_in = 1 / sqrt(sigma^2 + 1) scales x to the UNet's variance-preserving input; epsilon models give
-  x0 = x - sigma * eps, v-prediction models x0 = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1);
-- guidance: eps = eps_uncond + cfg * (eps_cond - eps_uncond); with one positive and one negative entry (the
-  usual case) both go through the UNet in one batched call, [uncond; cond], as diffusers pipelines do, and the
-  per-call tensors that do not change between steps (text embeddings, SDXL ids) are built once;
+- the MODEL's model sampling (`get_model_object("model_sampling")`, see `nodes.sd.model_sampling`) maps sigma to
+  the UNet's timestep (discrete models: the whole one nearest in log-sigma, as ComfyUI's), scales its input
+  (c_in = 1 / sqrt(sigma^2 + 1)) and reads its output (epsilon: x0 = x - sigma * eps; v-prediction, x0, ...);
+- guidance: out = out_uncond + cfg * (out_cond - out_uncond) on the UNet's outputs (every parametrisation is
+  affine in them, so this is cfg on the x0 estimates); with one positive and one negative entry (the usual case)
+  both go through the UNet in one batched call, [uncond; cond], as diffusers pipelines do, and the per-call
+  tensors that do not change between steps (text embeddings, SDXL ids) are built once;
+- a MODEL whose options set sampler-level hooks (cfg / pre-cfg / post-cfg functions, a UNet function wrapper) is
+  evaluated by ComfyUI's pipeline instead (`nodes.sd.cfg_pipeline`), on x0 estimates, with the hooks' arguments;
+  `disable_cfg1_optimization` (or a CFG++ sampler) evaluates the negative side at cfg 1 too;
 - several entries per side, "area", "mask" and "strength" extras: each entry is evaluated on its own (on its
   area's crop) and the entries of a side are averaged with ComfyUI's weights (see `cond_areas`: percentage
   areas, mask bounds, mask strength, the fade at an area's inner edges, twins of area entries on the other side);
@@ -22,21 +26,25 @@ the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + 
 - model patches: when the MODEL's transformer_options hold patches, each UNet call goes through
   `nodes.sd.unet_walk.patched_unet` with a per-call copy of them plus ComfyUI's "cond_or_uncond" (0 cond, 1 uncond,
   one per stacked batch chunk) and "sigmas" (the step's sigma per latent); without patches the diffusers UNet is
-  called as it is.
+  called as it is. On the hooked path the per-call options are the ones `cfg_pipeline.calc_cond_batch` builds from
+  the model options it is given.
 """
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
 from sdgraph.nodes.sd.batching import to_batch
+from sdgraph.nodes.sd.cfg_pipeline import guided_prediction, sampler_hooks_set
 from sdgraph.nodes.sd.concat_cond import ConcatSource, concat_kind
 from sdgraph.nodes.sd.cond_areas import (add_area_twins, area_box, entry_weight, in_window, resize_mask,
                                          resolve_entry, step_window)
-from sdgraph.nodes.sd.schedules import schedule_of
+from sdgraph.nodes.sd.model_patcher import copy_options
+from sdgraph.nodes.sd.model_sampling import latent_format_of, model_sampling_of
 from sdgraph.nodes.sd.unet_walk import has_unet_patches, patched_unet
 
 Tensor = torch.Tensor
@@ -56,6 +64,7 @@ class Entry:
     window: tuple[float, float] | None = None  # (sigma at start_percent, sigma at end_percent)
     weight: Tensor | None = None  # its weight on its area's box, [1 or B, 1, h, w] (see cond_areas.entry_weight)
     concat: Tensor | None = None  # the UNet's extra input channels over the full latent (see concat_cond)
+    uuid: uuid.UUID = field(default_factory=uuid.uuid4)  # ComfyUI's per-cond id (transformer_options["uuids"])
 
     @property
     def plain(self) -> bool:
@@ -64,11 +73,24 @@ class Entry:
 
 @dataclass
 class _Batched:
-    """The constant inputs of the batched [uncond; cond] (or cond-only) UNet call."""
+    """The constant inputs of one UNet call that stacks entries along the batch ([uncond; cond], cond-only, ...)."""
 
     context: Tensor
     added: dict[str, Tensor] | None
     entries: list[Entry] = field(default_factory=list)
+    concat: Tensor | None = None
+
+
+@dataclass
+class CondCall:
+    """One UNet evaluation of `cfg_pipeline.calc_cond_batch`: `entries` stacked along the batch, all on the crop
+    `box` (y0, y1, x0, x1) of x; `indices` the cond each chunk of the output belongs to (ComfyUI's cond_or_uncond)."""
+
+    indices: list[int]
+    entries: list[Entry]
+    box: tuple[int, int, int, int]
+    context: Tensor
+    added: dict[str, Tensor] | None
     concat: Tensor | None = None
 
 
@@ -82,19 +104,24 @@ class SDDenoiser:
         self.unet = model.unet(manager)
         self.device = torch.device(model.compute_device(manager))
         self.dtype = model.dtype(manager)
-        self.schedule = schedule_of(model.alphas_cumprod)
-        self.v_prediction = model.prediction_type == "v_prediction"
+        self.model_sampling = model_sampling_of(model)
+        self.model_options = copy_options(getattr(model, "model_options", None) or {})
+        self.hooked = sampler_hooks_set(self.model_options)
         self.cfg = float(cfg)
         self.batch, _, self.height, self.width = latent.shape
         self.concat_source = ConcatSource(concat_kind(self.unet, latent.shape[1]), tuple(latent.shape), latent,
-                                          model.latent_format, self.device, self.dtype)
+                                          latent_format_of(model), self.device, self.dtype)
         positive, negative = self._resolved(positive, negative)
         self.positive = [self._entry(c, "positive") for c in positive]
-        # CFG++ samplers read the unconditional prediction even at cfg 1 (ComfyUI's disable_cfg1_optimization)
+        # CFG++ samplers read the unconditional prediction even at cfg 1, as ComfyUI's disable_cfg1_optimization
         self.keep_uncond = bool(keep_uncond)
-        self.negative = [self._entry(c, "negative") for c in negative] if self.guided or keep_uncond else []
+        cfg1_off = bool(self.model_options.get("disable_cfg1_optimization"))
+        self.uses_negative = self.guided or self.keep_uncond or cfg1_off
+        self.negative = [self._entry(c, "negative") for c in negative] if self.uses_negative else []
+        self.extra: list[Entry] = []  # entries of a guider's further sides (`prepare`)
         if not self.positive:
             raise ValueError("sampling needs at least one positive conditioning entry")
+        self._stacks: dict[tuple[int, ...], _Batched | None] = {}
         self.batched = self._plan_batched()
         options = getattr(model, "model_options", {}).get("transformer_options")
         self.transformer_options = options if has_unet_patches(options) else None
@@ -104,7 +131,21 @@ class SDDenoiser:
     def guided(self) -> bool:
         return not math.isclose(self.cfg, 1.0)
 
+    @property
+    def inner_model(self) -> "SDDenoiser":
+        """ComfyUI's path from the guider to the model (`extra_options["model"].inner_model.model_sampling`): the
+        denoiser plays both parts."""
+        return self
+
     # ---- preparation ----------------------------------------------------------------------------------------
+
+    def prepare(self, conditioning: Sequence[Sequence[Any]], prompt_type: str) -> list[Entry]:
+        """A further side's CONDITIONING as entries for this run (`prompt_type`: the side SDXL's refiner reads its
+        default aesthetic score from): what guiders with more sides than two evaluate through calc_cond_batch.
+        Its area entries get no twins on the other sides."""
+        entries = [self._entry(resolve_entry(c, self.height, self.width), prompt_type) for c in conditioning]
+        self.extra.extend(entries)
+        return entries
 
     def _resolved(self, positive: Sequence[Sequence[Any]],
                   negative: Sequence[Sequence[Any]]) -> tuple[list[list[Any]], list[list[Any]]]:
@@ -118,7 +159,7 @@ class SDDenoiser:
         entry = Entry(context=cond.to(self.device, self.dtype), extras=extras,
                       area=tuple(extras["area"]) if extras.get("area") is not None else None,
                       strength=float(extras.get("strength", 1.0)), control=extras.get("control"),
-                      window=step_window(extras, self.schedule),
+                      window=step_window(extras, self.model_sampling),
                       weight=entry_weight(extras, self.height, self.width, self.device),
                       concat=self.concat_source.build(extras))
         if extras.get("mask") is not None:
@@ -133,7 +174,17 @@ class SDDenoiser:
         sides = [self.negative, self.positive] if self.negative else [self.positive]
         if any(len(side) != 1 or not side[0].plain for side in sides):
             return None
-        entries = [side[0] for side in sides]
+        return self.stacked([side[0] for side in sides])
+
+    def stacked(self, entries: Sequence[Entry]) -> _Batched | None:
+        """The inputs of one call stacking these plain entries, built once per run (and again when the noise mask
+        changes their concat channels); None when their contexts cannot be stacked."""
+        key = tuple(id(e) for e in entries)
+        if key not in self._stacks:
+            self._stacks[key] = self._stack(list(entries))
+        return self._stacks[key]
+
+    def _stack(self, entries: list[Entry]) -> _Batched | None:
         contexts = _same_length([e.context for e in entries])
         if contexts is None:
             return None
@@ -154,46 +205,99 @@ class SDDenoiser:
         if mask is not None:
             mask = to_batch(resize_mask(mask, self.height, self.width), self.batch).to(self.device)
         self.concat_source.noise_mask = mask
-        for entry in (*self.positive, *self.negative):
+        for entry in (*self.positive, *self.negative, *self.extra):
             entry.concat = self.concat_source.build(entry.extras)
+        self._stacks.clear()
         self.batched = self._plan_batched()
 
     # ---- evaluation -----------------------------------------------------------------------------------------
 
     def timestep(self, sigma: float) -> float:
-        return float(self.schedule.nearest_timestep(sigma))
+        return self.model_sampling.unet_timestep(sigma)
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """x0 estimated from x at noise level sigma (call it under torch.inference_mode(), as sampling does)."""
-        return self._evaluate(x, sigma, want_uncond=False)[0]
+        return self._evaluate(x, float(sigma), want_uncond=False)[0]
 
     def with_uncond(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         """(guided x0, unconditional x0): what the CFG++ samplers step with. Needs `keep_uncond=True`."""
         if not self.keep_uncond:
             raise RuntimeError("SDDenoiser.with_uncond needs a denoiser built with keep_uncond=True")
-        denoised, uncond = self._evaluate(x, sigma, want_uncond=True)
+        denoised, uncond = self._evaluate(x, float(sigma), want_uncond=True)
         return denoised, uncond
 
     def _evaluate(self, x: Tensor, sigma: float, want_uncond: bool) -> tuple[Tensor, Tensor | None]:
-        c_in = 1.0 / math.sqrt(sigma * sigma + 1.0)
+        if self.hooked:
+            denoised, uncond = guided_prediction(self, x, sigma)
+            return denoised, (_required(uncond) if want_uncond else None)
         t = torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32)
-        x_in = (x * c_in).to(self.dtype)
+        x_in = self.model_sampling.calculate_input(sigma, x).to(self.dtype)
         if self.batched is not None:
-            eps, uncond_eps = self._batched_eps(x_in, t, sigma)
+            out, uncond_out = self._batched_eps(x_in, t, sigma)
         else:
-            eps, uncond_eps = self._general_eps(x_in, t, sigma, x)
-        denoised = self._denoised(x, eps, sigma, c_in)
+            out, uncond_out = self._general_eps(x_in, t, sigma, x)
+        denoised = self._denoised(x, out, sigma)
         if not want_uncond:
             return denoised, None
-        if uncond_eps is None:
-            raise ValueError("the cfg_pp samplers need a negative conditioning entry (they step with its prediction)")
-        return denoised, self._denoised(x, uncond_eps, sigma, c_in)
+        return denoised, self._denoised(x, _required(uncond_out), sigma)
 
-    def _denoised(self, x: Tensor, out: Tensor, sigma: float, c_in: float) -> Tensor:
-        out = out.to(x.dtype)
-        if self.v_prediction:
-            return torch.add(x * (c_in * c_in), out, alpha=-sigma * c_in)
-        return torch.add(x, out, alpha=-sigma)
+    def _denoised(self, x: Tensor, out: Tensor, sigma: float) -> Tensor:
+        return self.model_sampling.calculate_denoised(sigma, out.to(x.dtype), x)
+
+    # ---- ComfyUI's model evaluation, for the hooked pipeline (`cfg_pipeline`) ---------------------------------
+
+    def apply_model(self, x: Tensor, timestep: Tensor, c_concat: Tensor | None = None,
+                    c_crossattn: Tensor | None = None, control: dict[str, Any] | None = None,
+                    transformer_options: dict[str, Any] | None = None,
+                    added_cond_kwargs: dict[str, Tensor] | None = None) -> Tensor:
+        """ComfyUI's `BaseModel.apply_model`: the x0 estimate of the UNet on x at the noise levels `timestep`
+        (sigmas, one per batch item), through the model sampling; what `model_function_wrapper` wraps."""
+        ms = self.model_sampling
+        x_in = _with_concat(ms.calculate_input(timestep, x).to(self.dtype), c_concat)
+        options = transformer_options or {}
+        out = self._unet(x_in, ms.timestep(timestep).float(), c_crossattn, added_cond_kwargs, control or {},
+                         options.get("cond_or_uncond", [0]), float(timestep.reshape(-1)[0]), options)
+        return ms.calculate_denoised(timestep, out.float(), x)
+
+    def cond_calls(self, conds: Sequence[Sequence[Entry] | None], sigma: float) -> list[CondCall]:
+        """How `calc_cond_batch` evaluates these conds at `sigma`: one call stacking them when each is a single
+        plain entry (the last cond first, as ComfyUI stacks: [uncond; cond]), else one call per entry in its step
+        window, on its area."""
+        present = [(i, list(c)) for i, c in enumerate(conds) if c]
+        if present and all(len(c) == 1 and c[0].plain for _, c in present):
+            order = present[::-1]
+            plan = self.stacked([c[0] for _, c in order])
+            if plan is not None:
+                box = (0, self.height, 0, self.width)
+                return [CondCall([i for i, _ in order], plan.entries, box, plan.context, plan.added, plan.concat)]
+        calls = []
+        for i, entries in present:
+            for e in entries:
+                if not in_window(e.window, sigma):
+                    continue
+                box = y0, y1, x0, x1 = area_box(e.area, self.height, self.width)
+                concat = None if e.concat is None else to_batch(e.concat[:, :, y0:y1, x0:x1], self.batch)
+                calls.append(CondCall([i], [e], box, to_batch(e.context, self.batch), e.added, concat))
+        return calls
+
+    def call_inputs(self, call: CondCall, x: Tensor, sigma: float) -> tuple[Tensor, dict[str, Any]]:
+        """The stacked input and ComfyUI's `c` (c_crossattn, c_concat, control, added_cond_kwargs) of one call."""
+        y0, y1, x0, x1 = call.box
+        crop = x[:, :, y0:y1, x0:x1]
+        stacked = torch.cat([crop] * len(call.entries)) if len(call.entries) > 1 else crop
+        control: dict[str, Any] = {}
+        if any(e.control is not None for e in call.entries):
+            t = torch.full((1,), self.timestep(sigma), device=self.device, dtype=torch.float32)
+            x_in = self.model_sampling.calculate_input(sigma, crop).to(self.dtype)
+            control = self._control_kwargs(call.entries, x_in, t, call.context, sigma)
+        c = {"c_crossattn": call.context, "control": control, "added_cond_kwargs": call.added}
+        if call.concat is not None:
+            c["c_concat"] = call.concat
+        return stacked, c
+
+    def entry_weight(self, entry: Entry, batch: int) -> Tensor:
+        """An entry's weight over its area's box (see `cond_areas.entry_weight`), [batch, 1, h, w]."""
+        return to_batch(entry.weight, batch)
 
     def _batched_eps(self, x_in: Tensor, t: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
         plan = self.batched
@@ -243,18 +347,23 @@ class SDDenoiser:
         x = x.float()
         if sigma <= 0:
             return torch.zeros_like(x)
-        if self.v_prediction:
-            return x / (sigma * math.sqrt(sigma * sigma + 1.0))
-        return x / sigma
+        return self.model_sampling.prediction.zero_estimate_output(self.model_sampling, sigma, x)
 
     def _unet(self, x: Tensor, t: Tensor, context: Tensor, added: dict[str, Tensor] | None,
-              control: dict[str, Any], cond_or_uncond: list[int], sigma: float) -> Tensor:
+              control: dict[str, Any], cond_or_uncond: list[int], sigma: float,
+              call_options: dict[str, Any] | None = None) -> Tensor:
+        """One UNet call. `call_options`: this call's transformer_options as the hooked pipeline built them (with
+        cond_or_uncond and sigmas); else they come from the MODEL's."""
         self.calls += 1
         kwargs: dict[str, Any] = dict(control)
         if "down_intrablock_additional_residuals" in kwargs:  # the UNet pops them off the list it is given
             kwargs["down_intrablock_additional_residuals"] = list(kwargs["down_intrablock_additional_residuals"])
         if added is not None:
             kwargs["added_cond_kwargs"] = added
+        if call_options is not None:
+            if not has_unet_patches(call_options):
+                return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+            return patched_unet(self.unet, x, t, context, dict(call_options), **kwargs)
         if self.transformer_options is None:
             return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
         sigmas = torch.full((x.shape[0] // len(cond_or_uncond),), sigma, device=self.device, dtype=torch.float32)
@@ -268,13 +377,19 @@ class SDDenoiser:
             return {}
         from sdgraph.nodes.sd.control import control_residuals  # noqa: PLC0415 - only ControlNet workflows need it
 
-        percent = self.schedule.sigma_to_percent(sigma)
+        percent = self.model_sampling.sigma_to_percent(sigma)
         per_entry = []
         contexts = context.chunk(len(entries))
         for entry, ctx in zip(entries, contexts):
             per_entry.append(control_residuals(entry.control, x_in, t, ctx, percent, manager=self.manager,
                                                added_cond_kwargs=entry.added) if entry.control else {})
         return _stack_residuals(per_entry)
+
+
+def _required(uncond: Tensor | None) -> Tensor:
+    if uncond is None:
+        raise ValueError("the cfg_pp samplers need a negative conditioning entry (they step with its prediction)")
+    return uncond
 
 
 def _stack_residuals(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ ill-conditioned enough that float64 would be another answer at the 1e-5 level).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -16,28 +16,16 @@ from sdgraph.nodes.sd.k_samplers import (DenoiseFn, NoiseSampler, StepCallback, 
                                          default_noise_sampler)
 
 
-# what ComfyUI's discrete models answer for percent 0 (a sigma above any schedule's)
-PERCENT_ZERO_SIGMA = 999999999.9
+def sa_tau_interval(model_sampling: Any = None, start_percent: float = 0.2, end_percent: float = 0.8
+                    ) -> tuple[float, float]:
+    """The sigmas reached at two fractions of a model sampling's schedule (its percent_to_sigma: percent 0 is
+    above every sigma, percent 1 is sigma 0; SD's when None): by default the stochastic interval, 20% to 80%."""
+    if model_sampling is None:
+        from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod  # noqa: PLC0415
+        from sdgraph.nodes.sd.model_sampling import discrete_sampling  # noqa: PLC0415
 
-
-def sa_tau_interval(alphas_cumprod: Tensor | None = None, start_percent: float = 0.2,
-                    end_percent: float = 0.8) -> tuple[float, float]:
-    """The sigmas reached at two fractions of the model's schedule (ComfyUI's percent_to_sigma, float32; percent
-    0 is above every sigma, percent 1 is sigma 0): by default SD's stochastic interval, 20% to 80%."""
-    from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod  # noqa: PLC0415
-    from sdgraph.nodes.sd.schedules import schedule_of  # noqa: PLC0415
-
-    schedule = schedule_of(sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
-    last = schedule.num_timesteps - 1
-
-    def at(percent: float) -> float:
-        if percent <= 0.0:
-            return PERCENT_ZERO_SIGMA
-        if percent >= 1.0:
-            return 0.0
-        return float(schedule.sigma32(torch.tensor((1.0 - percent) * last, dtype=torch.float32)))
-
-    return at(start_percent), at(end_percent)
+        model_sampling = discrete_sampling(sd_alphas_cumprod())
+    return model_sampling.percent_to_sigma(start_percent), model_sampling.percent_to_sigma(end_percent)
 
 
 def _exponential_moments(lam_s: Tensor, lam_t: Tensor, order: int, tau: float) -> Tensor:

@@ -10,7 +10,9 @@ Socket values (what a node receives / returns):
   UNet inputs to it and the output back to float32), `clone()`, `patches` (a tuple of `LoraPatch`),
   `sdxl_added_cond(...)` (SDXL's `added_cond_kwargs`). `manager` may be omitted: every object remembers the
   manager that loaded it. The UNet config's `in_channels` tells its kind: `latent_channels` (plain), twice that
-  (InstructPix2Pix) or twice plus one (inpainting); see `nodes.sd.concat_cond`.
+  (InstructPix2Pix) or twice plus one (inpainting); see `nodes.sd.concat_cond`. Sampling reads
+  `get_model_object("model_sampling")` (see `nodes.sd.model_sampling`) and `get_model_object("latent_format")`:
+  object patches can replace either.
 - CLIP -> `ClipModel` (tokenizers + text encoders, `clip_skip`, LoRA patches); `TextEncode` turns it into CONDITIONING.
 - VAE -> `VaeModel`: `encode(pixels [B,H,W,C] in 0..1) -> latents` and `decode(latents) -> pixels [B,H,W,C]
   in 0..1`, the latents unscaled (what the VAE's encoder gives and its decoder takes); `encode_tiled` /
@@ -58,6 +60,7 @@ from sdgraph.models.cast_at_use import is_narrow, widened_sum
 from sdgraph.models.patching import WeightPatch, lora_delta
 from sdgraph.nodes.sd.comfy_keys import clip_key_map, unet_key_map
 from sdgraph.nodes.sd.model_patcher import PatcherMethods, WeightMethods, copy_options, default_model_options
+from sdgraph.nodes.sd.model_sampling import ModelSampling, discrete_sampling
 
 if TYPE_CHECKING:
     from sdgraph.models import ManagedModule, ModelManager
@@ -159,6 +162,12 @@ class DiffusionModel(PatcherMethods, WeightMethods):
     @property
     def manager(self) -> "ModelManager":
         return self.slot.manager
+
+    @property
+    def model_sampling(self) -> ModelSampling:
+        """The sampling of this model's training schedule and prediction type; samplers read it through
+        `get_model_object("model_sampling")`, which an object patch replaces (see `nodes.sd.model_sampling`)."""
+        return discrete_sampling(self.alphas_cumprod, self.prediction_type)
 
     def unet(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
         """The UNet on its compute device with exactly this model's patches applied."""

@@ -29,15 +29,17 @@ from sdgraph.node import Combo, Float, Input, Int, Node, Output
 from sdgraph.paths import Dirs
 from sdgraph.types import CONDITIONING, LATENT, MODEL
 
+from sdgraph.nodes.sd.cfg_pipeline import levels
 from sdgraph.nodes.sd.denoiser import SDDenoiser, _resize_mask
 from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
 from sdgraph.nodes.sd.k_sa_solver import sa_tau_interval
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, DenoiseFn, NoiseSampler, Step, get_sampler
 from sdgraph.nodes.sd.k_upscale import RESIZING_SAMPLERS
+from sdgraph.nodes.sd.model_sampling import ModelSampling, latent_format_of, model_sampling_of
 from sdgraph.nodes.sd.noise import (BROWNIAN_SAMPLERS, SEED_MAX, SeededNoise, brownian_sampler, continued_noise,
                                    initial_noise, to_device)
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
-from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas, schedule_of
+from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas
 
 
 @dataclass
@@ -65,27 +67,28 @@ def check_schedule(limits: Limits, where: str, steps: int, denoise: float | None
 DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
 
 
-def sampler_sigmas(schedule: Any, scheduler: str, steps: int, sampler_name: str | None = None) -> torch.Tensor:
-    """The schedule's sigmas for `steps` steps, as the named sampler is given them."""
+def sampler_sigmas(sampling: Any, scheduler: str, steps: int, sampler_name: str | None = None) -> torch.Tensor:
+    """The schedule's sigmas for `steps` steps of a model sampling, as the named sampler is given them."""
     if sampler_name not in DISCARD_PENULTIMATE or steps <= 0:
-        return compute_sigmas(schedule, scheduler, steps)
-    sigmas = compute_sigmas(schedule, scheduler, steps + 1)
+        return compute_sigmas(sampling, scheduler, steps)
+    sigmas = compute_sigmas(sampling, scheduler, steps + 1)
     return torch.cat([sigmas[:-2], sigmas[-1:]])
 
 
 def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, start_step: int | None = None,
                 last_step: int | None = None, force_full_denoise: bool = False,
                 sampler_name: str | None = None) -> Plan:
-    """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule."""
-    schedule = schedule_of(model.alphas_cumprod)
+    """ComfyUI's step selection: denoise truncation, then [start_step, last_step] of the schedule of the MODEL's
+    model sampling."""
+    sampling = model_sampling_of(model)
     from_start = True
     if denoise is None or denoise > 0.9999:
-        sigmas = sampler_sigmas(schedule, scheduler, steps, sampler_name)
+        sigmas = sampler_sigmas(sampling, scheduler, steps, sampler_name)
     elif denoise <= 0.0:
         sigmas = torch.zeros(0, dtype=torch.float64)
     else:
         total = schedule_length(steps, denoise)
-        sigmas = sampler_sigmas(schedule, scheduler, total, sampler_name)[-(steps + 1):]
+        sigmas = sampler_sigmas(sampling, scheduler, total, sampler_name)[-(steps + 1):]
         from_start = total == steps
     if last_step is not None and last_step < len(sigmas) - 1:
         sigmas = sigmas[:last_step + 1].clone()
@@ -97,18 +100,16 @@ def plan_sigmas(model: Any, scheduler: str, steps: int, denoise: float = 1.0, st
     return Plan(sigmas, from_start)
 
 
-def noise_scale(sigma_0: float, sigma_max: float) -> float:
-    """The initial noise's factor: sqrt(1 + sigma^2) only at the top of the model's range."""
-    if math.isclose(sigma_0, sigma_max, rel_tol=1e-5) or sigma_0 > sigma_max:
-        return math.sqrt(1.0 + sigma_0 ** 2)
-    return sigma_0
+def max_denoise(sigma_0: float, sigma_max: float) -> bool:
+    """Whether sampling starts at the top of the model's range, where the initial noise gets sqrt(1 + sigma^2)."""
+    return math.isclose(sigma_0, sigma_max, rel_tol=1e-5) or sigma_0 > sigma_max
 
 
 def scale_in(model: Any, samples: torch.Tensor) -> torch.Tensor:
     """LATENT samples in the model's space; an all-zero (empty) latent stays zero, as in ComfyUI."""
     if not torch.count_nonzero(samples):
         return samples
-    return model.latent_format.process_in(samples)
+    return latent_format_of(model).process_in(samples)
 
 
 def sample_latent(model: Any, positive: list, negative: list, latent: dict[str, Any], *, seed: int, cfg: float,
@@ -148,14 +149,14 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
     if not add_noise:  # as ComfyUI: no initial noise, so the noise mask's blend renoises nothing either
         noise = torch.zeros_like(noise)
     device = torch.device(model.compute_device(manager))
+    ms = model_sampling_of(model)
     last: list[torch.Tensor] = []
     with torch.inference_mode():
         clean = scale_in(model, samples.to(device=device, dtype=torch.float32))
         sigma_0 = float(sigmas[0])
-        x = clean
+        x = clean  # every SD parametrisation adds the scaled noise to the latent: no noise leaves it as it is
         if add_noise:
-            scale = noise_scale(sigma_0, schedule_of(model.alphas_cumprod).sigma_max)
-            x = torch.add(clean, to_device(noise, device), alpha=scale)
+            x = ms.noise_scaling(sigma_0, to_device(noise, device), clean, max_denoise(sigma_0, float(ms.sigma_max)))
         denoiser = guide(samples, sampler_name in CFG_PP_SAMPLERS)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
@@ -166,7 +167,9 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
             denoiser.set_noise_mask(mask)
         if mask is not None:
             mask = _resize_mask(mask, *samples.shape[-2:]).to(device)
-            denoise = _inpainting(denoiser, clean, to_device(noise, device), mask)
+            masking = _MaskFunction(getattr(model, "model_options", {}).get("denoise_mask_function"), denoiser,
+                                    sigmas)
+            denoise = _inpainting(denoiser, clean, to_device(noise, device), mask, ms, masking)
         total = len(sigmas) - 1
 
         def callback(step: Step) -> None:
@@ -177,8 +180,10 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
         out = call_sampler(sampler_name, denoise, x, sigmas, seed=seed, seeded=seeded, options=options,
                            batch_index=batch_index, per_item_noise=per_item_noise, noise_sampler=noise_sampler,
                            callback=callback)
-        result = model.latent_format.process_out(out.float()).cpu()
-        denoised = model.latent_format.process_out(last[0].float()).cpu() if last else None
+        out = ms.inverse_noise_scaling(float(sigmas[-1]), out)
+        latent_format = latent_format_of(model)
+        result = latent_format.process_out(out.float()).cpu()
+        denoised = latent_format.process_out(last[0].float()).cpu() if last else None
     return {**latent, "samples": result}, (None if denoised is None else {**latent, "samples": denoised})
 
 
@@ -224,23 +229,42 @@ def _scaled(noise_sampler: NoiseSampler, factor: float) -> NoiseSampler:
 def model_sampler_options(sampler_name: str, model: Any) -> dict[str, Any]:
     """What a sampler needs to know of the model beyond the denoiser: SA-Solver its stochastic sigma interval."""
     if sampler_name in ("sa_solver", "sa_solver_pece"):
-        return {"tau_interval": sa_tau_interval(model.alphas_cumprod)}
+        return {"tau_interval": sa_tau_interval(model_sampling_of(model))}
     return {}
 
 
-def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> DenoiseFn:
+@dataclass
+class _MaskFunction:
+    """The MODEL's "denoise_mask_function" (ComfyUI's: (sigma [B], mask, extra_options={"model", "sigmas"}) -> the
+    mask this call uses), or the mask as it is when there is none."""
+
+    function: Callable[..., torch.Tensor] | None
+    model: Any
+    sigmas: torch.Tensor
+
+    def __call__(self, mask: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if self.function is None:
+            return mask
+        sigmas = self.sigmas.to(device=x.device, dtype=torch.float32)
+        return self.function(levels(x, sigma), mask, extra_options={"model": self.model, "sigmas": sigmas})
+
+
+def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ms: ModelSampling,
+                masking: _MaskFunction) -> DenoiseFn:
     """Keep the unmasked region on the original latent's trajectory: renoise it to sigma before each call and
     replace the model's estimate there by the original latent."""
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        known = torch.add(clean, noise, alpha=sigma)
-        return torch.lerp(clean, inner(torch.lerp(known, x, mask), sigma), mask)
+        known = ms.noise_scaling(sigma, noise, clean)
+        m = masking(mask, x, sigma)
+        return torch.lerp(clean, inner(torch.lerp(known, x, m), sigma), m)
 
     def with_uncond(x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         # for the CFG++ samplers; as in ComfyUI, the unconditional estimate is the model's, not blended
-        known = torch.add(clean, noise, alpha=sigma)
-        denoised, uncond = inner.with_uncond(torch.lerp(known, x, mask), sigma)
-        return torch.lerp(clean, denoised, mask), uncond
+        known = ms.noise_scaling(sigma, noise, clean)
+        m = masking(mask, x, sigma)
+        denoised, uncond = inner.with_uncond(torch.lerp(known, x, m), sigma)
+        return torch.lerp(clean, denoised, m), uncond
 
     if hasattr(inner, "with_uncond"):
         denoise.with_uncond = with_uncond  # type: ignore[attr-defined]
@@ -331,6 +355,8 @@ class KSamplerAdvanced(Node):
 # import this module lazily
 from sdgraph.nodes.sd import custom_samplers, custom_sampling, custom_schedulers, custom_sigmas  # noqa: E402
 from sdgraph.nodes.sd import hypernetwork, token_merging, unet_patches  # noqa: E402 - the UNet-level model patches
+from sdgraph.nodes.sd import cfg_patches, model_sampling_nodes, perp_neg  # noqa: E402 - sampler-level MODEL patches
 
 NODES = [KSampler, KSamplerAdvanced, *custom_sampling.NODES, *custom_samplers.NODES, *custom_sigmas.NODES,
-         *custom_schedulers.NODES, *unet_patches.NODES, *token_merging.NODES, *hypernetwork.NODES]
+         *custom_schedulers.NODES, *unet_patches.NODES, *token_merging.NODES, *hypernetwork.NODES, *perp_neg.NODES,
+         *model_sampling_nodes.NODES, *cfg_patches.NODES]

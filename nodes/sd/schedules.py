@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 import weakref
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -23,12 +23,23 @@ class DiscreteSchedule:
 
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
         ab = alphas_cumprod.detach().to("cpu", torch.float64)
-        self.sigmas = ((1.0 - ab) / ab).sqrt()  # ascending with the timestep
+        self._set_sigmas(((1.0 - ab) / ab).sqrt())
+
+    @classmethod
+    def from_sigmas(cls, sigmas: torch.Tensor) -> "DiscreteSchedule":
+        """A schedule of given ascending training sigmas. As ComfyUI's `set_sigmas`, the float32 log-sigmas are
+        taken in the dtype given: float64 sigmas (a training schedule) or float32 ones (a distilled subset)."""
+        schedule = cls.__new__(cls)
+        schedule._set_sigmas(sigmas.detach().to("cpu"))
+        return schedule
+
+    def _set_sigmas(self, sigmas: torch.Tensor) -> None:
+        self.sigmas = sigmas.to(torch.float64)  # ascending with the timestep
         self.log_sigmas: list[float] = self.sigmas.log().tolist()
         self.sigma_min = float(self.sigmas[0])
         self.sigma_max = float(self.sigmas[-1])
-        self.sigmas32 = self.sigmas.float()
-        self.log_sigmas32 = self.sigmas.log().float()
+        self.sigmas32 = sigmas.float()
+        self.log_sigmas32 = sigmas.log().float()
 
     def sigma32(self, t: torch.Tensor) -> torch.Tensor:
         """`sigma` in float32 arithmetic, for float32 timesteps."""
@@ -93,7 +104,11 @@ def schedule_of(alphas_cumprod: torch.Tensor) -> DiscreteSchedule:
     return schedule
 
 
-# ---- schedules: (schedule, steps) -> sigmas [steps + 1], float32 values in float64, last 0 ----------------
+# ---- schedules: (model sampling, steps) -> sigmas [steps + 1], float32 values in float64, last 0 ----------
+#
+# `ms` is a model sampling (`nodes.sd.model_sampling`, ComfyUI's ModelSampling shape): `sigmas` its float32 table
+# (ascending), `sigma_min` / `sigma_max`, and `timestep(sigma)` / `sigma(timestep)` on tensors. A bare
+# DiscreteSchedule stands for the epsilon-prediction sampling of its sigmas.
 
 
 def _finish(sigmas: list[float] | torch.Tensor, append_zero: bool = True) -> torch.Tensor:
@@ -101,85 +116,86 @@ def _finish(sigmas: list[float] | torch.Tensor, append_zero: bool = True) -> tor
     return torch.tensor(values + ([0.0] if append_zero else []), dtype=torch.float64)
 
 
-def _timestep_spaced(s: DiscreteSchedule, steps: int, drop_last: bool) -> torch.Tensor:
-    start, end = float(s.num_timesteps - 1), 0.0  # the timesteps nearest sigma_max and sigma_min
+def _timestep_spaced(ms: Any, steps: int, drop_last: bool) -> torch.Tensor:
+    start, end = float(ms.timestep(ms.sigma_max)), float(ms.timestep(ms.sigma_min))
     if drop_last:  # sgm_uniform: steps + 1 points, the last one (t = 0) replaced by sigma 0
-        return _finish(s.sigma32(torch.linspace(start, end, steps + 1, dtype=torch.float32)[:-1]))
-    if math.isclose(s.sigma(end), 0.0, abs_tol=1e-5):  # zero terminal SNR: sigma(end) is already 0
-        return _finish(s.sigma32(torch.linspace(start, end, steps + 1, dtype=torch.float32)), append_zero=False)
-    return _finish(s.sigma32(torch.linspace(start, end, steps, dtype=torch.float32)))
+        return _finish(ms.sigma(torch.linspace(start, end, steps + 1, dtype=torch.float32)[:-1]))
+    if math.isclose(float(ms.sigma(torch.tensor(end))), 0.0, abs_tol=1e-5):  # zero terminal SNR at the bottom
+        return _finish(ms.sigma(torch.linspace(start, end, steps + 1, dtype=torch.float32)), append_zero=False)
+    return _finish(ms.sigma(torch.linspace(start, end, steps, dtype=torch.float32)))
 
 
-def normal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+def normal(ms: Any, steps: int) -> torch.Tensor:
     """Timesteps evenly spaced from the last training timestep to the first (diffusers' "linspace")."""
-    return _timestep_spaced(s, steps, drop_last=False)
+    return _timestep_spaced(ms, steps, drop_last=False)
 
 
-def sgm_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+def sgm_uniform(ms: Any, steps: int) -> torch.Tensor:
     """`steps + 1` evenly spaced timesteps with the last one replaced by sigma 0 (the SGM/SDXL-Turbo spacing)."""
-    return _timestep_spaced(s, steps, drop_last=True)
+    return _timestep_spaced(ms, steps, drop_last=True)
 
 
-def _range32(s: DiscreteSchedule) -> tuple[float, float]:
-    """sigma_min and sigma_max as the float32 training sigmas hold them."""
-    return float(s.sigmas32[0]), float(s.sigmas32[-1])
+def _range32(ms: Any) -> tuple[float, float]:
+    """sigma_min and sigma_max as the float32 table holds them."""
+    return float(ms.sigma_min), float(ms.sigma_max)
 
 
-def simple(s: DiscreteSchedule, steps: int) -> torch.Tensor:
-    """Every (1000 / steps)-th training sigma, counted down from the top, truncating the stride."""
-    n = s.num_timesteps
+def simple(ms: Any, steps: int) -> torch.Tensor:
+    """Every (table length / steps)-th training sigma, counted down from the top, truncating the stride."""
+    n = len(ms.sigmas)
     stride = n / steps
-    return _finish([float(s.sigmas[n - 1 - int(i * stride)]) for i in range(steps)])
+    return _finish([float(ms.sigmas[n - 1 - int(i * stride)]) for i in range(steps)])
 
 
-def ddim_uniform(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+def ddim_uniform(ms: Any, steps: int) -> torch.Tensor:
     """DDIM's "leading" timesteps with offset 1: 1, 1 + k, 1 + 2k, ... (k = 1000 // steps), reversed."""
-    n = s.num_timesteps
-    stride = max(n // steps, 1)
-    picked = [float(s.sigmas[t]) for t in range(1, n, stride)]
-    return _finish(picked[::-1])
+    n = len(ms.sigmas)
+    terminal = math.isclose(float(ms.sigmas[1]), 0.0, abs_tol=1e-5)  # a table whose second level is 0 already
+    stride = max(n // (steps + 1 if terminal else steps), 1)
+    picked = [float(ms.sigmas[t]) for t in range(1, n, stride)]
+    return _finish(picked[::-1], append_zero=not terminal)
 
 
-def karras(s: DiscreteSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
+def karras(ms: Any, steps: int, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. (2022), eq. 5: sigmas evenly spaced in sigma^(1/rho)."""
-    sigma_min, sigma_max = _range32(s)
+    sigma_min, sigma_max = _range32(ms)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float32)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _finish((hi + ramp * (lo - hi)) ** rho)
 
 
-def exponential(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+def exponential(ms: Any, steps: int) -> torch.Tensor:
     """Sigmas evenly spaced in log-sigma from sigma_max to sigma_min."""
-    sigma_min, sigma_max = _range32(s)
+    sigma_min, sigma_max = _range32(ms)
     return _finish(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float32).exp())
 
 
-def beta(s: DiscreteSchedule, steps: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
+def beta(ms: Any, steps: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
     """Timesteps at the quantiles of a Beta(0.6, 0.6) distribution (Lee et al. 2024), denser at both ends."""
-    total = s.num_timesteps - 1
+    total = len(ms.sigmas) - 1
     quantiles = [1.0 - i / steps for i in range(steps)]
     picked: list[float] = []
     last = -1
     for q in quantiles:
         t = int(round(_beta_ppf(q, alpha, beta_) * total))
         if t != last:
-            picked.append(float(s.sigmas[t]))
+            picked.append(float(ms.sigmas[t]))
         last = t
     return _finish(picked)
 
 
-def kl_optimal(s: DiscreteSchedule, steps: int) -> torch.Tensor:
+def kl_optimal(ms: Any, steps: int) -> torch.Tensor:
     """The KL-optimal schedule (Sabour et al. 2024): evenly spaced in arctan(sigma)."""
-    sigma_min, sigma_max = _range32(s)
+    sigma_min, sigma_max = _range32(ms)
     ramp = torch.arange(steps, dtype=torch.float32) / max(steps - 1, 1)
     return _finish((ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)).tan())
 
 
-def linear_quadratic(s: DiscreteSchedule, steps: int, threshold: float = 0.025) -> torch.Tensor:
+def linear_quadratic(ms: Any, steps: int, threshold: float = 0.025) -> torch.Tensor:
     """The linear-then-quadratic schedule (from Mochi): over the first half of the steps the noise fraction 1 - sigma /
     sigma_max grows linearly to `threshold`, over the second half along a parabola that reaches 1 (sigma 0) with a
     slope continuous at the joint."""
-    sigma_max = torch.tensor(_range32(s)[1], dtype=torch.float32)
+    sigma_max = torch.tensor(_range32(ms)[1], dtype=torch.float32)
     if steps == 1:
         return _finish(torch.tensor([1.0, 0.0], dtype=torch.float32) * sigma_max, append_zero=False)
     ramp = steps // 2
@@ -225,7 +241,7 @@ def _bisect(f: Callable[[float], float], target: float, iters: int = 60) -> floa
 
 
 # In ComfyUI's order: the order of the scheduler combo that clients show.
-SCHEDULES: dict[str, Callable[[DiscreteSchedule, int], torch.Tensor]] = {
+SCHEDULES: dict[str, Callable[[Any, int], torch.Tensor]] = {
     "simple": simple,
     "sgm_uniform": sgm_uniform,
     "karras": karras,
@@ -239,10 +255,15 @@ SCHEDULES: dict[str, Callable[[DiscreteSchedule, int], torch.Tensor]] = {
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULES)
 
 
-def compute_sigmas(schedule: DiscreteSchedule, name: str, steps: int) -> torch.Tensor:
-    """The float64 CPU sigmas [steps + 1] of the named schedule (fewer when a schedule merges duplicates)."""
+def compute_sigmas(sampling: Any, name: str, steps: int) -> torch.Tensor:
+    """The float64 CPU sigmas [steps + 1] of the named schedule (fewer when a schedule merges duplicates), for a
+    model sampling (or a DiscreteSchedule, sampled as epsilon prediction)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
     if steps <= 0:
         return torch.zeros(0, dtype=torch.float64)
-    return SCHEDULES[name](schedule, steps)
+    if isinstance(sampling, DiscreteSchedule):
+        from sdgraph.nodes.sd.model_sampling import DiscreteSampling  # noqa: PLC0415 - it imports this module
+
+        sampling = DiscreteSampling(sampling)
+    return SCHEDULES[name](sampling, steps)

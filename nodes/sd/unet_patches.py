@@ -20,8 +20,8 @@ import torch
 
 from sdgraph.node import Boolean, Combo, Float, Input, Int, Node, Output
 from sdgraph.nodes.sd.model_objects import DiffusionModel
+from sdgraph.nodes.sd.model_sampling import model_sampling_of
 from sdgraph.nodes.sd.resize import LATENT_METHODS, resize
-from sdgraph.nodes.sd.schedules import schedule_of
 from sdgraph.types import MODEL
 
 Tensor = torch.Tensor
@@ -131,9 +131,8 @@ def _resized(h: Tensor, width: int, height: int, method: str) -> Tensor:
 
 
 def model_sampling(model: DiffusionModel) -> Any:
-    """What maps a percent of sampling to a sigma: a "model_sampling" object patch, else the model's schedule."""
-    patched = getattr(model, "object_patches", {}).get("model_sampling")
-    return patched if patched is not None else schedule_of(model.alphas_cumprod)
+    """What maps a percent of sampling to a sigma: the MODEL's model sampling (or its object patch)."""
+    return model_sampling_of(model)
 
 
 class PatchModelAddDownscale(Node):

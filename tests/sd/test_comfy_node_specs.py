@@ -30,9 +30,8 @@ EXCEPTED_INPUTS: dict[str, set[str]] = {
 # Names of sd-family-nodes.txt that sdgraph does not offer yet (other branches add many of them).
 MISSING: set[str] = set("""
 unCLIPCheckpointLoader ImageOnlyCheckpointLoader CLIPVisionLoader StyleModelLoader GLIGENLoader CLIPVisionEncode
-unCLIPConditioning StyleModelApply GLIGENTextBoxApply PerpNegGuider ModelSamplingDiscrete
-ModelSamplingContinuousEDM ModelSamplingContinuousV RescaleCFG PerturbedAttentionGuidance SelfAttentionGuidance
-DifferentialDiffusion CFGZeroStar APG TCFG
+unCLIPConditioning StyleModelApply GLIGENTextBoxApply
+PerturbedAttentionGuidance SelfAttentionGuidance
 """.split())
 
 

@@ -18,6 +18,7 @@ from sdgraph.nodes.sd.denoiser import SDDenoiser
 from sdgraph.nodes.sd.k_cfgpp import CFG_PP_SAMPLERS
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES, get_sampler
 from sdgraph.nodes.sd.model_objects import sd_alphas_cumprod
+from sdgraph.nodes.sd.model_sampling import discrete_sampling
 from sdgraph.nodes.sd.noise import initial_noise
 from sdgraph.nodes.sd.sampling import KSampler, KSamplerAdvanced, plan_sigmas
 from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, DiscreteSchedule, compute_sigmas
@@ -131,7 +132,7 @@ def sample_gaussian(model: TinyModel, sampler: str, scheduler: str, steps: int, 
     # The analytic answers need the model to see sigma exactly, so here the UNet gets the fractional timestep;
     # the nearest whole one that sampling really uses is pinned in test_unet_gets_the_nearest_whole_timestep.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SDDenoiser, "timestep", lambda self, sigma: self.schedule.timestep(sigma))
+        patch.setattr(SDDenoiser, "timestep", lambda self, sigma: self.model_sampling.schedule.timestep(sigma))
         out = run_node(KSampler, ksampler(model, seed=seed, steps=steps, cfg=CFG, sampler_name=sampler,
                                           scheduler=scheduler, positive=mean_conditioning(POS),
                                           negative=mean_conditioning(NEG), latent_image=latent))["samples"]
@@ -444,7 +445,7 @@ def test_a_model_under_the_model_manager_samples_the_same(model: Any) -> None:
 
 def test_unet_gets_the_nearest_whole_timestep(model: Any) -> None:
     denoiser = SDDenoiser(model, conditioning(1), conditioning(2), 5.0, empty_latent()["samples"])
-    ls = denoiser.schedule.log_sigmas
+    ls = denoiser.model_sampling.schedule.log_sigmas
     between = math.exp(0.7 * ls[500] + 0.3 * ls[501])  # nearer 500
     assert denoiser.timestep(between) == 500.0
     assert denoiser.timestep(math.exp(0.2 * ls[500] + 0.8 * ls[501])) == 501.0
@@ -453,8 +454,11 @@ def test_unet_gets_the_nearest_whole_timestep(model: Any) -> None:
 
 def test_initial_noise_is_scaled_by_sigma_0_below_the_top(model: Any) -> None:
     sigma_max = DiscreteSchedule(sd_alphas_cumprod()).sigma_max
-    assert sampling.noise_scale(sigma_max, sigma_max) == math.sqrt(1 + sigma_max ** 2)
-    assert sampling.noise_scale(8.0, sigma_max) == 8.0
+    assert sampling.max_denoise(sigma_max, sigma_max) and not sampling.max_denoise(8.0, sigma_max)
+    eps = discrete_sampling(sd_alphas_cumprod())
+    ones, zeros = torch.ones(3), torch.zeros(3)
+    assert torch.equal(eps.noise_scaling(sigma_max, ones, zeros, True), ones * math.sqrt(1 + sigma_max ** 2))
+    assert torch.equal(eps.noise_scaling(8.0, ones, zeros), ones * 8.0)
     plan = plan_sigmas(model, "ddim_uniform", 4)  # starts under sigma_max though it runs from step 0
     assert plan.from_start and float(plan.sigmas[0]) < sigma_max - 1
     latent = empty_latent()

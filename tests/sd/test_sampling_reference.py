@@ -79,8 +79,8 @@ def _compare(unet: torch.nn.Module, sampler: str, plan: Plan, scheduler: Any, se
     # from the initial draw (per-item noise, with one item), sqrt(1 + sigma_0^2) at step 0 of any schedule, and
     # the fractional timestep of a sigma between training levels
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SDDenoiser, "timestep", lambda self, sigma: self.schedule.timestep(sigma))
-        patch.setattr(sampling, "noise_scale", lambda sigma_0, sigma_max: (1 + sigma_0 ** 2) ** 0.5)
+        patch.setattr(SDDenoiser, "timestep", lambda self, sigma: self.model_sampling.schedule.timestep(sigma))
+        patch.setattr(sampling, "max_denoise", lambda sigma_0, sigma_max: True)
         ours = sample_latent(model, positive, negative, empty_latent(), seed=SEED, cfg=CFG, sampler_name=sampler,
                              plan=plan, per_item_noise=True)["samples"]
     ours = model.latent_format.process_in(ours)  # diffusers' loop ends in the model's (scaled) space
