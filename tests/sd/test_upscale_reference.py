@@ -3,7 +3,6 @@ tools/comfy_reference/upscale_and_tiles.py): ImageUpscaleWithModel on the same t
 them there, sdgraph's own architectures here), and the three-pass tiled VAE decode / encode on the same toy VAE."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,11 @@ from safetensors.torch import save_file
 
 from conftest import call, make_ctx
 from toy_vae import ToyVae
+from upscale_files import DECODE_CASES, ENCODE_CASES, UPSCALE_CASES
 from sdgraph.models import ModelManager
 from sdgraph.nodes.sd.model_objects import VaeModel
 from sdgraph.nodes.sd.upscale_model import ImageUpscaleWithModel, UpscaleModelLoader
 from sdgraph.paths import Dirs
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "comfy_reference"))
-from upscale_and_tiles import DECODE_CASES, ENCODE_CASES, UPSCALE_CASES  # noqa: E402
 
 DATA = np.load(Path(__file__).parent / "data" / "upscale_and_tiles.npz")
 TOLERANCE = 1e-5

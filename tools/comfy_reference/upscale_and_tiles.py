@@ -30,24 +30,9 @@ sys.path.insert(0, str(ROOT / "tests" / "sd"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_references import write_torchvision_stand_in  # noqa: E402
 from toy_vae import ToyVae  # noqa: E402
-from upscale_files import compact_state, esrgan_state  # noqa: E402
+from upscale_files import DECODE_CASES, ENCODE_CASES, UPSCALE_CASES  # noqa: E402
 
 # name -> (state dict builder, image shape [B, H, W, C], image seed); shared with tests/sd/test_upscale_reference.py
-RANDOM = {"std": 0.1, "out_bias": 0.5}  # outputs spread over 0..1, few clamped
-UPSCALE_CASES = {
-    "esrgan-x4": (lambda: esrgan_state(seed=1, **RANDOM), (1, 23, 17, 3), 10),
-    "esrgan-x2-tiled": (lambda: esrgan_state(doublings=1, seed=2, **RANDOM), (1, 520, 6, 3), 11),
-    "esrgan-x1": (lambda: esrgan_state(doublings=0, seed=7, **RANDOM), (2, 9, 14, 3), 12),
-    "realesrgan-x4": (lambda: esrgan_state(layout="new", seed=3, **RANDOM), (1, 15, 21, 3), 13),
-    "realesrgan-x2plus": (lambda: esrgan_state(channels_in=12, layout="new", seed=4, **RANDOM), (1, 13, 10, 3), 14),
-    "compact-x2": (lambda: compact_state(seed=5, std=0.1), (2, 19, 11, 3), 15),
-    "compact-x4": (lambda: compact_state(features=12, convs=3, scale=4, seed=6, std=0.1), (1, 10, 9, 3), 16),
-}
-# (toy kernel, latent shape, tile_x, tile_y, overlap) in latent pixels, and (pixel shape, tile, overlap) in pixels
-DECODE_CASES = {"decode-k3": (3, (1, 4, 10, 14), 8, 8, 2), "decode-k3-wide": (3, (2, 4, 10, 7), 12, 6, 2)}
-ENCODE_CASES = {"encode-k1": (1, (1, 72, 104, 3), 64, 16), "encode-k3": (3, (1, 96, 56, 3), 64, 24)}
-
-
 def seeded(shape: tuple[int, ...], seed: int, scale: float = 1.0):
     import torch
 
