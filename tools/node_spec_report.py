@@ -60,8 +60,7 @@ def _input(entry: Any) -> dict[str, Any]:
     combo, `[[choices], {...}]` and `["COMBO", {"options": [choices], ...}]`, become the same thing."""
     if isinstance(entry, str):  # a hidden input: its kind only
         return {"type": entry}
-    if isinstance(entry, list) and len(entry) == 1 and isinstance(entry[0], str) and entry[0].isupper() \
-            and entry[0] in HIDDEN_KINDS:  # a V3 node's hidden input, ["PROMPT"]: the same as "PROMPT"
+    if isinstance(entry, list) and len(entry) == 1 and entry[0] in HIDDEN_KINDS:  # a V3 node's hidden input, ["PROMPT"]: the same as "PROMPT"
         return {"type": entry[0]}
     head = entry[0]
     opts = dict(entry[1]) if len(entry) > 1 and isinstance(entry[1], dict) else {}

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from sdgraph.nodes.sd.checkpoint_layout import OPEN_CLIP_PREFIX
+from sdgraph.nodes.sd.comfy_keys import hf_clip_name
 from sdgraph.nodes.sd.image_files import next_counter, output_folder, write_new
 from sdgraph.nodes.sd.ldm_names import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 from sdgraph.nodes.sd.model_objects import ClipModel, DiffusionModel, VaeModel
@@ -52,9 +53,8 @@ def clip_kinds(clip: ClipModel) -> tuple[str, ...]:
 
 
 def hf_clip_names(state: StateDict) -> StateDict:
-    """Hugging Face CLIP names as files carry them ("text_model.*"; newer transformers drop that prefix in
-    CLIPTextModel's own parameter names)."""
-    return {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v for k, v in state.items()}
+    """The state under the Hugging Face CLIP names files carry (`comfy_keys.hf_clip_name`)."""
+    return {hf_clip_name(k): v for k, v in state.items()}
 
 
 def clip_checkpoint_state(clip: ClipModel) -> StateDict:
@@ -139,7 +139,7 @@ def write_safetensors(root: Path, prefix: str, state: StateDict, metadata: dict[
     folder, _, stem = output_folder(root, prefix)
     data = _shared_free(state)
     name, _ = write_new(folder, stem, ".safetensors", next_counter(folder, stem, ".safetensors"),
-                        lambda f: f.write(save(data, metadata=metadata)))
+                        lambda f: save_file(data, f.name, metadata=metadata))  # the name is ours: written in place
     return folder / name
 
 

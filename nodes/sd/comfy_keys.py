@@ -39,14 +39,19 @@ def clip_prefix(kind: str) -> str:
     return f"{kind}.transformer."
 
 
+def hf_clip_name(name: str) -> str:
+    """A Hugging Face CLIP parameter name as files and ComfyUI carry it ("text_model.*", "text_projection.*"):
+    newer transformers drop the "text_model." prefix in CLIPTextModel's own names."""
+    return name if name.startswith(("text_model.", "text_projection")) else "text_model." + name
+
+
 def clip_key_map(encoders: list[torch.nn.Module], kinds: list[str]) -> dict[str, tuple[int, str]]:
     """{ComfyUI key: (encoder index, parameter name)} for a CLIP's text encoders."""
     found: dict[str, tuple[int, str]] = {}
     for index, (module, kind) in enumerate(zip(encoders, kinds)):
         prefix = clip_prefix(kind)
         for name, _ in module.named_parameters():
-            canonical = name if name.startswith(("text_model.", "text_projection")) else "text_model." + name
-            found[prefix + canonical] = (index, name)
+            found[prefix + hf_clip_name(name)] = (index, name)
     return found
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from sdgraph.models import file_key
-from sdgraph.nodes.sd.comfy_keys import UNET_PREFIX, clip_prefix
+from sdgraph.nodes.sd.comfy_keys import UNET_PREFIX, clip_prefix, hf_clip_name
 from sdgraph.nodes.sd.ldm_names import unet_name_to_ldm
 from sdgraph.nodes.sd.loading import read_state_dict
 from sdgraph.nodes.sd.model_objects import ClipModel, DiffusionModel, LoraPatch
@@ -85,8 +85,7 @@ def _stems_for_encoder(module: torch.nn.Module, index: int, count: int, kind: st
             stems[peft + form] = name
             for prefix in kohya:
                 stems[prefix + form.replace(".", "_")] = name
-        stems[TEXT_ENCODERS + clip_prefix(kind) + ("" if inner.startswith("text_projection") else "text_model.")
-              + inner] = name
+        stems[TEXT_ENCODERS + clip_prefix(kind) + hf_clip_name(inner)] = name
     return stems
 
 

@@ -47,10 +47,6 @@ class KeyPatchSet:
         result = patched_weight(weight.float(), self.entries[name], original, name)
         weight.copy_(result.to(weight.dtype))
 
-    def nbytes(self) -> int:
-        """Bytes of tensors this set holds that no model owns (diffs it was given; not other models' weights)."""
-        return 0
-
 
 def patched_weight(weight: torch.Tensor, entries: tuple[Entry, ...] | list[Entry], original: torch.Tensor,
                    key: str) -> torch.Tensor:
