@@ -84,8 +84,11 @@ async def read_json(request: web.Request, limit: int, *, allow_empty: bool = Fal
     return parse_json(await read_body(request, limit), allow_empty=allow_empty)
 
 
+JSON_WHITESPACE = b" \t\n\r"  # what JSON allows around a value (bytes.strip() would also take \f and \v)
+
+
 def parse_json(body: bytes, *, allow_empty: bool = False) -> Any:
-    if not body.strip():
+    if not body.strip(JSON_WHITESPACE):
         if allow_empty:
             return {}
         raise ApiError(400, "invalid_json", "the request body is empty; expected a JSON object")

@@ -25,6 +25,16 @@ async def test_bad_requests_get_a_clear_400(server: Harness, body: bytes, kind: 
     assert error["type"] == kind and error["message"]
 
 
+@pytest.mark.parametrize("body, status", [(b"", 200), (b" \n\t\r", 200), (b"\x0c", 400), (b"\x0b{}", 400)])
+async def test_an_empty_interrupt_body_is_only_json_whitespace(server: Harness, body: bytes, status: int) -> None:
+    """POST /interrupt may come without a body; a form feed or vertical tab is not JSON whitespace, so it is bad
+    input (found by the schemathesis run)."""
+    resp = await server.client.post("/interrupt", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == status, await resp.text()
+    if status == 400:
+        assert (await resp.json())["error"]["type"] == "invalid_json"
+
+
 async def test_invalid_workflow_reports_node_errors(server: Harness) -> None:
     prompt = {"1": {"class_type": "Number", "inputs": {"value": "many"}},
               "2": {"class_type": "NoSuchNode", "inputs": {}},
