@@ -43,13 +43,22 @@ def _exponential_moments(lam_s: Tensor, lam_t: Tensor, order: int, tau: float) -
     return (log_weight.exp() * sign).tril() @ ends
 
 
+def _solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """ComfyUI's float32 solve; where nodes lie so close that float32 elimination finds a zero pivot (which
+    depends on the CPU's rounding: ComfyUI itself fails there), the float64 answer instead of a crash."""
+    try:
+        return torch.linalg.solve(matrix, rhs)
+    except torch.linalg.LinAlgError:
+        return torch.linalg.solve(matrix.double(), rhs.double()).to(matrix.dtype)
+
+
 def _sa_weights(sigma_next: float, nodes: Tensor, lam_s: Tensor, lam_t: Tensor, tau: float,
                simple_order_2: bool = False, corrector: bool = False) -> list[float]:
     """Weights of the data predictions at `nodes` (lambdas, oldest first) for a step from lam_s to lam_t."""
     if simple_order_2 and nodes.shape[0] == 2:
         return _simple_order_2_weights(sigma_next, nodes, lam_s, lam_t, tau, corrector)
     moments = _exponential_moments(lam_s, lam_t, nodes.shape[0], tau)
-    integrals = torch.linalg.solve(torch.vander(nodes, nodes.shape[0], increasing=True).T, moments)
+    integrals = _solve(torch.vander(nodes, nodes.shape[0], increasing=True).T, moments)
     alpha_t = torch.tensor(sigma_next, dtype=torch.float32) * lam_t.exp()
     return (alpha_t * integrals).tolist()
 

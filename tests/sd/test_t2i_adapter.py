@@ -115,8 +115,9 @@ def test_diffusers_adapter_folder(tmp_path, manager):
     with torch.inference_mode():
         source = adapter(image.movedim(-1, 1))
     assert isinstance(loaded, T2IAdapterModel)
-    assert all(torch.equal(a, b) for a, b in zip(adapter_features(ControlHint(loaded, image), (64, 64), 1, manager),
-                                                 source))
+    mine = adapter_features(ControlHint(loaded, image), (64, 64), 1, manager)
+    # bit-equal on some CPUs; on AVX-512 ones oneDNN picks another kernel for one conv (2e-5 on features ~1)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-4) for a, b in zip(mine, source))
 
 
 def test_one_channel_adapter_reads_the_hint_in_grey(tmp_path, manager):
