@@ -46,11 +46,16 @@ def define_comfy(class_type: str, cls: type, display_name: str | None = None, pa
     )
 
     def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        return getattr(cls(), function_name)(**inputs)
+        return getattr(ctx.instance(cls), function_name)(**inputs)
+
+    def lazy_check(inputs: dict[str, Any], ctx: NodeContext) -> Any:
+        return ctx.instance(cls).check_lazy_status(**inputs)
 
     validate, custom = _validator(cls)
     return NodeDef(spec=spec, invoke=invoke, fingerprint=_fingerprinter(cls), validate=validate,
-                   custom_validated=custom, pack=pack, cls=cls)
+                   custom_validated=custom, pack=pack, cls=cls,
+                   lazy_check=lazy_check if callable(getattr(cls, "check_lazy_status", None)) else None,
+                   is_async=inspect.iscoroutinefunction(getattr(cls, function_name)))
 
 
 def _inputs(cls: type, declared: dict[str, Any], where: str) -> tuple[InputSpec, ...]:

@@ -66,6 +66,8 @@ class NodeContext:
     extra_data: dict[str, Any] = field(default_factory=dict)
     on_progress: ProgressSink | None = None
     prompt_source: Callable[[], dict[str, Any]] | None = None
+    instances: dict[str, Any] | None = None  # node id -> its class's instance, kept by the executor
+    dynprompt: Any = None  # the run's graph as it grows (`sdgraph.expansion.DynamicPrompt`), for DYNPROMPT
 
     @property
     def prompt(self) -> dict[str, Any]:
@@ -92,3 +94,13 @@ class NodeContext:
 
     def check_interrupt(self) -> None:
         self.interrupt.check()
+
+    def instance(self, cls: type) -> Any:
+        """The node's instance of `cls`: one per node id, reused across calls and runs as the ecosystem does
+        (a lazy check and the call it precedes see the same object)."""
+        if self.instances is None:
+            return cls()
+        found = self.instances.get(self.node_id)
+        if type(found) is not cls:
+            found = self.instances[self.node_id] = cls()
+        return found

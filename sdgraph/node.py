@@ -32,10 +32,30 @@ class NodeDeclarationError(Exception):
 
 @dataclass
 class NodeOutput:
-    """What a node returns when it has UI output (images to show, text) besides its socket values."""
+    """What a node returns when it has UI output (images to show, text) besides its socket values.
+
+    `expand` is a graph of new nodes (API format, see `sdgraph.expansion.Subgraph`) that runs in the node's
+    place: then `values` may hold links `[node_id, index]` into it, and the node's outputs are what they give.
+    """
 
     values: tuple[Any, ...] = ()
     ui: dict[str, Any] | None = None
+    expand: dict[str, Any] | None = None
+
+
+class ExecutionBlocker:
+    """An output value that stops every node it reaches: they do not run, and pass the blocker on.
+
+    With a message, the first node it stops reports an `execution_error` with it (the prompt goes on); without
+    one, the branch stops silently. Lazy inputs are usually the better tool; this one suits a node that must
+    keep an output node (SaveImage, say) from running.
+    """
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ExecutionBlocker({self.message!r})"
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,9 @@ class NodeDef:
     custom_validated: frozenset[str] = frozenset()
     pack: str = "builtin"
     cls: Any = field(default=None, compare=False)
+    # which lazy inputs the node needs, given the inputs it has (None for the unevaluated ones)
+    lazy_check: Callable[[dict[str, Any], NodeContext], Any] | None = None
+    is_async: bool = False  # its function is `async def`: the run goes on with other nodes while it awaits
 
     @property
     def class_type(self) -> str:
@@ -143,6 +166,14 @@ class Node:
     def run(self, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
         raise NotImplementedError
 
+    def check_lazy_status(self, **inputs: Any) -> list[str]:
+        """The names of lazy inputs (declared with `lazy=True`) the node needs, given those it has so far.
+
+        Unevaluated lazy inputs arrive as None. Called before `run`, and again after the asked-for inputs are
+        evaluated, until it asks for nothing new; a lazy input never asked for reaches `run` as None.
+        """
+        return []
+
     @classmethod
     def fingerprint(cls, dirs: Dirs, **literals: Any) -> Any:
         """A value standing for outside state the output depends on (a file's hash); None if there is none.
@@ -179,11 +210,18 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
     spec = spec_of(cls, pack)
     _check_declaration(cls, spec)
 
-    def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        instance = cls()
-        instance.ctx = ctx
-        return instance.run(**inputs)
+    def instance(ctx: NodeContext) -> Node:
+        node = ctx.instance(cls)
+        node.ctx = ctx
+        return node
 
+    def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
+        return instance(ctx).run(**inputs)
+
+    def lazy_check(inputs: dict[str, Any], ctx: NodeContext) -> Any:
+        return instance(ctx).check_lazy_status(**inputs)
+
+    overrides_lazy = cls.check_lazy_status is not Node.check_lazy_status
     overrides_fp = cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
     overrides_val = cls.validate_inputs.__func__ is not Node.validate_inputs.__func__  # type: ignore[attr-defined]
     return NodeDef(
@@ -194,6 +232,8 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
         custom_validated=frozenset(cls.self_checked),
         pack=pack,
         cls=cls,
+        lazy_check=lazy_check if overrides_lazy else None,
+        is_async=inspect.iscoroutinefunction(cls.run),
     )
 
 

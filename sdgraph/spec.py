@@ -39,6 +39,16 @@ class InputSpec(BaseModel):
     hidden_kind: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def lazy(self) -> bool:
+        """A linked input evaluated only when the node's lazy check asks for it (`lazy=True`)."""
+        return bool(self.options.get("lazy"))
+
+    @property
+    def raw_link(self) -> bool:
+        """The node receives the link `[source_id, index]` itself, not the value behind it (`rawLink=True`)."""
+        return bool(self.options.get("rawLink"))
+
     def current_choices(self, dirs: Dirs | None = None) -> list[Any]:
         """The allowed values of a combo, re-read when they come from outside state (files on disk)."""
         if self.choices_from is not None:

@@ -1,0 +1,498 @@
+"""One prompt's execution: what runs when, each node's call, expansion, async calls, events and errors."""
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from sdgraph.cache import CachedOutput
+from sdgraph.collector import collector_resumed
+from sdgraph.context import Interrupted, NodeContext
+from sdgraph.expansion import DynamicPrompt, ExpansionError, is_plain, prepare_expansion
+from sdgraph.invoke import (Future, Outcome, add_to_slots, call_batches, gather, hidden_value, input_batches,
+                            value_digest)
+from sdgraph.node import ExecutionBlocker
+from sdgraph.prepare import PreparedPrompt
+from sdgraph.run_result import NodeError, RunResult, _now_ms, _qualified_name, error_payload
+from sdgraph.schedule import Schedule
+from sdgraph.signature import node_signature
+from sdgraph.validate import PreparedNode
+from sdgraph.workflow import is_link
+
+if TYPE_CHECKING:
+    from sdgraph.execute import Executor
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+REFREEZE_EVERY = 1024  # nodes between moves of what the run holds out of the collector's sight
+ASYNC_POLL_S = 0.05  # how often a run that waits on async calls looks for an interrupt
+
+
+class PromptRun:
+    """The state of one prompt's execution: the nodes still to run (`Schedule`), their values and cache keys.
+
+    Nodes run in the order of the plan unless what they do at run time says otherwise: a lazy input asked for,
+    an expansion adding nodes, an async call awaited while other nodes run.
+    """
+
+    def __init__(self, executor: "Executor", prompt: PreparedPrompt, prompt_id: str, emit: Listener,
+                 extra_data: dict[str, Any]) -> None:
+        self.executor = executor
+        self.cache = executor.cache
+        self.prompt = prompt
+        self.workflow = prompt.workflow
+        self.nodes: dict[str, PreparedNode] = dict(prompt.nodes)  # grows with expansions
+        self.prompt_id = prompt_id
+        self.emit = _serialised(emit)  # async nodes report progress from the engine loop's thread
+        self.block_error = _serialised(getattr(emit, "listener", emit))  # an event the history does not keep
+        self.extra_data = extra_data
+        self.values: dict[str, tuple[list[Any], ...]] = {}
+        self.keys: dict[str, str] = {}
+        self.result = RunResult(prompt_id, "success")
+        self.api_prompt: dict[str, Any] | None = None
+        self.dynprompt = DynamicPrompt(self._api_prompt)
+        self._digests: dict[str, str] = {}
+        self._order = {node_id: i for i, node_id in enumerate(prompt.report.order)}
+        self._ranks: dict[str, tuple[int, ...]] = {}
+        self._input_flags: dict[str, _InputFlags] = {}
+        self._expanded: dict[str, tuple[list[Any], dict[str, Any] | None]] = {}
+        self._awaiting: dict[str, _Awaiting] = {}
+        self._new_nodes = 0
+
+    def execute(self) -> RunResult:
+        self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
+        schedule = Schedule(self._rank, self._needs)
+        try:
+            plan = self.prompt.plan
+            self._sign(plan)
+            cached = [node_id for node_id in plan if self.keys[node_id] in self.cache]
+            self.result.cached = cached
+            self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": _now_ms()})
+            for node_id in self.prompt.outputs:
+                schedule.add(node_id)
+            with _engine_state_frozen():
+                self._drain(schedule)
+        except Interrupted:
+            self._interrupted(schedule.staged)
+        except NodeError as exc:
+            self._failed(exc)
+        else:
+            self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
+        finally:
+            for waiting in self._awaiting.values():
+                waiting.cancel()
+        return self.result
+
+    def _drain(self, schedule: Schedule) -> None:
+        steps = 0
+        while schedule:
+            node_id = schedule.pop()
+            if node_id is None:
+                if not schedule.held:
+                    raise self._cycle(schedule)
+                self._await_some()
+                continue
+            self._step(schedule, node_id)
+            steps += 1
+            if steps % REFREEZE_EVERY == 0:
+                gc.freeze()  # the outputs kept so far too, or each full collection walks them all again
+
+    # ---- what runs when ---------------------------------------------------------------------------------
+
+    def _rank(self, node_id: str) -> tuple[int, ...]:
+        rank = self._ranks.get(node_id)
+        if rank is None:
+            first = -1 if self.nodes[node_id].node.is_async else 0  # started early, awaited while others run
+            rank = self._ranks[node_id] = (first, self._order[node_id])
+        return rank
+
+    def _needs(self, node_id: str) -> list[str]:
+        """The sources a node waits for before it runs: none if its output is cached, else its unresolved,
+        eager (not lazy) links."""
+        cache, values = self.cache, self.values
+        if self.keys[node_id] in cache:
+            return []
+        node = self.nodes[node_id]
+        lazy = self._flags(node).lazy
+        needed = []
+        for name, (src, _) in node.links.items():
+            if name not in lazy and src not in values and self._key(src) not in cache:
+                needed.append(src)
+        return needed
+
+    def _flags(self, node: PreparedNode) -> _InputFlags:
+        class_type = node.node.class_type
+        found = self._input_flags.get(class_type)
+        if found is None:
+            inputs = node.node.spec.inputs
+            found = self._input_flags[class_type] = _InputFlags(frozenset(s.name for s in inputs if s.lazy),
+                                                                frozenset(s.name for s in inputs if s.raw_link))
+        return found
+
+    def _resolvable(self, node_id: str) -> bool:
+        return node_id in self.values or self._key(node_id) in self.cache
+
+    def _values_of(self, node_id: str) -> tuple[list[Any], ...] | None:
+        found = self.values.get(node_id)
+        if found is None:
+            hit = self.cache.get(self._key(node_id), node_id)
+            if hit is not None:
+                found = self.values[node_id] = hit.values
+        return found
+
+    # ---- one node -----------------------------------------------------------------------------------------
+
+    def _step(self, schedule: Schedule, node_id: str) -> None:
+        self.executor.interrupt_flag.check()
+        node = self.nodes[node_id]
+        if node_id in self._awaiting:
+            raws = self._guarded(node, self._awaiting.pop(node_id).results)
+            return self._finish(schedule, node, self._guarded(node, lambda: gather(node, raws)))
+        if node_id in self._expanded:
+            return self._collect(schedule, node)
+        hit = self.cache.get(self.keys[node_id], node_id)
+        if hit is not None:
+            self.values[node_id] = hit.values
+            if hit.ui:
+                self._executed(node_id, hit.ui)
+            return schedule.done()
+        inputs, missing = self._inputs(node)
+        lazy = self._flags(node).lazy
+        if self._wait(schedule, node, [name for name in missing if name not in lazy]):
+            return None  # an eager source is gone from the cache since the node was scheduled
+        display = self.dynprompt.get_display_node_id(node_id) if self.dynprompt.display else node_id
+        self.emit("executing", {"node": node_id, "display_node": display, "prompt_id": self.prompt_id})
+        asked: list[str] = []
+        raws: list[Any] = []
+        try:
+            with collector_resumed():
+                ctx = self._context(node)
+                batches = input_batches(node, inputs, ctx)
+                if node.node.lazy_check is not None:
+                    wanted = _asked_for(call_batches(node, batches, ctx, node.node.lazy_check))
+                    asked = [name for name in missing if name in wanted]
+                if not asked:
+                    raws = call_batches(node, batches, ctx, node.node.invoke, self._report_block)
+                    outcome = None if any(isinstance(raw, Future) for raw in raws) else gather(node, raws)
+        except (Interrupted, NodeError):
+            raise
+        except Exception as exc:
+            raise self._node_error(node, exc) from exc
+        if asked:
+            self._wait(schedule, node, asked)
+        elif outcome is None:
+            self._awaiting[node_id] = _Awaiting(raws, schedule.hold())
+            schedule.requeue()
+        else:
+            self._finish(schedule, node, outcome)
+
+    def _inputs(self, node: PreparedNode) -> tuple[dict[str, list[Any]], list[str]]:
+        """The node's linked inputs, and the names of those whose source has no value yet (given as None)."""
+        inputs: dict[str, list[Any]] = {}
+        missing = []
+        raw = self._flags(node).raw
+        known = self.values
+        for name, (src, index) in node.links.items():
+            values = known.get(src) or self._values_of(src)
+            if name in raw:
+                inputs[name] = [[src, index]]
+            elif values is None:
+                missing.append(name)
+                inputs[name] = [None]
+            else:
+                inputs[name] = values[index]
+        return inputs, missing
+
+    def _wait(self, schedule: Schedule, node: PreparedNode, names: list[str]) -> bool:
+        """Have the node wait for the sources of these inputs, if any; whether it now waits."""
+        if not names:
+            return False
+        for name in names:
+            schedule.wait_for(node.links[name][0])
+        schedule.requeue()
+        return True
+
+    def _finish(self, schedule: Schedule, node: PreparedNode, outcome: Outcome) -> None:
+        if outcome.expansions is None:
+            self._store(node, outcome.slots, outcome.ui)
+            return schedule.done()
+        if outcome.ui:
+            self._executed(node.node_id, outcome.ui)
+        self._guarded(node, lambda: self._expand(schedule, node, outcome.expansions))
+        self._expanded[node.node_id] = (outcome.expansions, outcome.ui)
+        schedule.requeue()
+
+    def _store(self, node: PreparedNode, slots: tuple[list[Any], ...], ui: dict[str, Any] | None,
+               shown: bool = False) -> None:
+        node_id = node.node_id
+        self.values[node_id] = slots
+        self.cache.put(self.keys[node_id], CachedOutput(slots, ui), node_id)
+        self.result.executed.append(node_id)
+        if ui and not shown:
+            self._executed(node_id, ui)
+
+    # ---- expansion ----------------------------------------------------------------------------------------
+
+    def _expand(self, schedule: Schedule, parent: PreparedNode, expansions: list[Any]) -> None:
+        """Add each call's new nodes to the run; the parent waits for the nodes its results link to."""
+        new_outputs = []
+        for graph, result in expansions:
+            if graph is None:
+                continue
+            prepared, order = prepare_expansion(graph, parent.node_id, self.executor.registry, self._known)
+            display = self.dynprompt.get_display_node_id(parent.node_id)
+            infos = {str(node_id): info for node_id, info in graph.items()}
+            for node_id in order:
+                info = infos[node_id]
+                self.dynprompt.add_ephemeral_node(node_id, info, parent.node_id,
+                                                  str(info.get("override_display_id") or display))
+                self.nodes[node_id] = prepared[node_id]
+                self._new_nodes += 1
+                self._ranks[node_id] = self._rank(parent.node_id) + (self._new_nodes,)
+                self.keys[node_id] = self._signature(prepared[node_id])
+                if prepared[node_id].node.spec.output_node:
+                    new_outputs.append(node_id)
+            for value in result:
+                if is_link(value):
+                    source = str(value[0])
+                    if source not in self.nodes:
+                        raise ExpansionError(f"node {parent.node_id}'s result links to node {source}, which "
+                                             "does not exist")
+                    schedule.wait_for(source)
+        for node_id in new_outputs:
+            schedule.add(node_id)
+
+    def _known(self, node_id: str) -> Any:
+        node = self.nodes.get(node_id)
+        return node.node if node is not None else None
+
+    def _collect(self, schedule: Schedule, node: PreparedNode) -> None:
+        """The expanded node's outputs: what its results link to, in its new nodes."""
+        expansions, ui = self._expanded.pop(node.node_id)
+        outputs = node.node.spec.outputs
+        slots: tuple[list[Any], ...] = tuple([] for _ in outputs)
+        for graph, result in expansions:
+            if graph is None:
+                add_to_slots(slots, outputs, result)
+                continue
+            for slot, value in zip(slots, result):
+                if is_link(value):
+                    slot.extend(self.values[str(value[0])][value[1]])
+                else:
+                    slot.append(value)
+        self._store(node, slots, ui, shown=True)
+        schedule.done()
+
+    # ---- async calls --------------------------------------------------------------------------------------
+
+    def _await_some(self) -> None:
+        """Wait until an async call finishes (checking for interrupts), then let its node go on."""
+        pending = [f for waiting in self._awaiting.values() for f in waiting.futures if not f.done()]
+        if pending:
+            concurrent.futures.wait(pending, timeout=ASYNC_POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
+        self.executor.interrupt_flag.check()
+        for waiting in self._awaiting.values():
+            waiting.release_if_done()
+
+    # ---- keys -----------------------------------------------------------------------------------------------
+
+    def _sign(self, order: list[str]) -> None:
+        """Cache keys for these nodes, given in dependency order."""
+        for node_id in order:
+            self.keys[node_id] = self._signature(self.nodes[node_id])
+
+    def _key(self, node_id: str) -> str:
+        key = self.keys.get(node_id)
+        if key is None:  # a node off the plan that an expansion links to: sign it and its ancestors
+            self._sign(sorted(self._unsigned_ancestors(node_id), key=self._order.__getitem__))
+            key = self.keys[node_id]
+        return key
+
+    def _unsigned_ancestors(self, node_id: str) -> set[str]:
+        found, stack = {node_id}, [node_id]
+        while stack:
+            for source, _ in self.nodes[stack.pop()].links.values():
+                if source not in self.keys and source not in found:
+                    found.add(source)
+                    stack.append(source)
+        return found
+
+    def _signature(self, node: PreparedNode) -> str:
+        fingerprint = None
+        if node.node.fingerprint is not None:
+            try:
+                fingerprint = node.node.fingerprint(node.literals, self.executor.services.dirs)
+            except Exception as exc:
+                raise NodeError(node.node_id, node.node.class_type, exc) from exc
+        elif node.node_id in self.dynprompt.parents and not is_plain(node.literals):
+            fingerprint = float("nan")  # values no key can stand for (a tensor): never reused
+        hidden = self._hidden_key(node) if node.node.spec.has_hidden else None
+        return node_signature(node, fingerprint, self.keys, hidden)
+
+    def _hidden_key(self, node: PreparedNode) -> dict[str, str]:
+        """What stands for the node's hidden inputs in its cache key: the values it receives, or their digests.
+
+        The node id (UNIQUE_ID) is used as it is. The prompt and the PNG info are hashed once per run: a node that
+        reads them (to embed them in a file, say) runs again when they change, even if its other inputs did not.
+        """
+        key = {}
+        for spec in node.node.spec.inputs:
+            if spec.section != "hidden":
+                continue
+            if spec.hidden_kind == "UNIQUE_ID":
+                key[spec.name] = node.node_id
+            else:
+                kind = "PROMPT" if spec.hidden_kind == "DYNPROMPT" else (spec.hidden_kind or spec.type)
+                if kind not in self._digests:
+                    self._digests[kind] = value_digest(hidden_value(kind, self._context(node)))
+                key[spec.name] = self._digests[kind]
+        return key
+
+    # ---- events and errors ------------------------------------------------------------------------------
+
+    def _executed(self, node_id: str, ui: dict[str, Any]) -> None:
+        self.result.outputs[node_id] = ui
+        display = self.dynprompt.get_display_node_id(node_id) if self.dynprompt.display else node_id
+        self.emit("executed", {"node": node_id, "display_node": display, "output": ui, "prompt_id": self.prompt_id})
+
+    def _context(self, node: PreparedNode) -> NodeContext:
+        node_id = node.node_id
+        return NodeContext(node_id, self.prompt_id, self.executor.services, self.executor.interrupt_flag,
+                           extra_data=self.extra_data, prompt_source=self._api_prompt,
+                           on_progress=lambda value, total, preview: self._progress(node_id, value, total, preview),
+                           instances=self.executor.instances, dynprompt=self.dynprompt)
+
+    def _guarded(self, node: PreparedNode, action: Callable[[], Any]) -> Any:
+        """Run part of a node's work; its failure becomes the node's error."""
+        try:
+            with collector_resumed():
+                return action()
+        except (Interrupted, NodeError):
+            raise
+        except Exception as exc:
+            raise self._node_error(node, exc) from exc
+
+    def _node_error(self, node: PreparedNode, exc: BaseException) -> NodeError:
+        """The failure as the prompt's own node's error (the one an expanded node stands in for)."""
+        real = self.dynprompt.get_real_node_id(node.node_id)
+        class_type = self.nodes[real].node.class_type if real in self.nodes else node.node.class_type
+        return NodeError(real, class_type, exc, ephemeral=node.node_id if real != node.node_id else None)
+
+    def _report_block(self, node: PreparedNode, blocker: ExecutionBlocker) -> ExecutionBlocker:
+        """A blocker with a message is reported by the first node it stops; nodes after it stop silently."""
+        if blocker.message is None:
+            return blocker
+        self.block_error("execution_error", error_payload(
+            self.prompt_id, node_id=node.node_id, node_type=node.node.class_type, executed=self.result.executed,
+            message=f"Execution Blocked: {blocker.message}", exception_type="ExecutionBlocked"))
+        return ExecutionBlocker(None)
+
+    def _api_prompt(self) -> dict[str, Any]:
+        if self.api_prompt is None:
+            self.api_prompt = self.workflow.to_api()
+        return self.api_prompt
+
+    def _progress(self, node_id: str, value: int, total: int, preview: Any) -> None:
+        self.emit("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node_id})
+        if preview is not None:
+            self.emit("preview", {"node": node_id, "prompt_id": self.prompt_id, "image": preview})
+
+    def _cycle(self, schedule: Schedule) -> NodeError:
+        """Nothing can run, yet nodes are left: new nodes that wait on each other. Blame the first new one."""
+        stuck = schedule.stuck()
+        blamed = next((n for n in stuck if n in self.dynprompt.parents), stuck[0])
+        return NodeError(self.dynprompt.get_real_node_id(blamed), self.nodes[blamed].node.class_type,
+                         DependencyCycleError(f"dependency cycle among nodes {', '.join(stuck)}"),
+                         ephemeral=blamed if blamed in self.dynprompt.parents else None)
+
+    def _failed(self, exc: NodeError) -> None:
+        self.result.status = "error"
+        where = f"in expanded node {exc.ephemeral}: " if exc.ephemeral else ""
+        self.result.error = error_payload(
+            self.prompt_id, exc.cause, node_id=exc.node_id, node_type=exc.class_type,
+            executed=self.result.executed, current_inputs=_preview_inputs(self.nodes.get(exc.node_id)),
+            current_outputs=sorted(self.values), message=f"{where}{exc.cause}",
+            exception_type=_qualified_name(type(exc.cause)))
+        self.emit("execution_error", self.result.error)
+
+    def _interrupted(self, staged: str | None) -> None:
+        current = self.dynprompt.get_real_node_id(staged) if staged else None
+        self.result.status = "interrupted"
+        self.result.error = {
+            "prompt_id": self.prompt_id,
+            "node_id": current,
+            "node_type": self.nodes[current].node.class_type if current in self.nodes else None,
+            "executed": list(self.result.executed),
+            "timestamp": _now_ms(),
+        }
+        self.emit("execution_interrupted", self.result.error)
+
+
+@dataclass(frozen=True)
+class _InputFlags:
+    lazy: frozenset[str]  # evaluated only when the node's lazy check asks
+    raw: frozenset[str]  # given as the link itself
+
+
+class DependencyCycleError(Exception):
+    """Nodes added by expansion that wait on each other's outputs."""
+
+
+def _asked_for(results: list[Any]) -> set[str]:
+    """The input names a node's lazy checks asked for (each call's list; blocked calls ask for nothing)."""
+    return {name for result in results if isinstance(result, (list, tuple)) for name in result
+            if isinstance(name, str)}
+
+
+@dataclass
+class _Awaiting:
+    """A node's calls, some of them async futures, and the hold its node has on the schedule until they end."""
+
+    raws: list[Any]
+    release: Callable[[], None]
+    released: bool = False
+
+    @property
+    def futures(self) -> list[Future]:
+        return [raw for raw in self.raws if isinstance(raw, Future)]
+
+    def release_if_done(self) -> None:
+        if not self.released and all(f.done() for f in self.futures):
+            self.released = True
+            self.release()
+
+    def results(self) -> list[Any]:
+        return [raw.result() if isinstance(raw, Future) else raw for raw in self.raws]
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
+
+
+def _serialised(listener: Listener) -> Listener:
+    lock = threading.Lock()
+
+    def emit(event: str, data: dict[str, Any]) -> None:
+        with lock:
+            listener(event, data)
+
+    return emit
+
+
+@contextmanager
+def _engine_state_frozen() -> Iterator[None]:
+    """While nodes run, the collector skips the objects that existed before (the workflow, the plan, the cache)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _preview_inputs(node: PreparedNode | None) -> dict[str, Any]:
+    if node is None:
+        return {}
+    return {name: repr(value)[:200] for name, value in node.literals.items()}
