@@ -83,3 +83,32 @@ def save_gligen(path: Path, unet: torch.nn.Module, **kwargs: Any) -> dict[str, t
 def pooled_text(seed: int) -> torch.Tensor:
     """A stand-in CLIP pooled output [1, 32] for a box's text."""
     return torch.randn((1, TEXT_DIM), generator=torch.Generator().manual_seed(seed))
+
+
+# Sampling cases shared with the reference script: boxes are (text, width, height, x, y) in pixels as the node
+# takes them (a width of 4 is a zero-wide box in latent pixels; x 48 + width 64 reaches past a 64-pixel image).
+TEXT_SEEDS = {"a cat": 21, "a red ball": 22, "sky": 23}
+LATENT_SHAPE = (2, 4, 8, 8)
+SEED = 42
+CASES: dict[str, dict[str, Any]] = {
+    "one_box": {"boxes": [("a cat", 32, 24, 8, 16)], "sampler": "euler", "scheduler": "normal", "steps": 4,
+                "cfg": 5.0},
+    "edge_boxes": {"boxes": [("a cat", 4, 64, 0, 0), ("a red ball", 64, 64, 48, 40), ("sky", 64, 16, 0, 0)],
+                   "sampler": "dpmpp_2m", "scheduler": "karras", "steps": 4, "cfg": 4.0},
+    "area_twin": {"boxes": [("a cat", 16, 16, 8, 8)], "area": (32, 32, 32, 32), "sampler": "euler",
+                  "scheduler": "normal", "steps": 3, "cfg": 6.0},
+    "rescale_cfg": {"boxes": [("a cat", 32, 24, 8, 16), ("sky", 64, 16, 0, 0)], "rescale": 0.7,
+                    "sampler": "euler", "scheduler": "normal", "steps": 3, "cfg": 5.0},
+}
+
+
+class StubClip:
+    """A CLIP stand-in for GLIGENTextBoxApply in both engines: a box text's pooled output is `pooled_text` of its
+    seed (the text encoders themselves are compared elsewhere)."""
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def encode_from_tokens(self, tokens: str, return_pooled: Any = False) -> tuple[None, torch.Tensor]:
+        assert return_pooled == "unprojected"
+        return None, pooled_text(TEXT_SEEDS[tokens])
