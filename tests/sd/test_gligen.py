@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import call, make_ctx  # noqa: E402
-from gligen_files import (CASES, LATENT_SHAPE, SEED, StubClip, gligen_state, gligen_unet, pooled_text,  # noqa: E402
+from gligen_files import (CASES, LATENT_SHAPE, SEED, StubClip, gligen_unet, pooled_text,  # noqa: E402
                           save_gligen)
 from sampling_support import text  # noqa: E402
 
@@ -77,9 +77,8 @@ def stub_text(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_loader_reads_every_key_of_comfyuis_layout(tiny: Any, home: dict[str, Any]) -> None:
     net = tiny.model
-    assert net.prefixes == ["input_blocks.1.1.transformer_blocks.0.fuser.", "middle_block.1.transformer_blocks.0.fuser.",
-                            "output_blocks.2.1.transformer_blocks.0.fuser.",
-                            "output_blocks.3.1.transformer_blocks.0.fuser."]
+    blocks = ["input_blocks.1.1", "middle_block.1", "output_blocks.2.1", "output_blocks.3.1"]
+    assert net.prefixes == [f"{block}.transformer_blocks.0.fuser." for block in blocks]
     assert [f.width for f in net.fusers] == [64, 128, 64, 64]
     assert [f.attn.heads for f in net.fusers] == [1, 2, 1, 1]  # 64-wide heads: the tokens are not 768 wide
     state = net.file_state()
@@ -183,3 +182,51 @@ def test_sampling_with_boxes_equals_comfyuis(name: str, model: DiffusionModel, t
     scale = max(1.0, float(expected.abs().max()))
     assert float((ours - expected).abs().max()) <= 1e-5 * scale, name  # measured: 2.5e-6 * scale at most
     assert float((without - expected).abs().max()) > 100e-4 * scale  # the boxes matter
+
+
+def test_out_of_range_box_inputs_are_refused_as_comfyui_refuses_them() -> None:
+    from sdgraph.validate import check_literal
+
+    specs = {spec.name: spec for spec in GLIGENTextBoxApply.inputs}
+    assert check_literal(specs["width"], 8, False)[1] is None and check_literal(specs["x"], 0, False)[1] is None
+    for name, value, message in (("width", 0, "Value 0 smaller than min of 8"),
+                                 ("x", -8, "Value -8 smaller than min of 0"),
+                                 ("y", 16392, "Value 16392 bigger than max of 16384")):
+        problem = check_literal(specs[name], value, False)[1]
+        assert problem is not None and problem["message"] == message
+
+
+def test_the_pooled_output_is_taken_before_the_text_projection(sdxl: Any) -> None:
+    _, clip, _ = sdxl
+    projected = encode_prompt(clip, "a cat")[1]
+    unprojected = encode_prompt(clip, "a cat", unprojected=True)[1]
+    encoder = clip.encoder(1)  # OpenCLIP-G, the encoder SDXL's pooled output comes from
+    assert unprojected.shape[-1] == encoder.config.hidden_size
+    with torch.inference_mode():
+        assert torch.allclose(encoder.text_projection(unprojected), projected, atol=1e-6)
+
+
+def test_the_boxes_run_after_the_models_own_middle_patches(model: DiffusionModel, tiny: Any, gctx: Any,
+                                                           stub_text: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdgraph.nodes.sd import gligen_cond
+
+    events: list[tuple[str, int, int]] = []
+    boxes = gligen_cond.GligenPatch.__call__
+
+    def logged(self: Any, x: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+        events.append(("boxes", extra["transformer_index"], extra["cond_or_uncond"][0]))
+        return boxes(self, x, extra)
+
+    def spy(x: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+        events.append(("model", extra["transformer_index"], extra["cond_or_uncond"][0]))
+        return x
+    monkeypatch.setattr(gligen_cond.GligenPatch, "__call__", logged)
+    patched = model.clone()
+    patched.set_model_patch(spy, "middle_patch")
+    case = dict(CASES["one_box"], steps=1)
+    with_spy = sample(case, patched, tiny, gctx)
+    assert "middle_patch" not in model.model_options["transformer_options"].get("patches", {})
+    assert torch.allclose(with_spy, sample(case, model, tiny, gctx))  # the spy changes nothing; the boxes still act
+    spied = events[:16]  # one step: 2 conds x 4 transformers x (model's patch, then the boxes)
+    assert spied == [(kind, i, side) for side in (0, 1) for i in range(4) for kind in ("model", "boxes")] or \
+        spied == [(kind, i, side) for side in (1, 0) for i in range(4) for kind in ("model", "boxes")]
