@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from sdgraph.nodes.sd.gligen_cond import with_cond_patches
+
 if TYPE_CHECKING:
     from sdgraph.nodes.sd.denoiser import Entry, SDDenoiser
 
@@ -62,6 +64,7 @@ def calc_cond_batch(model: "SDDenoiser", conds: Conds, x: Tensor, timestep: Tens
         c["transformer_options"] = {**model_options.get("transformer_options", {}),
                                     "cond_or_uncond": list(call.indices), "uuids": [e.uuid for e in call.entries],
                                     "sigmas": timestep}
+        c["transformer_options"] = with_cond_patches(c["transformer_options"], model.call_patches(call, input_x.shape))
         stacked_levels = torch.cat([timestep] * chunks)
         if wrapper is None:
             output = model.apply_model(input_x, stacked_levels, **c)

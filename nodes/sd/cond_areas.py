@@ -26,9 +26,10 @@ from sdgraph.nodes.sd.schedules import DiscreteSchedule
 Tensor = torch.Tensor
 Area = tuple[int, int, int, int]  # (h, w, y, x) in latent pixels
 
-# Extras that say where / when / how strongly an entry acts; all other keys are the model's inputs.
+# Extras that say where / when / how strongly an entry acts (and its GLIGEN boxes, which ComfyUI's twin keeps
+# from the area entry too); all other keys are the model's inputs.
 SAMPLER_KEYS = frozenset({"area", "strength", "mask", "mask_strength", "set_area_to_bounds", "start_percent",
-                          "end_percent", "control"})
+                          "end_percent", "control", "gligen"})
 MIN_BOUNDS = 8  # the smallest side of an area taken from a mask's bounds
 FUZZ = 8  # latent pixels over which an area without a mask fades in
 NO_START = 999999999.9  # ComfyUI's sigma for percent 0

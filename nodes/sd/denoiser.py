@@ -27,7 +27,9 @@ the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + 
   `nodes.sd.unet_walk.patched_unet` with a per-call copy of them plus ComfyUI's "cond_or_uncond" (0 cond, 1 uncond,
   one per stacked batch chunk) and "sigmas" (the step's sigma per latent); without patches the diffusers UNet is
   called as it is. On the hooked path the per-call options are the ones `cfg_pipeline.calc_cond_batch` builds from
-  the model options it is given.
+  the model options it is given;
+- GLIGEN: an entry's "gligen" boxes become a per-call middle patch after the MODEL's (see `gligen_cond`); such an
+  entry always gets a UNet call of its own, and the negative side gets the positive's boxes first, as in ComfyUI.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import torch
 from sdgraph.nodes.sd.batching import to_batch
 from sdgraph.nodes.sd.cfg_pipeline import guided_prediction, sampler_hooks_set
 from sdgraph.nodes.sd.concat_cond import ConcatSource, concat_kind
+from sdgraph.nodes.sd.gligen_cond import cond_patches, share_with_other_side, with_cond_patches
 from sdgraph.nodes.sd.cond_areas import (add_area_twins, area_box, entry_weight, in_window, resize_mask,
                                          resolve_entry, step_window)
 from sdgraph.nodes.sd.model_patcher import copy_options
@@ -65,10 +68,13 @@ class Entry:
     weight: Tensor | None = None  # its weight on its area's box, [1 or B, 1, h, w] (see cond_areas.entry_weight)
     concat: Tensor | None = None  # the UNet's extra input channels over the full latent (see concat_cond)
     uuid: uuid.UUID = field(default_factory=uuid.uuid4)  # ComfyUI's per-cond id (transformer_options["uuids"])
+    gligen: Any = None  # GLIGEN boxes: a middle patch per call (see gligen_cond)
 
     @property
     def plain(self) -> bool:
-        return self.area is None and self.mask is None and self.window is None and self.strength != 0
+        """Whether the entry may share a UNet call with others (ComfyUI never batches a cond with patches)."""
+        return self.area is None and self.mask is None and self.window is None and self.strength != 0 and \
+            self.gligen is None
 
 
 @dataclass
@@ -143,7 +149,9 @@ class SDDenoiser:
         """A further side's CONDITIONING as entries for this run (`prompt_type`: the side SDXL's refiner reads its
         default aesthetic score from): what guiders with more sides than two evaluate through calc_cond_batch.
         Its area entries get no twins on the other sides."""
-        entries = [self._entry(resolve_entry(c, self.height, self.width), prompt_type) for c in conditioning]
+        pairs = [resolve_entry(c, self.height, self.width) for c in conditioning]
+        share_with_other_side(self._positive_pairs, pairs)
+        entries = [self._entry(pair, prompt_type) for pair in pairs]
         self.extra.extend(entries)
         return entries
 
@@ -152,6 +160,8 @@ class SDDenoiser:
         """Both sides with areas and masks resolved to the latent and area entries twinned across the sides."""
         sides = [[resolve_entry(c, self.height, self.width) for c in side] for side in (positive, negative)]
         add_area_twins(sides)
+        share_with_other_side(sides[0], sides[1])
+        self._positive_pairs = sides[0]
         return sides[0], sides[1]
 
     def _entry(self, pair: Sequence[Any], prompt_type: str) -> Entry:
@@ -161,7 +171,7 @@ class SDDenoiser:
                       strength=float(extras.get("strength", 1.0)), control=extras.get("control"),
                       window=step_window(extras, self.model_sampling),
                       weight=entry_weight(extras, self.height, self.width, self.device),
-                      concat=self.concat_source.build(extras))
+                      concat=self.concat_source.build(extras), gligen=extras.get("gligen"))
         if extras.get("mask") is not None:
             entry.mask = extras["mask"].to(self.device)
         if getattr(self.model, "is_sdxl", False) and extras.get("pooled_output") is not None:
@@ -295,6 +305,13 @@ class SDDenoiser:
             c["c_concat"] = call.concat
         return stacked, c
 
+    def call_patches(self, call: CondCall, input_shape: Sequence[int]) -> dict[str, Any] | None:
+        """ComfyUI's per-cond patches of a `calc_cond_batch` call (GLIGEN's middle patch; only a lone entry has
+        any, see `Entry.plain`)."""
+        if len(call.entries) != 1:
+            return None
+        return cond_patches(call.entries[0].gligen, input_shape, self.device)
+
     def entry_weight(self, entry: Entry, batch: int) -> Tensor:
         """An entry's weight over its area's box (see `cond_areas.entry_weight`), [batch, 1, h, w]."""
         return to_batch(entry.weight, batch)
@@ -333,7 +350,9 @@ class SDDenoiser:
             context = to_batch(entry.context, crop.shape[0])
             control = self._control_kwargs([entry], crop, t, context, sigma)
             concat = None if entry.concat is None else to_batch(entry.concat[:, :, y0:y1, x0:x1], crop.shape[0])
-            out = self._unet(_with_concat(crop, concat), t, context, entry.added, control, [side], sigma).float()
+            patches = cond_patches(entry.gligen, crop.shape, self.device)
+            out = self._unet(_with_concat(crop, concat), t, context, entry.added, control, [side], sigma,
+                             cond=patches).float()
             w = to_batch(entry.weight, crop.shape[0])
             total[:, :, y0:y1, x0:x1] += out * w
             weight[:, :, y0:y1, x0:x1] += w
@@ -351,9 +370,10 @@ class SDDenoiser:
 
     def _unet(self, x: Tensor, t: Tensor, context: Tensor, added: dict[str, Tensor] | None,
               control: dict[str, Any], cond_or_uncond: list[int], sigma: float,
-              call_options: dict[str, Any] | None = None) -> Tensor:
+              call_options: dict[str, Any] | None = None, cond: dict[str, Any] | None = None) -> Tensor:
         """One UNet call. `call_options`: this call's transformer_options as the hooked pipeline built them (with
-        cond_or_uncond and sigmas); else they come from the MODEL's."""
+        cond_or_uncond, sigmas and the cond's own patches); else they come from the MODEL's, with `cond`'s patches
+        (GLIGEN's middle patch) after the MODEL's."""
         self.calls += 1
         kwargs: dict[str, Any] = dict(control)
         if "down_intrablock_additional_residuals" in kwargs:  # the UNet pops them off the list it is given
@@ -364,11 +384,12 @@ class SDDenoiser:
             if not has_unet_patches(call_options):
                 return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
             return patched_unet(self.unet, x, t, context, dict(call_options), **kwargs)
-        if self.transformer_options is None:
+        if self.transformer_options is None and not cond:
             return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
         sigmas = torch.full((x.shape[0] // len(cond_or_uncond),), sigma, device=self.device, dtype=torch.float32)
-        options = {**self.transformer_options, "cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}
-        return patched_unet(self.unet, x, t, context, options, **kwargs)
+        base = self.transformer_options or self.model_options.get("transformer_options") or {}
+        options = {**base, "cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}
+        return patched_unet(self.unet, x, t, context, with_cond_patches(options, cond), **kwargs)
 
     def _control_kwargs(self, entries: list[Entry], x_in: Tensor, t: Tensor, context: Tensor,
                         sigma: float) -> dict[str, Any]:

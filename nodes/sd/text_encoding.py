@@ -134,15 +134,15 @@ def _final_norm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _encode_in_batches(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | None, ids: torch.Tensor,
-                       device: torch.device,
-                       splices: Splices | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       device: torch.device, splices: Splices | None = None,
+                       unprojected: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`_run_encoder` over at most ENCODE_BATCH chunks at a time, the results concatenated in order."""
     parts = []
     for start in range(0, ids.shape[0], ENCODE_BATCH):
         batch = ids[start:start + ENCODE_BATCH]
         local = {r - start: v for r, v in (splices or {}).items() if start <= r < start + len(batch)}
         with spliced(module, local):
-            parts.append(_run_encoder(module, spec, clip_skip, batch, device))
+            parts.append(_run_encoder(module, spec, clip_skip, batch, device, unprojected))
     hidden = torch.cat([h for h, _ in parts])
     pooled = None if parts[0][1] is None else torch.cat([p for _, p in parts])  # type: ignore[misc]
     return hidden, pooled
@@ -175,9 +175,11 @@ def spliced(module: torch.nn.Module, splices: Splices) -> Iterator[None]:
 
 @torch.inference_mode()
 def _run_encoder(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | None, ids: torch.Tensor,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hidden states [n, 77, D] at the chosen layer and the pooled output [n, P] (float32, CPU)."""
-    out = module(input_ids=ids.to(device), output_hidden_states=True)
+                 device: torch.device, unprojected: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states [n, 77, D] at the chosen layer and the pooled output [n, P] (float32, CPU); `unprojected`:
+    the pooled output before the text projection of an encoder that has one (ComfyUI's "unprojected")."""
+    runner = module.text_model if unprojected and hasattr(module, "text_projection") else module
+    out = runner(input_ids=ids.to(device), output_hidden_states=True)
     skip = spec.default_skip if clip_skip is None else clip_skip
     index = min(skip + spec.dropped_layers, -1)
     index = max(index, -len(out.hidden_states))
@@ -190,14 +192,15 @@ def _run_encoder(module: torch.nn.Module, spec: EncoderSpec, clip_skip: int | No
     return hidden.float().cpu(), None if pooled is None else pooled.float().cpu()
 
 
-def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None,
-                  where: str = "CLIPTextEncode.text") -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_prompt(clip: ClipModel, text: str, limits: Limits | None = None, where: str = "CLIPTextEncode.text",
+                  unprojected: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conditioning tensor [1, 77*n, D] and pooled output [1, P] of a prompt."""
-    return encode_prompts(clip, [text] * len(clip.tokenizers), limits, [where] * len(clip.tokenizers))
+    return encode_prompts(clip, [text] * len(clip.tokenizers), limits, [where] * len(clip.tokenizers), unprojected)
 
 
 def encode_prompts(clip: ClipModel, texts: list[str], limits: Limits | None = None,
-                   wheres: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   wheres: list[str] | None = None,
+                   unprojected: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`encode_prompt` with one prompt per text encoder (SDXL: CLIP-L's, then OpenCLIP-G's). When the prompts
     take different numbers of chunks, the shorter ones are padded with the empty prompt's chunk, as ComfyUI pads
     them, so the encoders' features line up token for token."""
@@ -217,7 +220,8 @@ def encode_prompts(clip: ClipModel, texts: list[str], limits: Limits | None = No
         if weighted:
             empty, _ = _empty_chunk(tokenizer, spec)
             ids = torch.cat([ids, empty])
-        hidden, pool = _encode_in_batches(module, spec, clip.clip_skip, ids, clip.compute_device(), splices)
+        hidden, pool = _encode_in_batches(module, spec, clip.clip_skip, ids, clip.compute_device(), splices,
+                                          unprojected)
         if weighted:
             hidden, z_empty = hidden[:-1], hidden[-1:]
             moved = (hidden - z_empty) * weights[..., None] + z_empty
