@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdgraph.execute import Executor, RunResult
+from sdgraph.disk_cache import add_disk_cache_arguments, disk_cache_options
 from sdgraph.limits import RAM_BUDGET_HELP, add_limit_arguments, gigabytes, limits_from_args
 from sdgraph.overrides import OverrideError, apply_override
 from sdgraph.prepare import PreparedPrompt
@@ -85,6 +86,7 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
                         help="besides each node's latest output, keep N outputs of earlier runs (default 0)")
     parser.add_argument("--no-plugins", action="store_true", help="load only the built-in nodes")
     parser.add_argument("--preview", action="store_true", help="produce latent previews while sampling")
+    add_disk_cache_arguments(parser)
     add_limit_arguments(parser)
 
 
@@ -92,7 +94,7 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(base_dir=args.base_dir, cpu=args.cpu, lowvram=args.lowvram, no_cache=args.no_cache,
                           cache_lru=args.cache_lru, ram_budget_gb=args.ram_budget_gb,
                           plugins=not args.no_plugins, preview=getattr(args, "preview", False),
-                          limits=limits_from_args(args))
+                          limits=limits_from_args(args), **disk_cache_options(args))
 
 
 def _load(args: argparse.Namespace, executor: Executor) -> Workflow:

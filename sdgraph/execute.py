@@ -15,6 +15,7 @@ from typing import Any, Callable
 from sdgraph.cache import OutputCache
 from sdgraph.collector import collector_paused
 from sdgraph.context import InterruptFlag, Services
+from sdgraph.disk_cache import DiskCache
 from sdgraph.prepare import PreparedPrompt, prepare
 from sdgraph.registry import Registry
 from sdgraph.run import PromptRun
@@ -43,10 +44,12 @@ class Executor:
     history, say) and only then announces the end with `executing: null`.
     """
 
-    def __init__(self, registry: Registry, services: Services | None = None, cache: OutputCache | None = None):
+    def __init__(self, registry: Registry, services: Services | None = None, cache: OutputCache | None = None,
+                 disk_cache: DiskCache | None = None):
         self.registry = registry
         self.services = services or Services()
         self.cache = cache if cache is not None else OutputCache()
+        self.disk_cache = disk_cache  # outputs kept across processes (sdgraph.disk_cache); None: memory only
         self.interrupt_flag = InterruptFlag()
         self.instances: dict[str, Any] = {}  # node id -> its node object (ComfyUI keeps one per node too)
         self._lock = threading.Lock()

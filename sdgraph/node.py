@@ -127,9 +127,20 @@ def Combo(name: str, choices: Sequence[Any] | Callable[[Dirs], list[Any]], defau
                      options=options)
 
 
-def models_in(folder: str) -> Callable[[Dirs], list[str]]:
+@dataclass(frozen=True)
+class ModelFiles:
+    """Combo choices that are the model files of one folder; the engine keys a node's outputs on the chosen
+    file's size and modification time too, so a file replaced under the same name is not taken for the old one."""
+
+    folder: str
+
+    def __call__(self, dirs: Dirs) -> list[str]:
+        return dirs.list_models(self.folder)
+
+
+def models_in(folder: str) -> ModelFiles:
     """Combo choices: the models in one folder (checkpoints, loras, vae, controlnet, ...)."""
-    return lambda dirs: dirs.list_models(folder)
+    return ModelFiles(folder)
 
 
 def Hidden(name: str, kind: str) -> InputSpec:

@@ -49,7 +49,12 @@ def primitive_targets(workflow: Workflow, title: str) -> list[tuple[str, str]]:
 
 def apply_override(workflow: Workflow, text: str) -> None:
     """Set one literal; NODE may also be the title of a UI file's PrimitiveNode, which sets all it feeds."""
-    node_ref, input_name, value = parse_override(text)
+    set_literal(workflow, *parse_override(text))
+
+
+def set_literal(workflow: Workflow, node_ref: str, input_name: str, value: Any) -> None:
+    """Set the literal `input_name` of the node `node_ref` names (an id, a unique title or class, or a UI
+    PrimitiveNode's title); a list value is a literal list, not a link."""
     if isinstance(value, list):
         value = {"__value__": value}
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -11,14 +12,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from sdgraph.cache import CachedOutput
 from sdgraph.collector import collector_resumed
 from sdgraph.context import Interrupted, NodeContext
+from sdgraph.disk_cache import entry_key
 from sdgraph.expansion import DynamicPrompt, ExpansionError, is_plain, prepare_expansion
 from sdgraph.invoke import (Future, Outcome, add_to_slots, call_batches, gather, hidden_value, input_batches,
                             value_digest)
-from sdgraph.node import ExecutionBlocker
+from sdgraph.node import ExecutionBlocker, ModelFiles
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.run_result import NodeError, RunResult, _now_ms, _qualified_name, error_payload
 from sdgraph.schedule import Schedule
-from sdgraph.signature import node_signature
+from sdgraph.signature import always_changes, node_signature
 from sdgraph.validate import PreparedNode
 from sdgraph.workflow import is_link
 
@@ -42,6 +44,10 @@ class PromptRun:
                  extra_data: dict[str, Any]) -> None:
         self.executor = executor
         self.cache = executor.cache
+        self.disk = executor.disk_cache
+        self._disk_keys: dict[str, str | None] = {}
+        self._volatile: set[str] = set()  # nodes whose key is new each run (not idempotent, NaN fingerprint)
+        self._spent: dict[str, float] = {}  # seconds each node's own calls took (expanded ones: with their nodes)
         self.prompt = prompt
         self.workflow = prompt.workflow
         self.nodes: dict[str, PreparedNode] = dict(prompt.nodes)  # grows with expansions
@@ -68,7 +74,7 @@ class PromptRun:
         try:
             plan = self.prompt.plan
             self._sign(plan)
-            cached = [node_id for node_id in plan if self.keys[node_id] in self.cache]
+            cached = [node_id for node_id in plan if self._cached(node_id)]
             self.result.cached = cached
             self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": _now_ms()})
             for node_id in self.prompt.outputs:
@@ -112,33 +118,56 @@ class PromptRun:
     def _needs(self, node_id: str) -> list[str]:
         """The sources a node waits for before it runs: none if its output is cached, else its unresolved,
         eager (not lazy) links."""
-        cache, values = self.cache, self.values
-        if self.keys[node_id] in cache:
+        values = self.values
+        if self._cached(node_id):
             return []
         node = self.nodes[node_id]
         lazy = self._flags(node).lazy
-        needed = []
-        for name, (src, _) in node.links.items():
-            if name not in lazy and src not in values and self._key(src) not in cache:
-                needed.append(src)
-        return needed
+        return [src for name, (src, _) in node.links.items()
+                if name not in lazy and src not in values and not self._cached(src)]
 
     def _flags(self, node: PreparedNode) -> _InputFlags:
         class_type = node.node.class_type
         found = self._input_flags.get(class_type)
         if found is None:
             inputs = node.node.spec.inputs
-            found = self._input_flags[class_type] = _InputFlags(frozenset(s.name for s in inputs if s.lazy),
-                                                                frozenset(s.name for s in inputs if s.raw_link))
+            found = self._input_flags[class_type] = _InputFlags(
+                frozenset(s.name for s in inputs if s.lazy), frozenset(s.name for s in inputs if s.raw_link),
+                tuple((s.name, s.choices_from.folder) for s in inputs if isinstance(s.choices_from, ModelFiles)))
         return found
 
-    def _resolvable(self, node_id: str) -> bool:
-        return node_id in self.values or self._key(node_id) in self.cache
+    def _cached(self, node_id: str) -> bool:
+        """Whether the node's output is in the memory cache or on disk."""
+        if self._key(node_id) in self.cache:
+            return True
+        if self.disk is None:
+            return False
+        disk_key = self._disk_key(node_id)
+        return disk_key is not None and disk_key in self.disk
+
+    def _hit(self, node_id: str) -> CachedOutput | None:
+        """The node's cached output (from memory, or from disk into memory), or None."""
+        key = self._key(node_id)
+        hit = self.cache.get(key, node_id)
+        if hit is None and self.disk is not None and (disk_key := self._disk_key(node_id)) is not None:
+            found = self.disk.get(disk_key)
+            if found is not None:
+                hit = CachedOutput(*found)
+                self.cache.put(key, hit, node_id)
+        return hit
+
+    def _disk_key(self, node_id: str) -> str | None:
+        """The node's key on disk; None for output nodes, whose outputs are never written there."""
+        if node_id not in self._disk_keys:
+            node = self.nodes[node_id].node
+            volatile = node.spec.output_node or node_id in self._volatile
+            self._disk_keys[node_id] = None if volatile else entry_key(self._key(node_id), node.cls)
+        return self._disk_keys[node_id]
 
     def _values_of(self, node_id: str) -> tuple[list[Any], ...] | None:
         found = self.values.get(node_id)
         if found is None:
-            hit = self.cache.get(self._key(node_id), node_id)
+            hit = self._hit(node_id)
             if hit is not None:
                 found = self.values[node_id] = hit.values
         return found
@@ -153,7 +182,7 @@ class PromptRun:
             return self._finish(schedule, node, self._guarded(node, lambda: gather(node, raws)))
         if node_id in self._expanded:
             return self._collect(schedule, node)
-        hit = self.cache.get(self.keys[node_id], node_id)
+        hit = self._hit(node_id)
         if hit is not None:
             self.values[node_id] = hit.values
             if hit.ui:
@@ -167,6 +196,7 @@ class PromptRun:
         self.emit("executing", {"node": node_id, "display_node": display, "prompt_id": self.prompt_id})
         asked: list[str] = []
         raws: list[Any] = []
+        began = time.perf_counter()
         try:
             with collector_resumed():
                 ctx = self._context(node)
@@ -181,6 +211,8 @@ class PromptRun:
             raise
         except Exception as exc:
             raise self._node_error(node, exc) from exc
+        finally:
+            self._spent[node_id] = self._spent.get(node_id, 0.0) + time.perf_counter() - began
         if asked:
             self._wait(schedule, node, asked)
         elif outcome is None:
@@ -230,6 +262,12 @@ class PromptRun:
         node_id = node.node_id
         self.values[node_id] = slots
         self.cache.put(self.keys[node_id], CachedOutput(slots, ui), node_id)
+        spent = self._spent.pop(node_id, 0.0)
+        parent = self.dynprompt.get_parent_node_id(node_id)
+        if parent is not None:
+            self._spent[parent] = self._spent.get(parent, 0.0) + spent
+        if self.disk is not None and spent >= self.disk.min_seconds and (disk_key := self._disk_key(node_id)):
+            self.disk.put(disk_key, slots, ui)
         self.result.executed.append(node_id)
         if ui and not shown:
             self._executed(node_id, ui)
@@ -329,8 +367,28 @@ class PromptRun:
                 raise NodeError(node.node_id, node.node.class_type, exc) from exc
         elif node.node_id in self.dynprompt.parents and not is_plain(node.literals):
             fingerprint = float("nan")  # values no key can stand for (a tensor): never reused
+        files = self._flags(node).model_files
+        if files:
+            fingerprint = [fingerprint, *self._file_stamps(node, files)]
         hidden = self._hidden_key(node) if node.node.spec.has_hidden else None
+        if node.node.spec.not_idempotent or always_changes(fingerprint):
+            self._volatile.add(node.node_id)
         return node_signature(node, fingerprint, self.keys, hidden)
+
+    def _file_stamps(self, node: PreparedNode, files: tuple[tuple[str, str], ...]) -> list[Any]:
+        """Size and modification time of each model file the node names (a folder model: of its files)."""
+        stamps: list[Any] = []
+        dirs = self.executor.services.dirs
+        for name, folder in files:
+            chosen = node.literals.get(name)
+            try:
+                path = dirs.find_model(folder, str(chosen))
+            except (FileNotFoundError, ValueError, OSError):
+                stamps.append(None)
+                continue
+            paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            stamps.append([[p.stat().st_size, p.stat().st_mtime_ns] for p in paths])
+        return stamps
 
     def _hidden_key(self, node: PreparedNode) -> dict[str, str]:
         """What stands for the node's hidden inputs in its cache key: the values it receives, or their digests.
@@ -435,6 +493,7 @@ class PromptRun:
 class _InputFlags:
     lazy: frozenset[str]  # evaluated only when the node's lazy check asks
     raw: frozenset[str]  # given as the link itself
+    model_files: tuple[tuple[str, str], ...]  # (input, folder) of inputs naming a model file
 
 
 class DependencyCycleError(Exception):

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 from sdgraph.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, OutputCache
 from sdgraph.context import Services
+from sdgraph.disk_cache import DEFAULT_MAX_BYTES as DISK_MAX_BYTES
+from sdgraph.disk_cache import DEFAULT_MIN_SECONDS, DiskCache
 from sdgraph.execute import Executor
 from sdgraph.limits import Limits, configure
 from sdgraph.paths import Dirs, default_base
@@ -24,6 +26,10 @@ class RuntimeOptions(BaseModel):
     cache_bytes: int = DEFAULT_MAX_BYTES
     no_cache: bool = False
     cache_lru: int = 0  # outputs of earlier runs kept besides each node's latest (ComfyUI's --cache-lru)
+    disk_cache: bool = True  # outputs kept on disk across processes (off with --no-disk-cache or --no-cache)
+    disk_cache_dir: Path | None = None  # default: <base>/cache/outputs
+    disk_cache_bytes: int = Field(DISK_MAX_BYTES, ge=0)
+    disk_cache_min_seconds: float = Field(DEFAULT_MIN_SECONDS, ge=0)
     cpu: bool = False
     lowvram: bool = False
     reserve_vram_gb: float = 1.0
@@ -40,7 +46,14 @@ def create_executor(options: RuntimeOptions | None = None) -> Executor:
     configure(options.limits)  # validate_inputs only sees the directories; it reads the budget from here
     services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview},
                         limits=options.limits)
-    return Executor(registry, services, cache)
+    return Executor(registry, services, cache, _disk_cache(options, dirs))
+
+
+def _disk_cache(options: RuntimeOptions, dirs: Dirs) -> DiskCache | None:
+    if options.no_cache or not options.disk_cache or options.disk_cache_bytes == 0:
+        return None
+    directory = options.disk_cache_dir or dirs.base / "cache" / "outputs"
+    return DiskCache(directory, options.disk_cache_bytes, options.disk_cache_min_seconds)
 
 
 def _model_manager(options: RuntimeOptions) -> Any:

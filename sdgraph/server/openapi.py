@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sdgraph.server.schemas import FreeRequest, InterruptRequest, PromptRequest, QueueAction
+from sdgraph.server.schemas import FreeRequest, InterruptRequest, PromptBatchRequest, PromptRequest, QueueAction
 from sdgraph.workflow import json_schema as workflow_schema
 
 JSON = "application/json"
@@ -41,7 +41,7 @@ def _body(ref: str, required: bool = True) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for model in (PromptRequest, QueueAction, InterruptRequest, FreeRequest):
+    for model in (PromptRequest, PromptBatchRequest, QueueAction, InterruptRequest, FreeRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
@@ -62,6 +62,10 @@ def _schemas() -> dict[str, Any]:
     out["PromptRequest"]["properties"]["prompt"] = {
         "anyOf": [{"$ref": "#/components/schemas/Workflow"}, {"$ref": "#/components/schemas/UiWorkflow"}],
         "description": "API-format workflow, or a UI workflow (converted; kept as extra_pnginfo.workflow)"}
+    out["PromptBatchRequest"]["properties"]["prompts"]["items"] = {"$ref": "#/components/schemas/Workflow"}
+    out["PromptBatchReply"] = {"type": "object", "required": ["prompt_ids", "numbers", "count"], "properties": {
+        "prompt_ids": {"type": "array", "items": {"type": "string"}},
+        "numbers": {"type": "array", "items": {"type": "number"}}, "count": {"type": "integer"}}}
     out["PromptReply"] = {"type": "object", "required": ["prompt_id", "number", "node_errors"], "properties": {
         "prompt_id": {"type": "string"}, "number": {"type": "number"}, "node_errors": OBJECT}}
     upload = {"image": {"type": "string", "format": "binary"},
@@ -90,6 +94,10 @@ def build() -> dict[str, Any]:
             "post": {"summary": "validate and queue a workflow", "requestBody": _body("PromptRequest"),
                      "responses": {"200": _json({"$ref": "#/components/schemas/PromptReply"}),
                                    **_errors(400, 413)}}},
+        "/prompt/batch": {"post": {
+            "summary": "validate and queue many prompts, all or none: one workflow with a list of overrides, or "
+                       "a list of workflows", "requestBody": _body("PromptBatchRequest"),
+            "responses": {"200": _json({"$ref": "#/components/schemas/PromptBatchReply"}), **_errors(400, 413)}}},
         "/workflow/convert": {"post": {
             "summary": "convert a UI (litegraph) workflow to the API format without queueing it",
             "requestBody": _body("UiWorkflow"),

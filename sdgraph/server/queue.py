@@ -176,53 +176,73 @@ class PromptStore:
         """Queue a validated prompt; returns its item (with the number it was given).
 
         Raises DuplicatePrompt for a prompt_id in use, QueueFull when the queue is at its bounds."""
+        return self.put_many([(prompt_id, prompt, outputs)], extra_data, client_id=client_id, number=number,
+                             front=front)[0]
+
+    def put_many(self, prompts: list[tuple[str, dict[str, Any], list[str]]], extra_data: dict[str, Any], *,
+                 client_id: str | None = None, number: float | None = None, front: bool = False
+                 ) -> list[QueueItem]:
+        """Queue validated `(prompt_id, prompt, outputs)`s in order, all or none, in one database transaction."""
         secrets = {k: v for k, v in extra_data.items() if k in SENSITIVE_KEYS}
-        texts = (piecewise_json.dumps_members(prompt, _dumps), _dumps(_public(extra_data)))
+        extra_json = _dumps(_public(extra_data))
+        texts = [piecewise_json.dumps_members(prompt, _dumps) for _, prompt, _ in prompts]
+        ids = [prompt_id for prompt_id, _, _ in prompts]
+        if len(set(ids)) != len(ids):
+            raise DuplicatePrompt("the same prompt_id appears twice in one submission")
+        nbytes = sum(len(text) + len(extra_json) for text in texts)
+        items = []
         with self._lock:
-            if prompt_id in self._pending or prompt_id in self._running:
-                raise DuplicatePrompt(f"prompt_id {prompt_id!r} was already submitted")
-            self._check_room(len(texts[0]) + len(texts[1]))
-            if number is None:
-                number = -self.counter if front else self.counter
-                self.counter += 1
-            self.seq += 1
+            taken = next((i for i in ids if i in self._pending or i in self._running), None)
+            if taken is not None:
+                raise DuplicatePrompt(f"prompt_id {taken!r} was already submitted")
+            self._check_room(nbytes, len(prompts))
+            for (prompt_id, _, outputs), text in zip(prompts, texts):
+                given = number
+                if given is None:
+                    given = -self.counter if front else self.counter
+                    self.counter += 1
+                self.seq += 1
+                items.append(QueueItem(prompt_id, float(given), self.seq, text, extra_json, outputs, client_id,
+                                       secrets))
             counter = self.counter
-            item = QueueItem(prompt_id, float(number), self.seq, *texts, outputs, client_id, secrets)
-            self._pending_bytes += item.nbytes  # reserved now, so concurrent submissions respect the bound
+            self._pending_bytes += nbytes  # reserved now, so concurrent submissions respect the bound
         try:
-            self._insert(item, counter)
+            self._insert(items, counter)
         except BaseException:
             with self._lock:
-                self._pending_bytes -= item.nbytes
+                self._pending_bytes -= nbytes
             raise
         with self._lock:
-            self._pending[prompt_id] = item
-            heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
+            for item in items:
+                self._pending[item.prompt_id] = item
+                heapq.heappush(self._heap, (item.number, item.seq, item.prompt_id))
             if self.on_queued is not None:
                 self.on_queued()  # so the queue's new status goes out before the prompt's first event
             self._changed.notify_all()
-        return item
+        return items
 
-    def _check_room(self, nbytes: int) -> None:
-        if len(self._pending) >= self.max_pending:
+    def _check_room(self, nbytes: int, count: int = 1) -> None:
+        if len(self._pending) + count > self.max_pending:
             raise QueueFull(f"the queue is full ({len(self._pending)} prompts pending, the limit is "
                             f"{self.max_pending}); try again when some have run")
         if self._pending_bytes + nbytes > self.max_pending_bytes:
             raise QueueFull(f"the queue is full ({self._pending_bytes} bytes of prompts pending, this one "
                             f"adds {nbytes}, the limit is {self.max_pending_bytes}); try again later")
 
-    def _insert(self, item: QueueItem, counter: int) -> None:
+    def _insert(self, items: list[QueueItem], counter: int) -> None:
         with self._db_lock:
             try:
                 with self._db:
-                    self._db.execute(
+                    self._db.executemany(
                         "INSERT INTO prompts(prompt_id, number, seq, state, client_id, prompt, extra_data, "
                         "outputs_to_execute, secrets) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-                        (item.prompt_id, item.number, item.seq, item.client_id, item.prompt_json, item.extra_json,
-                         _dumps(item.outputs_to_execute), _dumps(item.secrets) if item.secrets else None))
+                        [(item.prompt_id, item.number, item.seq, item.client_id, item.prompt_json, item.extra_json,
+                          _dumps(item.outputs_to_execute), _dumps(item.secrets) if item.secrets else None)
+                         for item in items])
                     self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('counter', ?)", (counter,))
             except sqlite3.IntegrityError:
-                raise DuplicatePrompt(f"prompt_id {item.prompt_id!r} was already submitted") from None
+                which = repr(items[0].prompt_id) if len(items) == 1 else "of this submission"
+                raise DuplicatePrompt(f"prompt_id {which} was already submitted") from None
             except sqlite3.OperationalError as exc:
                 if "full" in str(exc):
                     raise StorageFull(f"cannot queue the prompt: the disk holding {self.path.name} is full") from exc

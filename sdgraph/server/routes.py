@@ -10,6 +10,7 @@ from aiohttp import web
 
 from sdgraph.collector import collector_paused, drain
 from sdgraph.prepare import PreparedPrompt
+from sdgraph.server.batch import post_prompt_batch
 from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, read_model
 from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
@@ -200,6 +201,7 @@ async def post_history(request: web.Request) -> web.Response:
 
 ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/prompt", post_prompt),
+    ("POST", "/prompt/batch", post_prompt_batch),
     ("POST", "/workflow/convert", post_workflow_convert),
     ("POST", "/workflow/ui", post_workflow_ui),
     ("GET", "/prompt", get_prompt),

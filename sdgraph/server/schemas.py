@@ -43,3 +43,21 @@ class FreeRequest(BaseModel):
 
     unload_models: bool = False
     free_memory: bool = False
+
+
+class PromptBatchRequest(BaseModel):
+    """POST /prompt/batch: queue many prompts in one request, all or none.
+
+    Either one workflow with a list of `overrides` (each `{"NODE.input": value}`, NODE an id, a unique title or
+    class, as `sdgraph run --set` takes them; one prompt per entry), or a list of workflows in `prompts`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: dict[str, Any] | None = Field(default=None, description="API-format or UI workflow the overrides apply to")
+    overrides: list[dict[str, Any]] = Field(default_factory=list, max_length=10000,
+                                            description="one prompt per entry: {'NODE.input': value, ...}")
+    prompts: list[dict[str, Any]] = Field(default_factory=list, max_length=10000,
+                                          description="API-format workflows, one prompt each")
+    client_id: str | None = Field(default=None, max_length=128)
+    extra_data: dict[str, Any] = Field(default_factory=dict)
+    front: bool = Field(default=False, description="run before everything already queued (in the given order)")
