@@ -43,6 +43,22 @@ def _copy_containers(value: Any) -> Any:
     return value
 
 
+def set_model_options_patch_replace(model_options: dict[str, Any], patch: Any, name: str, block_name: str,
+                                    number: int, transformer_index: int | None = None) -> dict[str, Any]:
+    """`model_options` with one more attention replacement (ComfyUI's module-level function of this name): the
+    dict is given a new "transformer_options" whose "patches_replace" and its `name` table are fresh copies, so
+    the options it was copied from (pass a shallow copy) never see the patch. What a post-cfg function uses to
+    run the model once more with a different attention."""
+    transformer = dict(model_options.get("transformer_options", {}))
+    replace = dict(transformer.get("patches_replace", {}))
+    table = dict(replace.get(name, {}))
+    table[(block_name, number) if transformer_index is None else (block_name, number, transformer_index)] = patch
+    replace[name] = table
+    transformer["patches_replace"] = replace
+    model_options["transformer_options"] = transformer
+    return model_options
+
+
 class PatcherMethods:
     """ComfyUI ModelPatcher's option setters, mixed into DiffusionModel (which holds `model_options` and
     `object_patches`). Each records into this model only: clone first, as nodes do."""

@@ -357,7 +357,8 @@ from sdgraph.nodes.sd import custom_samplers, custom_sampling, custom_schedulers
 from sdgraph.nodes.sd import hypernetwork, token_merging, unet_patches  # noqa: E402 - the UNet-level model patches
 from sdgraph.nodes.sd import gligen  # noqa: E402 - GLIGEN boxes, applied by the denoiser
 from sdgraph.nodes.sd import cfg_patches, model_sampling_nodes, perp_neg  # noqa: E402 - sampler-level MODEL patches
+from sdgraph.nodes.sd import attention_guidance  # noqa: E402 - guidance that reruns the UNet (PAG, SAG)
 
 NODES = [KSampler, KSamplerAdvanced, *custom_sampling.NODES, *custom_samplers.NODES, *custom_sigmas.NODES,
          *custom_schedulers.NODES, *unet_patches.NODES, *token_merging.NODES, *hypernetwork.NODES, *gligen.NODES,
-         *perp_neg.NODES, *model_sampling_nodes.NODES, *cfg_patches.NODES]
+         *perp_neg.NODES, *model_sampling_nodes.NODES, *cfg_patches.NODES, *attention_guidance.NODES]

@@ -120,10 +120,10 @@ def _controlnet(layout: str) -> dict:
     return p
 
 
-def _patched(*chain: tuple[str, dict[str, Any]], width: int = 64) -> dict:
+def _patched(*chain: tuple[str, dict[str, Any]], width: int = 64, height: int = 64) -> dict:
     """The euler / normal case with model-patch nodes chained between the checkpoint and the sampler."""
     p = _case()
-    p["5"]["inputs"]["width"] = width
+    p["5"]["inputs"].update(width=width, height=height)
     source: list[Any] = ["4", 0]
     for number, (class_type, inputs) in enumerate(chain, start=40):
         p[str(number)] = {"class_type": class_type, "inputs": {"model": source, **inputs}}
@@ -138,6 +138,8 @@ _SHRINK = {"block_number": 3, "downscale_factor": 2.0, "start_percent": 0.0, "en
 # The UNet-level model patches (issue 15). HyperTile with swap_size 1 draws nothing at random (ComfyUI draws from
 # torch's global generator); TomePatchModel always does, so it has no reference. FreeU_V2 runs 128 x 64: at 64 x 64
 # the deepest features are 1 x 1, whose normalised mean map is 0 / 0 (ComfyUI samples NaN; sdgraph leaves them).
+# PAG and SAG change the middle block's self-attention, over one position at 64 x 64 (where attending is the
+# identity): PAG runs 128 x 64 (2 positions), SAG 128 x 128 (its map must lay out on a grid: 2 x 2).
 PATCH_CASES: dict[str, dict[str, Any]] = {
     "freeu": _patched(("FreeU", _FREEU)),
     "freeu_v2": _patched(("FreeU_V2", _FREEU), width=128),
@@ -147,6 +149,8 @@ PATCH_CASES: dict[str, dict[str, Any]] = {
         upscale_method="area"))),
     "hypertile": _patched(("HyperTile", {"tile_size": 32, "swap_size": 1, "max_depth": 1, "scale_depth": False})),
     "hypernetwork": _patched(("HypernetworkLoader", {"hypernetwork_name": HYPERNETWORK, "strength": 0.8})),
+    "pag": _patched(("PerturbedAttentionGuidance", {"scale": 3.0}), width=128),
+    "sag": _patched(("SelfAttentionGuidance", {"scale": 0.8, "blur_sigma": 2.0}), width=128, height=128),
     "freeu_hypertile_hypernetwork": _patched(
         ("HypernetworkLoader", {"hypernetwork_name": HYPERNETWORK, "strength": 0.8}), ("FreeU_V2", _FREEU),
         ("HyperTile", {"tile_size": 32, "swap_size": 1, "max_depth": 0, "scale_depth": False}), width=128),

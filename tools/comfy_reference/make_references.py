@@ -48,7 +48,8 @@ def write_torchvision_stand_in(where: Path) -> None:
 
 
 # comfy_extras modules the cases use (ComfyUI registers them at server start, which the harness does not run)
-_EXTRAS = ("nodes_freelunch.py", "nodes_model_downscale.py", "nodes_hypertile.py", "nodes_hypernetwork.py")
+_EXTRAS = ("nodes_freelunch.py", "nodes_model_downscale.py", "nodes_hypertile.py", "nodes_hypernetwork.py",
+           "nodes_pag.py", "nodes_sag.py")
 
 
 def import_comfyui(comfyui: Path, scratch: Path, checkpoint_dir: Path, input_dir: Path, lora_dir: Path,
