@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from sdgraph.context import NodeContext
+from sdgraph.context import NodeContext, node_context_bound
 from sdgraph.node import NodeDeclarationError, NodeDef, _words
 from sdgraph.spec import InputSpec, NodeSpec, OutputSpec
 from sdgraph.types import COMBO
@@ -46,7 +46,8 @@ def define_comfy(class_type: str, cls: type, display_name: str | None = None, pa
     )
 
     def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        return getattr(cls(), function_name)(**inputs)
+        with node_context_bound(ctx):  # ComfyUI-style code finds progress and interrupt through module functions
+            return getattr(cls(), function_name)(**inputs)
 
     validate, custom = _validator(cls)
     return NodeDef(spec=spec, invoke=invoke, fingerprint=_fingerprinter(cls), validate=validate,
