@@ -115,7 +115,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from sdgraph.plugins import build_registry
 
     dirs = Dirs(base=(args.base_dir or default_base()).resolve())
-    registry = build_registry(dirs.custom_nodes, plugins=not args.no_plugins)
+    registry = build_registry(dirs.custom_nodes, plugins=not args.no_plugins, dirs=dirs)
     try:
         workflow = load_workflow(args.workflow, registry)
     except ConversionError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from sdgraph.context import NodeContext
+from sdgraph.context import NodeContext, node_context_bound
 from sdgraph.node import NodeDeclarationError, NodeDef, _words
 from sdgraph.spec import InputSpec, NodeSpec, OutputSpec
 from sdgraph.types import COMBO
@@ -46,16 +46,22 @@ def define_comfy(class_type: str, cls: type, display_name: str | None = None, pa
     )
 
     def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        return getattr(ctx.instance(cls), function_name)(**inputs)
+        with node_context_bound(ctx):  # ComfyUI-style code finds progress and interrupt through module functions
+            return getattr(_instance(cls, ctx), function_name)(**inputs)
 
     def lazy_check(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        return ctx.instance(cls).check_lazy_status(**inputs)
+        with node_context_bound(ctx):
+            return _instance(cls, ctx).check_lazy_status(**inputs)
 
     validate, custom = _validator(cls)
     return NodeDef(spec=spec, invoke=invoke, fingerprint=_fingerprinter(cls), validate=validate,
                    custom_validated=custom, pack=pack, cls=cls,
                    lazy_check=lazy_check if callable(getattr(cls, "check_lazy_status", None)) else None,
                    is_async=inspect.iscoroutinefunction(getattr(cls, function_name)))
+
+
+def _instance(cls: type, ctx: NodeContext | None) -> Any:
+    return ctx.instance(cls) if ctx is not None else cls()
 
 
 def _inputs(cls: type, declared: dict[str, Any], where: str) -> tuple[InputSpec, ...]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 from sdgraph.limits import Limits, current_limits
 from sdgraph.paths import Dirs
@@ -104,3 +105,28 @@ class NodeContext:
         if type(found) is not cls:
             found = self.instances[self.node_id] = cls()
         return found
+
+# The context of the node call in progress, for code that cannot be handed one: ComfyUI-convention node classes
+# reach progress and interrupt through module functions (comfy.utils.ProgressBar, ...), not through `self.ctx`.
+_CURRENT: ContextVar[NodeContext | None] = ContextVar("sdgraph_node_context", default=None)
+_latest: list[NodeContext] = []  # innermost call in progress, seen from threads a node starts (no ContextVar there)
+
+
+def current_node_context() -> NodeContext | None:
+    """The context of the node call in progress in this thread or task, else of the latest one still running."""
+    found = _CURRENT.get()
+    if found is None and _latest:
+        return _latest[-1]
+    return found
+
+
+@contextlib.contextmanager
+def node_context_bound(ctx: NodeContext) -> Iterator[NodeContext]:
+    """Make ctx the current node context for the duration of a call."""
+    token = _CURRENT.set(ctx)
+    _latest.append(ctx)
+    try:
+        yield ctx
+    finally:
+        _latest.remove(ctx)
+        _CURRENT.reset(token)

@@ -40,6 +40,11 @@ def call_scope(node_id: str, index: int) -> contextvars.Token:
     return _current_call.set(_Call(node_id, index))
 
 
+def set_call(node_id: str, index: int, graphs: int = 0) -> None:
+    """Name the call in progress (and how many subgraphs it has built) for ids made from here on."""
+    _current_call.set(_Call(node_id, index, graphs))
+
+
 def end_call_scope(token: contextvars.Token) -> None:
     _current_call.reset(token)
 

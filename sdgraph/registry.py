@@ -17,9 +17,11 @@ class LoadProblem:
     message: str
     traceback: str = ""
     node: str | None = None
+    missing_module: str | None = None  # the module (or requirement) whose absence is the problem, when known
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pack": self.pack, "node": self.node, "message": self.message, "traceback": self.traceback}
+        return {"pack": self.pack, "node": self.node, "message": self.message, "traceback": self.traceback,
+                "missing_module": self.missing_module}
 
 
 @dataclass

@@ -41,7 +41,7 @@ class RuntimeOptions(BaseModel):
 def create_executor(options: RuntimeOptions | None = None) -> Executor:
     options = options or RuntimeOptions()
     dirs = Dirs(base=(options.base_dir or default_base()).resolve())
-    registry = build_registry(dirs.custom_nodes, plugins=options.plugins)
+    registry = build_registry(dirs.custom_nodes, plugins=options.plugins, dirs=dirs)
     cache = OutputCache(0 if options.no_cache else options.cache_entries, options.cache_bytes, options.cache_lru)
     configure(options.limits)  # validate_inputs only sees the directories; it reads the budget from here
     services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview},

@@ -14,17 +14,17 @@ CROPS = ("disabled", "center")
 
 
 def center_crop(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Crop [B,C,H,W] to the aspect ratio of width:height around the centre."""
+    """Crop [..., H, W] towards the aspect ratio of width:height, trimming the same number of rows (or columns)
+    from both sides, that number rounded half to even, as ComfyUI's common_upscale does (so an odd excess keeps
+    one more or one fewer than the exact aspect)."""
     h, w = x.shape[-2:]
     src, dst = w / h, width / height
     if src > dst:
-        new_w = round(h * dst)
-        off = (w - new_w) // 2
-        return x[..., :, off:off + new_w]
+        cut = round((w - w * (dst / src)) / 2)
+        return x[..., :, cut:w - cut]
     if src < dst:
-        new_h = round(w / dst)
-        off = (h - new_h) // 2
-        return x[..., off:off + new_h, :]
+        cut = round((h - h * (src / dst)) / 2)
+        return x[..., cut:h - cut, :]
     return x
 
 

@@ -1,0 +1,33 @@
+"""ComfyUI's `latent_preview` for plugins: the step callback a sampler reports progress (and previews) through.
+
+Previews are sdgraph's latent-to-RGB JPEGs, made when the user asked for previews (sdgraph's `--preview`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from sdgraph.comfy_layer import binding
+from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
+
+import comfy.utils
+
+MAX_PREVIEW_RESOLUTION = 512
+
+
+def prepare_callback(model: Any, steps: int, x0_output_dict: dict[str, Any] | None = None
+                     ) -> Callable[[int, torch.Tensor, torch.Tensor, int], None]:
+    """callback(step, x0, x, total_steps): progress step+1 of total_steps, with a preview of x0 if enabled;
+    x0 is also left in x0_output_dict["x0"] when a dict is given."""
+    pbar = comfy.utils.ProgressBar(steps)
+    previews = previews_enabled(binding.services().settings)
+    sdxl = bool(getattr(model, "is_sdxl", False))
+
+    def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+        if x0_output_dict is not None:
+            x0_output_dict["x0"] = x0
+        preview = jpeg_preview(x0, sdxl) if previews and x0 is not None and x0.ndim == 4 else None
+        pbar.update_absolute(step + 1, total_steps, preview)
+
+    return callback
