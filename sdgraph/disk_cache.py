@@ -298,6 +298,10 @@ def entry_key(key: str, cls: Any) -> str:
 # ---- command-line flags (shared by `sdgraph run` and `sdgraph serve`) -------------------------------------------
 
 def add_disk_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """The disk cache's flags, and --sequential (both say how the executor keeps and schedules work)."""
+    parser.add_argument("--sequential", action="store_true",
+                        help="run nodes one at a time in order (by default nodes on different resources overlap: "
+                             "image loading and saving on the CPU while the accelerator samples)")
     parser.add_argument("--no-disk-cache", action="store_true",
                         help="keep node outputs in memory only, not on disk for later processes")
     parser.add_argument("--disk-cache-gb", type=float, default=DEFAULT_MAX_BYTES / 1024**3, metavar="GB",
@@ -307,6 +311,6 @@ def add_disk_cache_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def disk_cache_options(args: argparse.Namespace) -> dict[str, object]:
-    """The RuntimeOptions fields the disk cache flags set."""
-    return {"disk_cache": not args.no_disk_cache, "disk_cache_dir": args.disk_cache_dir,
+    """The RuntimeOptions fields these flags set."""
+    return {"sequential": args.sequential, "disk_cache": not args.no_disk_cache, "disk_cache_dir": args.disk_cache_dir,
             "disk_cache_bytes": int(max(args.disk_cache_gb, 0) * 1024**3)}

@@ -16,6 +16,7 @@ from sdgraph.cache import OutputCache
 from sdgraph.collector import collector_paused
 from sdgraph.context import InterruptFlag, Services
 from sdgraph.disk_cache import DiskCache
+from sdgraph.resources import Workers
 from sdgraph.prepare import PreparedPrompt, prepare
 from sdgraph.registry import Registry
 from sdgraph.run import PromptRun
@@ -45,12 +46,14 @@ class Executor:
     """
 
     def __init__(self, registry: Registry, services: Services | None = None, cache: OutputCache | None = None,
-                 disk_cache: DiskCache | None = None):
+                 disk_cache: DiskCache | None = None, *, parallel: bool = True):
         self.registry = registry
         self.services = services or Services()
         self.cache = cache if cache is not None else OutputCache()
         self.disk_cache = disk_cache  # outputs kept across processes (sdgraph.disk_cache); None: memory only
         self.interrupt_flag = InterruptFlag()
+        self.parallel = parallel  # nodes on different resources overlap (sdgraph.resources); False: one at a time
+        self.workers = Workers()
         self.instances: dict[str, Any] = {}  # node id -> its node object (ComfyUI keeps one per node too)
         self._lock = threading.Lock()
 

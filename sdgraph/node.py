@@ -72,6 +72,7 @@ class NodeDef:
     # which lazy inputs the node needs, given the inputs it has (None for the unevaluated ones)
     lazy_check: Callable[[dict[str, Any], NodeContext], Any] | None = None
     is_async: bool = False  # its function is `async def`: the run goes on with other nodes while it awaits
+    resource: str | None = None  # declared: "accelerator", "io" or "cpu" (sdgraph.resources); None: inferred
 
     @property
     def class_type(self) -> str:
@@ -168,6 +169,7 @@ class Node:
     output_node: ClassVar[bool] = False
     not_idempotent: ClassVar[bool] = False
     input_is_list: ClassVar[bool] = False
+    resource: ClassVar[str | None] = None  # "accelerator", "io" or "cpu"; None: from its inputs and outputs
     # inputs whose value validate_inputs checks in place of the declared choices or range (ComfyUI's rule for an
     # input named in VALIDATE_INPUTS), e.g. LoadImage's file names in subfolders
     self_checked: ClassVar[tuple[str, ...]] = ()
@@ -245,6 +247,7 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
         cls=cls,
         lazy_check=lazy_check if overrides_lazy else None,
         is_async=inspect.iscoroutinefunction(cls.run),
+        resource=cls.resource,
     )
 
 

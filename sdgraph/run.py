@@ -6,7 +6,7 @@ import gc
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sdgraph.cache import CachedOutput
@@ -19,6 +19,7 @@ from sdgraph.invoke import (Future, Outcome, add_to_slots, call_batches, gather,
 from sdgraph.node import ExecutionBlocker, ModelFiles
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.run_result import NodeError, RunResult, _now_ms, _qualified_name, error_payload
+from sdgraph.resources import CPU, CPU_SIDE, resource_of
 from sdgraph.schedule import Schedule
 from sdgraph.signature import always_changes, node_signature
 from sdgraph.validate import PreparedNode
@@ -88,6 +89,8 @@ class PromptRun:
         else:
             self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
         finally:
+            if any(waiting.on_worker for waiting in self._awaiting.values()):
+                self.executor.interrupt_flag.set()  # the run is over: nodes still at work stop at their next check
             for waiting in self._awaiting.values():
                 waiting.cancel()
         return self.result
@@ -95,6 +98,8 @@ class PromptRun:
     def _drain(self, schedule: Schedule) -> None:
         steps = 0
         while schedule:
+            if self._awaiting:
+                self._release_finished()  # so a node waiting on a finished worker is ready again at once
             node_id = schedule.pop()
             if node_id is None:
                 if not schedule.held:
@@ -111,7 +116,9 @@ class PromptRun:
     def _rank(self, node_id: str) -> tuple[int, ...]:
         rank = self._ranks.get(node_id)
         if rank is None:
-            first = -1 if self.nodes[node_id].node.is_async else 0  # started early, awaited while others run
+            node = self.nodes[node_id]
+            elsewhere = node.node.is_async or (self.executor.parallel and self._flags(node).resource != CPU)
+            first = -1 if elsewhere else 0  # started early, awaited while others run
             rank = self._ranks[node_id] = (first, self._order[node_id])
         return rank
 
@@ -133,7 +140,8 @@ class PromptRun:
             inputs = node.node.spec.inputs
             found = self._input_flags[class_type] = _InputFlags(
                 frozenset(s.name for s in inputs if s.lazy), frozenset(s.name for s in inputs if s.raw_link),
-                tuple((s.name, s.choices_from.folder) for s in inputs if isinstance(s.choices_from, ModelFiles)))
+                tuple((s.name, s.choices_from.folder) for s in inputs if isinstance(s.choices_from, ModelFiles)),
+                resource_of(node.node))
         return found
 
     def _cached(self, node_id: str) -> bool:
@@ -178,8 +186,11 @@ class PromptRun:
         self.executor.interrupt_flag.check()
         node = self.nodes[node_id]
         if node_id in self._awaiting:
-            raws = self._guarded(node, self._awaiting.pop(node_id).results)
-            return self._finish(schedule, node, self._guarded(node, lambda: gather(node, raws)))
+            waiting = self._awaiting.pop(node_id)
+            done = self._guarded(node, waiting.results)
+            if waiting.on_worker:
+                return self._act(schedule, node, done[0])
+            return self._finish(schedule, node, self._guarded(node, lambda: gather(node, done)))
         if node_id in self._expanded:
             return self._collect(schedule, node)
         hit = self._hit(node_id)
@@ -192,10 +203,20 @@ class PromptRun:
         lazy = self._flags(node).lazy
         if self._wait(schedule, node, [name for name in missing if name not in lazy]):
             return None  # an eager source is gone from the cache since the node was scheduled
+        resource = self._flags(node).resource if self.executor.parallel else CPU
+        if resource == CPU and self.executor.parallel and self._working():
+            resource = CPU_SIDE  # a CPU node while the accelerator works: this thread stays free to dispatch
+        if resource != CPU:  # on its resource's worker, while this thread goes on with nodes elsewhere
+            future = self.executor.workers.submit(resource, self._compute, node, inputs, missing)
+            self._awaiting[node_id] = _Awaiting([future], schedule.hold(), on_worker=True)
+            return schedule.requeue()
+        return self._act(schedule, node, self._compute(node, inputs, missing))
+
+    def _compute(self, node: PreparedNode, inputs: dict[str, list[Any]], missing: list[str]) -> _Computed:
+        """The node's own work (in any thread): its lazy check, then its calls and their merged outcome."""
+        node_id = node.node_id
         display = self.dynprompt.get_display_node_id(node_id) if self.dynprompt.display else node_id
         self.emit("executing", {"node": node_id, "display_node": display, "prompt_id": self.prompt_id})
-        asked: list[str] = []
-        raws: list[Any] = []
         began = time.perf_counter()
         try:
             with collector_resumed():
@@ -204,22 +225,28 @@ class PromptRun:
                 if node.node.lazy_check is not None:
                     wanted = _asked_for(call_batches(node, batches, ctx, node.node.lazy_check))
                     asked = [name for name in missing if name in wanted]
-                if not asked:
-                    raws = call_batches(node, batches, ctx, node.node.invoke, self._report_block)
-                    outcome = None if any(isinstance(raw, Future) for raw in raws) else gather(node, raws)
+                    if asked:
+                        return _Computed(asked=asked)
+                raws = call_batches(node, batches, ctx, node.node.invoke, self._report_block)
+                if any(isinstance(raw, Future) for raw in raws):
+                    return _Computed(raws=raws)
+                return _Computed(outcome=gather(node, raws))
         except (Interrupted, NodeError):
             raise
         except Exception as exc:
             raise self._node_error(node, exc) from exc
         finally:
             self._spent[node_id] = self._spent.get(node_id, 0.0) + time.perf_counter() - began
-        if asked:
-            self._wait(schedule, node, asked)
-        elif outcome is None:
-            self._awaiting[node_id] = _Awaiting(raws, schedule.hold())
+
+    def _act(self, schedule: Schedule, node: PreparedNode, computed: _Computed) -> None:
+        """Go on from what the node's work gave: wait for inputs it asked for, for its async calls, or finish."""
+        if computed.asked:
+            self._wait(schedule, node, computed.asked)
+        elif computed.outcome is None:
+            self._awaiting[node.node_id] = _Awaiting(computed.raws, schedule.hold())
             schedule.requeue()
         else:
-            self._finish(schedule, node, outcome)
+            self._finish(schedule, node, computed.outcome)
 
     def _inputs(self, node: PreparedNode) -> tuple[dict[str, list[Any]], list[str]]:
         """The node's linked inputs, and the names of those whose source has no value yet (given as None)."""
@@ -332,6 +359,13 @@ class PromptRun:
         if pending:
             concurrent.futures.wait(pending, timeout=ASYNC_POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
         self.executor.interrupt_flag.check()
+        self._release_finished()
+
+    def _working(self) -> bool:
+        """Whether some node's work is in progress on a resource worker."""
+        return any(waiting.on_worker and not waiting.released for waiting in self._awaiting.values())
+
+    def _release_finished(self) -> None:
         for waiting in self._awaiting.values():
             waiting.release_if_done()
 
@@ -494,6 +528,16 @@ class _InputFlags:
     lazy: frozenset[str]  # evaluated only when the node's lazy check asks
     raw: frozenset[str]  # given as the link itself
     model_files: tuple[tuple[str, str], ...]  # (input, folder) of inputs naming a model file
+    resource: str  # what the node runs on (sdgraph.resources)
+
+
+@dataclass
+class _Computed:
+    """What a node's work gave: lazy inputs it asks for, async calls to await, or its outcome."""
+
+    asked: list[str] = field(default_factory=list)
+    raws: list[Any] = field(default_factory=list)
+    outcome: Outcome | None = None
 
 
 class DependencyCycleError(Exception):
@@ -512,6 +556,7 @@ class _Awaiting:
 
     raws: list[Any]
     release: Callable[[], None]
+    on_worker: bool = False  # one future: the node's work on a resource worker (else the node's async calls)
     released: bool = False
 
     @property
@@ -527,8 +572,11 @@ class _Awaiting:
         return [raw.result() if isinstance(raw, Future) else raw for raw in self.raws]
 
     def cancel(self) -> None:
+        """Stop what has not started; a worker already running the node's work is waited for."""
         for future in self.futures:
             future.cancel()
+        if self.on_worker:
+            concurrent.futures.wait(self.futures)
 
 
 def _serialised(listener: Listener) -> Listener:

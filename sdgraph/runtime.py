@@ -26,6 +26,7 @@ class RuntimeOptions(BaseModel):
     cache_bytes: int = DEFAULT_MAX_BYTES
     no_cache: bool = False
     cache_lru: int = 0  # outputs of earlier runs kept besides each node's latest (ComfyUI's --cache-lru)
+    sequential: bool = False  # every node in the executor's thread, one at a time (no overlap across resources)
     disk_cache: bool = True  # outputs kept on disk across processes (off with --no-disk-cache or --no-cache)
     disk_cache_dir: Path | None = None  # default: <base>/cache/outputs
     disk_cache_bytes: int = Field(DISK_MAX_BYTES, ge=0)
@@ -46,7 +47,7 @@ def create_executor(options: RuntimeOptions | None = None) -> Executor:
     configure(options.limits)  # validate_inputs only sees the directories; it reads the budget from here
     services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview},
                         limits=options.limits)
-    return Executor(registry, services, cache, _disk_cache(options, dirs))
+    return Executor(registry, services, cache, _disk_cache(options, dirs), parallel=not options.sequential)
 
 
 def _disk_cache(options: RuntimeOptions, dirs: Dirs) -> DiskCache | None:
