@@ -29,8 +29,7 @@ EXCEPTED_INPUTS: dict[str, set[str]] = {
 
 # Names of sd-family-nodes.txt that sdgraph does not offer yet (other branches add many of them).
 MISSING: set[str] = set("""
-unCLIPCheckpointLoader ImageOnlyCheckpointLoader CLIPVisionLoader StyleModelLoader GLIGENLoader CLIPVisionEncode
-unCLIPConditioning StyleModelApply GLIGENTextBoxApply PerturbedAttentionGuidance SelfAttentionGuidance
+GLIGENLoader GLIGENTextBoxApply PerturbedAttentionGuidance SelfAttentionGuidance
 """.split())
 
 
