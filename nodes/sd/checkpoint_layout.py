@@ -105,6 +105,8 @@ def read_layout(sd: StateDict, filename: str = "") -> CheckpointLayout:
                              TIME_IDS.get(family, 6))
     if family == "sdxl_refiner":
         _check_refiner_unet(sd, unet, encoders[0])
+    if family in ("sd1", "sd2") and "projection_class_embeddings_input_dim" in unet:
+        unet["class_embed_type"] = "projection"  # unCLIP: label_emb takes the noised image embedding (`unclip`)
     vae = infer_vae_config(sd, _vae_prefix(sd), defaults["vae"])
     scheduler = dict(defaults["scheduler"])
     prediction = guess_prediction_type(sd, family, unet, filename)

@@ -8,7 +8,7 @@ import torch
 from sdgraph.limits import current_limits, refusal
 from sdgraph.node import Float, Input, Int, Node, Output, String
 from sdgraph.paths import Dirs
-from sdgraph.nodes.sd import conditioning_ops, controlnet_options, inpaint_conditioning
+from sdgraph.nodes.sd import conditioning_ops, controlnet_options, inpaint_conditioning, style_model, unclip
 from sdgraph.nodes.sd.common import MAX_RESOLUTION, copy_conditioning
 from sdgraph.nodes.sd.model_objects import ClipModel, ControlHint, ControlNetModel
 from sdgraph.nodes.sd.primitives import NODES as PRIMITIVES
@@ -151,4 +151,5 @@ class ConditioningZeroOut(Node):
 
 
 NODES = [TextEncode, CLIPTextEncodeSDXLRefiner, ControlNet, ControlNetApply, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
-         *conditioning_ops.NODES, *inpaint_conditioning.NODES, *controlnet_options.NODES, *PRIMITIVES, *STRINGS]
+         *conditioning_ops.NODES, *inpaint_conditioning.NODES, *controlnet_options.NODES, *PRIMITIVES, *STRINGS,
+         *unclip.NODES, *style_model.NODES]

@@ -22,7 +22,10 @@ the samplers as `denoise(x, sigma) -> denoised` in the parametrisation x = x0 + 
 - ControlNet: an entry's "control" hint (see `nodes.sd.control`) adds residuals while the step's percent
   (ComfyUI's: 1 - timestep / 999) lies in the hint's [start_percent, end_percent];
 - SDXL: `added_cond_kwargs` from the entry's pooled output and size/crop extras (the refiner's aesthetic score
-  defaults by the side the entry is on: positive or negative);
+  defaults by the side the entry is on: positive or negative); an entry's "unclip_conditioning" replaces the
+  pooled output (ComfyUI's ReVision, see `unclip`);
+- unCLIP: a UNet with a projection class embedding gets each entry's ADM vector as `class_labels` (ComfyUI's
+  "y", zeros for entries without unCLIP items), its noise drawn from the sampling seed (`unclip.sampling_seed`);
 - model patches: when the MODEL's transformer_options hold patches, each UNet call goes through
   `nodes.sd.unet_walk.patched_unet` with a per-call copy of them plus ComfyUI's "cond_or_uncond" (0 cond, 1 uncond,
   one per stacked batch chunk) and "sigmas" (the step's sigma per latent); without patches the diffusers UNet is
@@ -48,6 +51,7 @@ from sdgraph.nodes.sd.cond_areas import (add_area_twins, area_box, entry_weight,
                                          resolve_entry, step_window)
 from sdgraph.nodes.sd.model_patcher import copy_options
 from sdgraph.nodes.sd.model_sampling import latent_format_of, model_sampling_of
+from sdgraph.nodes.sd.unclip import adm_input, current_seed, revision_pooled
 from sdgraph.nodes.sd.unet_walk import has_unet_patches, patched_unet
 
 Tensor = torch.Tensor
@@ -63,6 +67,7 @@ class Entry:
     strength: float = 1.0
     mask: Tensor | None = None  # [1 or B, 1, h, w] float32 on the device
     added: dict[str, Tensor] | None = None  # SDXL added_cond_kwargs for the full batch
+    y: Tensor | None = None  # an unCLIP UNet's class-embedding input [B, ADM] (see `unclip`)
     control: Any = None
     window: tuple[float, float] | None = None  # (sigma at start_percent, sigma at end_percent)
     weight: Tensor | None = None  # its weight on its area's box, [1 or B, 1, h, w] (see cond_areas.entry_weight)
@@ -85,6 +90,7 @@ class _Batched:
     added: dict[str, Tensor] | None
     entries: list[Entry] = field(default_factory=list)
     concat: Tensor | None = None
+    y: Tensor | None = None
 
 
 @dataclass
@@ -98,6 +104,7 @@ class CondCall:
     context: Tensor
     added: dict[str, Tensor] | None
     concat: Tensor | None = None
+    y: Tensor | None = None
 
 
 class SDDenoiser:
@@ -111,6 +118,7 @@ class SDDenoiser:
         self.device = torch.device(model.compute_device(manager))
         self.dtype = model.dtype(manager)
         self.model_sampling = model_sampling_of(model)
+        self.seed = current_seed()  # the sampling run's (ComfyUI draws the unCLIP noise from it)
         self.model_options = copy_options(getattr(model, "model_options", None) or {})
         self.hooked = sampler_hooks_set(self.model_options)
         self.cfg = float(cfg)
@@ -174,9 +182,14 @@ class SDDenoiser:
                       concat=self.concat_source.build(extras), gligen=extras.get("gligen"))
         if extras.get("mask") is not None:
             entry.mask = extras["mask"].to(self.device)
-        if getattr(self.model, "is_sdxl", False) and extras.get("pooled_output") is not None:
-            entry.added = self.model.sdxl_added_cond(extras["pooled_output"], extras, (self.height, self.width),
-                                                     self.batch, self.device, self.dtype, prompt_type)
+        entry.y = adm_input(self.model, self.unet, extras, self.seed, self.batch, self.device, self.dtype)
+        if getattr(self.model, "is_sdxl", False):
+            pooled = extras.get("pooled_output")
+            if pooled is not None or extras.get("unclip_conditioning"):
+                revision = revision_pooled(extras, self.seed, None if pooled is None else pooled.shape[-1])
+                entry.added = self.model.sdxl_added_cond(pooled if revision is None else revision, extras,
+                                                         (self.height, self.width), self.batch, self.device,
+                                                         self.dtype, prompt_type)
         return entry
 
     def _plan_batched(self) -> _Batched | None:
@@ -205,7 +218,8 @@ class SDDenoiser:
         concat = None
         if entries[0].concat is not None:
             concat = torch.cat([to_batch(e.concat, self.batch) for e in entries])
-        return _Batched(context=context, added=added, entries=entries, concat=concat)
+        y = torch.cat([e.y for e in entries]) if entries[0].y is not None else None
+        return _Batched(context=context, added=added, entries=entries, concat=concat, y=y)
 
     def set_noise_mask(self, mask: Tensor | None) -> None:
         """The LATENT's noise mask (any MASK shape): an inpainting model's mask channel when an entry has no
@@ -259,14 +273,14 @@ class SDDenoiser:
     def apply_model(self, x: Tensor, timestep: Tensor, c_concat: Tensor | None = None,
                     c_crossattn: Tensor | None = None, control: dict[str, Any] | None = None,
                     transformer_options: dict[str, Any] | None = None,
-                    added_cond_kwargs: dict[str, Tensor] | None = None) -> Tensor:
+                    added_cond_kwargs: dict[str, Tensor] | None = None, y: Tensor | None = None) -> Tensor:
         """ComfyUI's `BaseModel.apply_model`: the x0 estimate of the UNet on x at the noise levels `timestep`
         (sigmas, one per batch item), through the model sampling; what `model_function_wrapper` wraps."""
         ms = self.model_sampling
         x_in = _with_concat(ms.calculate_input(timestep, x).to(self.dtype), c_concat)
         options = transformer_options or {}
         out = self._unet(x_in, ms.timestep(timestep).float(), c_crossattn, added_cond_kwargs, control or {},
-                         options.get("cond_or_uncond", [0]), float(timestep.reshape(-1)[0]), options)
+                         options.get("cond_or_uncond", [0]), float(timestep.reshape(-1)[0]), options, y=y)
         return ms.calculate_denoised(timestep, out.float(), x)
 
     def cond_calls(self, conds: Sequence[Sequence[Entry] | None], sigma: float) -> list[CondCall]:
@@ -279,7 +293,8 @@ class SDDenoiser:
             plan = self.stacked([c[0] for _, c in order])
             if plan is not None:
                 box = (0, self.height, 0, self.width)
-                return [CondCall([i for i, _ in order], plan.entries, box, plan.context, plan.added, plan.concat)]
+                return [CondCall([i for i, _ in order], plan.entries, box, plan.context, plan.added, plan.concat,
+                                 plan.y)]
         calls = []
         for i, entries in present:
             for e in entries:
@@ -287,7 +302,7 @@ class SDDenoiser:
                     continue
                 box = y0, y1, x0, x1 = area_box(e.area, self.height, self.width)
                 concat = None if e.concat is None else to_batch(e.concat[:, :, y0:y1, x0:x1], self.batch)
-                calls.append(CondCall([i], [e], box, to_batch(e.context, self.batch), e.added, concat))
+                calls.append(CondCall([i], [e], box, to_batch(e.context, self.batch), e.added, concat, e.y))
         return calls
 
     def call_inputs(self, call: CondCall, x: Tensor, sigma: float) -> tuple[Tensor, dict[str, Any]]:
@@ -303,6 +318,8 @@ class SDDenoiser:
         c = {"c_crossattn": call.context, "control": control, "added_cond_kwargs": call.added}
         if call.concat is not None:
             c["c_concat"] = call.concat
+        if call.y is not None:
+            c["y"] = call.y
         return stacked, c
 
     def call_patches(self, call: CondCall, input_shape: Sequence[int]) -> dict[str, Any] | None:
@@ -322,7 +339,7 @@ class SDDenoiser:
         x_batch = torch.cat([x_in] * halves) if halves > 1 else x_in
         control = self._control_kwargs(plan.entries, x_in, t, plan.context, sigma)
         out = self._unet(_with_concat(x_batch, plan.concat), t, plan.context, plan.added, control,
-                         [1, 0] if halves > 1 else [0], sigma)
+                         [1, 0] if halves > 1 else [0], sigma, y=plan.y)
         if halves == 1:
             return out, None
         uncond, cond = out.chunk(2)
@@ -352,7 +369,7 @@ class SDDenoiser:
             concat = None if entry.concat is None else to_batch(entry.concat[:, :, y0:y1, x0:x1], crop.shape[0])
             patches = cond_patches(entry.gligen, crop.shape, self.device)
             out = self._unet(_with_concat(crop, concat), t, context, entry.added, control, [side], sigma,
-                             cond=patches).float()
+                             cond=patches, y=entry.y).float()
             w = to_batch(entry.weight, crop.shape[0])
             total[:, :, y0:y1, x0:x1] += out * w
             weight[:, :, y0:y1, x0:x1] += w
@@ -370,7 +387,8 @@ class SDDenoiser:
 
     def _unet(self, x: Tensor, t: Tensor, context: Tensor, added: dict[str, Tensor] | None,
               control: dict[str, Any], cond_or_uncond: list[int], sigma: float,
-              call_options: dict[str, Any] | None = None, cond: dict[str, Any] | None = None) -> Tensor:
+              call_options: dict[str, Any] | None = None, cond: dict[str, Any] | None = None,
+              y: Tensor | None = None) -> Tensor:
         """One UNet call. `call_options`: this call's transformer_options as the hooked pipeline built them (with
         cond_or_uncond, sigmas and the cond's own patches); else they come from the MODEL's, with `cond`'s patches
         (GLIGEN's middle patch) after the MODEL's."""
@@ -380,6 +398,8 @@ class SDDenoiser:
             kwargs["down_intrablock_additional_residuals"] = list(kwargs["down_intrablock_additional_residuals"])
         if added is not None:
             kwargs["added_cond_kwargs"] = added
+        if y is not None:
+            kwargs["class_labels"] = y.to(x.dtype)
         if call_options is not None:
             if not has_unet_patches(call_options):
                 return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from sdgraph.node import Combo, Float, Input, Int, Node, Output, models_in
-from sdgraph.nodes.sd import attention_multiply, merging, saving
+from sdgraph.nodes.sd import attention_multiply, clip_vision_nodes, merging, saving
 from sdgraph.nodes.sd.common import manager_of, model_path
 from sdgraph.nodes.sd.embeddings import with_embeddings
 from sdgraph.nodes.sd.loading import load_checkpoint, load_controlnet, load_vae
@@ -151,5 +151,5 @@ class CLIPSetLastLayer(Node):
 
 
 NODES = [CheckpointLoaderSimple, CheckpointLoader, VAELoader, ControlNetLoader, LoraLoader, LoraLoaderModelOnly, CLIPSetLastLayer,
-         *merging.NODES, *attention_multiply.NODES, *saving.NODES]
+         *merging.NODES, *attention_multiply.NODES, *saving.NODES, *clip_vision_nodes.NODES]
 NODES += PART_LOADERS  # UNETLoader, CLIPLoader, DualCLIPLoader, DiffusersLoader, DiffControlNetLoader

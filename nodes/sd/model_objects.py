@@ -32,7 +32,10 @@ Socket values (what a node receives / returns):
     "start_percent" / "end_percent" (0..1: the entry acts only on the steps whose sigma lies between the sigmas
     at those fractions of the schedule, compared as ComfyUI compares them);
     "concat_latent_image" (unscaled VAE latents [B, 4, h, w]) and "concat_mask" ([B, 1, H, W], pixel size): the
-    extra UNet channels of inpainting / InstructPix2Pix models (see `nodes.sd.concat_cond`).
+    extra UNet channels of inpainting / InstructPix2Pix models (see `nodes.sd.concat_cond`);
+    "unclip_conditioning" (a list of {"clip_vision_output", "strength", "noise_augmentation"}: an unCLIP model's
+    image input, see `nodes.sd.unclip`); "attention_mask" / "attention_mask_img_shape" (StyleModelApply's
+    attention bias; SD UNets do not read it, as in ComfyUI).
   Several pairs are combined by the sampler (ConditioningCombine concatenates the lists): each active entry is
   evaluated on its area and a side's estimate is their weighted average (see `nodes.sd.cond_areas`).
 - LATENT -> {"samples": Tensor [B, C, h, w] float32, unscaled as in ComfyUI (the VAE's own latents; the sampler

@@ -40,6 +40,7 @@ from sdgraph.nodes.sd.noise import (BROWNIAN_SAMPLERS, SEED_MAX, SeededNoise, br
                                    initial_noise, to_device)
 from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
 from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES, compute_sigmas
+from sdgraph.nodes.sd.unclip import sampling_seed
 
 
 @dataclass
@@ -157,7 +158,8 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
         x = clean  # every SD parametrisation adds the scaled noise to the latent: no noise leaves it as it is
         if add_noise:
             x = ms.noise_scaling(sigma_0, to_device(noise, device), clean, max_denoise(sigma_0, float(ms.sigma_max)))
-        denoiser = guide(samples, sampler_name in CFG_PP_SAMPLERS)
+        with sampling_seed(seed):  # unCLIP models draw their embedding noise from it
+            denoiser = guide(samples, sampler_name in CFG_PP_SAMPLERS)
         denoise: DenoiseFn = denoiser
         mask = latent.get("noise_mask")
         if mask is not None and sampler_name in RESIZING_SAMPLERS and options.get("total_upscale", 2.0) != 1.0:

@@ -61,12 +61,14 @@ def patched_unet(unet: torch.nn.Module, sample: Tensor, timestep: Tensor, contex
                  added_cond_kwargs: dict[str, Tensor] | None = None,
                  down_block_additional_residuals: Sequence[Tensor] | None = None,
                  mid_block_additional_residual: Tensor | None = None,
-                 down_intrablock_additional_residuals: Sequence[Tensor] | None = None) -> Tensor:
-    """The UNet's output for one call; `options` is this call's transformer_options dict (written into)."""
+                 down_intrablock_additional_residuals: Sequence[Tensor] | None = None,
+                 class_labels: Tensor | None = None) -> Tensor:
+    """The UNet's output for one call; `options` is this call's transformer_options dict (written into);
+    `class_labels` an unCLIP UNet's class-embedding input."""
     check_unet(unet)
     options["original_shape"] = list(sample.shape)
     options["transformer_index"] = 0
-    emb = _embedding(unet, sample, timestep, context, added_cond_kwargs)
+    emb = _embedding(unet, sample, timestep, context, added_cond_kwargs, class_labels)
     context = unet.process_encoder_hidden_states(encoder_hidden_states=context, added_cond_kwargs=added_cond_kwargs)
     walk = _Walk(options, emb, context)
     adapter = list(down_intrablock_additional_residuals) if down_intrablock_additional_residuals else []
@@ -90,10 +92,10 @@ def patched_unet(unet: torch.nn.Module, sample: Tensor, timestep: Tensor, contex
 
 
 def _embedding(unet: torch.nn.Module, sample: Tensor, timestep: Tensor, context: Tensor,
-               added: dict[str, Tensor] | None) -> Tensor:
-    """The timestep embedding (plus SDXL's added embedding), as diffusers' forward builds it."""
+               added: dict[str, Tensor] | None, class_labels: Tensor | None = None) -> Tensor:
+    """The timestep embedding (plus the class and SDXL's added embeddings), as diffusers' forward builds it."""
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
-    class_emb = unet.get_class_embed(sample=sample, class_labels=None)
+    class_emb = unet.get_class_embed(sample=sample, class_labels=class_labels)
     if class_emb is not None:
         emb = torch.cat([emb, class_emb], dim=-1) if unet.config.class_embeddings_concat else emb + class_emb
     aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=context, added_cond_kwargs=added)

@@ -28,10 +28,7 @@ EXCEPTED_INPUTS: dict[str, set[str]] = {
 }
 
 # Names of sd-family-nodes.txt that sdgraph does not offer yet (other branches add many of them).
-MISSING: set[str] = set("""
-unCLIPCheckpointLoader ImageOnlyCheckpointLoader CLIPVisionLoader StyleModelLoader CLIPVisionEncode
-unCLIPConditioning StyleModelApply
-""".split())
+MISSING: set[str] = set()
 
 
 @pytest.fixture(scope="module")
