@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "sd"), str(Path(__file__).resolve().parent)]
 from attention_toy import CASES, SEED, UNET_CONFIG, attention_unet, toy_text  # noqa: E402
-from sampler_patches import apply, import_comfy  # noqa: E402
+from sampler_patches import apply, import_comfy, write_cases  # noqa: E402
 
 
 def ldm_weights() -> dict[str, Any]:
@@ -96,15 +95,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     patcher, classes = toy_model_patcher(weights), node_classes()
-    out = {}
-    for name, case in CASES.items():
-        with torch.inference_mode():
-            result = run_case(case, patcher, classes)
-        out[name] = result.float().numpy()
-        print(name, tuple(result.shape), float(result.abs().max()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **out)
-    print("wrote", args.out)
+    write_cases(CASES, lambda case: run_case(case, patcher, classes), args.out)
 
 
 if __name__ == "__main__":

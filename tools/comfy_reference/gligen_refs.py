@@ -19,13 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "sd"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gligen_files import CASES, LATENT_SHAPE, SEED, StubClip, gligen_unet, ldm_unet_state, save_gligen  # noqa: E402
-from sampler_patches import import_comfy  # noqa: E402
+from sampler_patches import import_comfy, write_cases  # noqa: E402
 from sampling_support import text  # noqa: E402
 
 
@@ -82,15 +81,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     patcher, gligen = comfy_model(unet), comfy.sd.load_gligen(str(scratch / "tiny_gligen.safetensors"))
-    out = {}
-    for name, case in CASES.items():
-        with torch.inference_mode():
-            result = run_case(case, patcher, gligen)
-        out[name] = result.float().numpy()
-        print(name, tuple(result.shape), float(result.abs().max()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **out)
-    print("wrote", args.out)
+    write_cases(CASES, lambda case: run_case(case, patcher, gligen), args.out)
 
 
 if __name__ == "__main__":

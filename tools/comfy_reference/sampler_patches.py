@@ -122,15 +122,22 @@ def main() -> None:
 
     torch.set_num_threads(2)
     patcher, classes = toy_model_patcher(), node_classes()
-    out = {}
-    for name, case in CASES.items():
+    write_cases(CASES, lambda case: run_case(case, patcher, classes), args.out)
+
+
+def write_cases(cases: dict[str, Any], run: Any, out: Path) -> None:
+    """Run each case under inference mode and store its result, as float32, in one compressed .npz."""
+    import torch
+
+    results = {}
+    for name, case in cases.items():
         with torch.inference_mode():
-            result = run_case(case, patcher, classes)
-        out[name] = result.float().numpy()
+            result = run(case)
+        results[name] = result.float().numpy()
         print(name, tuple(result.shape), float(result.abs().max()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **out)
-    print("wrote", args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **results)
+    print("wrote", out)
 
 
 if __name__ == "__main__":
