@@ -15,8 +15,7 @@ from aiohttp import web
 from sdgraph.collector import collector_paused
 from sdgraph.overrides import OverrideError, set_literal
 from sdgraph.prepare import PreparedPrompt
-from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body
-from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
+from sdgraph.server.errors import ApiError, parse_json, parse_model, queue_refusals, read_body
 from sdgraph.server.schemas import PromptBatchRequest
 from sdgraph.server.state import ServerState, state_of
 from sdgraph.uiformat import is_ui_workflow, load_any, name_node_errors
@@ -108,14 +107,8 @@ def _queue_all(state: ServerState, body: PromptBatchRequest, extra_data: dict[st
                for workflow, prompt in zip(workflows, prepared)]
     if body.front:
         entries.reverse()  # each goes before the last: reversed, they run in the order given
-    try:
+    with queue_refusals():
         items = state.store.put_many(entries, extra_data, client_id=body.client_id, front=body.front)
-    except DuplicatePrompt as exc:
-        raise ApiError(400, "duplicate_prompt_id", str(exc), node_errors={}) from None
-    except QueueFull as exc:
-        raise ApiError(429, "queue_full", str(exc), node_errors={}) from None
-    except StorageFull as exc:
-        raise ApiError(507, "insufficient_storage", str(exc), node_errors={}) from None
     if body.front:
         items.reverse()
     return {"prompt_ids": [item.prompt_id for item in items],

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from sdgraph.paths import UnsafePath
 from sdgraph.server import piecewise_json
+from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 
 log = logging.getLogger("sdgraph.server")
 Model = TypeVar("Model", bound=BaseModel)
@@ -124,3 +126,15 @@ def describe_validation(exc: ValidationError) -> str:
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
+
+@contextmanager
+def queue_refusals() -> Iterator[None]:
+    """The queue's refusals as the client's errors: a prompt id in use (400), a full queue (429), a full disk (507)."""
+    try:
+        yield
+    except DuplicatePrompt as exc:
+        raise ApiError(400, "duplicate_prompt_id", str(exc), node_errors={}) from None
+    except QueueFull as exc:
+        raise ApiError(429, "queue_full", str(exc), node_errors={}) from None
+    except StorageFull as exc:
+        raise ApiError(507, "insufficient_storage", str(exc), node_errors={}) from None

@@ -11,8 +11,7 @@ from aiohttp import web
 from sdgraph.collector import collector_paused, drain
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.server.batch import post_prompt_batch
-from sdgraph.server.errors import ApiError, parse_json, parse_model, read_body, read_model
-from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
+from sdgraph.server.errors import ApiError, parse_json, parse_model, queue_refusals, read_body, read_model
 from sdgraph.server.schemas import InterruptRequest, PromptRequest, QueueAction
 from sdgraph.server.state import ServerState, state_of
 from sdgraph.uiformat import ConversionError, api_to_ui, is_ui_workflow, load_any, name_node_errors, ui_graph
@@ -64,15 +63,9 @@ def _queue(state: ServerState, body: PromptRequest, extra_data: dict[str, Any], 
         return {"error": prompt.error, "node_errors": prompt.node_errors}, 400
     if body.client_id is not None:
         extra_data["client_id"] = body.client_id
-    try:
+    with queue_refusals():
         item = state.store.put(body.prompt_id or str(uuid.uuid4()), body.prompt, extra_data, list(prompt.outputs),
                                client_id=body.client_id, number=body.number, front=body.front)
-    except DuplicatePrompt as exc:
-        raise ApiError(400, "duplicate_prompt_id", str(exc), node_errors={}) from None
-    except QueueFull as exc:
-        raise ApiError(429, "queue_full", str(exc), node_errors={}) from None
-    except StorageFull as exc:
-        raise ApiError(507, "insufficient_storage", str(exc), node_errors={}) from None
     number = int(item.number) if item.number.is_integer() else item.number
     return {"prompt_id": item.prompt_id, "number": number, "node_errors": prompt.node_errors}, 200
 
