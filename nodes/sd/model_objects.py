@@ -274,6 +274,30 @@ class ClipModel(WeightMethods):
     def clone(self) -> "ClipModel":
         return dataclasses.replace(self)
 
+    # ComfyUI's CLIP token API (see `nodes.sd.clip_tokens`), for plugins and nodes written against it
+    def tokenize(self, text: str, return_word_ids: bool = False, **_: Any) -> dict[str, list[list[tuple]]]:
+        from sdgraph.nodes.sd.clip_tokens import tokenize
+
+        return tokenize(self, text, return_word_ids)
+
+    def encode_from_tokens(self, tokens: dict[str, Any], return_pooled: bool = False, return_dict: bool = False
+                           ) -> Any:
+        """The conditioning tensor; with `return_pooled`, (cond, pooled); with `return_dict`, both by name."""
+        from sdgraph.nodes.sd.clip_tokens import encode_tokens
+
+        cond, pooled = encode_tokens(self, tokens)
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens: dict[str, Any], **_: Any) -> list[list[Any]]:
+        """The tokens as a CONDITIONING (one entry, with its pooled output)."""
+        cond, pooled = self.encode_from_tokens(tokens, return_pooled=True)
+        return [[cond, {"pooled_output": pooled}]]
+
+    def encode(self, text: str) -> Any:
+        return self.encode_from_tokens(self.tokenize(text))
+
     def with_patch(self, index: int, patch: WeightPatch) -> "ClipModel":
         out = self.clone()
         out._append_weight_patch(index, patch)

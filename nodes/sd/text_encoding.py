@@ -206,10 +206,14 @@ def encode_prompts(clip: ClipModel, texts: list[str], limits: Limits | None = No
     them, so the encoders' features line up token for token."""
     limits = limits or current_limits()
     wheres = wheres or ["CLIPTextEncode.text"] * len(texts)
-    for text, where in zip(texts, wheres):
-        check_prompt_chars(limits, where, text)
     tokens = [_prompt_chunks(clip, index, text, limits, where)
               for index, (text, where) in enumerate(zip(texts, wheres))]
+    return encode_chunks(clip, tokens, unprojected)
+
+
+def encode_chunks(clip: ClipModel, tokens: list[tuple[torch.Tensor, torch.Tensor, Splices]],
+                  unprojected: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode each encoder's (chunk ids [n, 77], weights [n, 77], splices); see `encode_prompts`."""
     count = max(len(ids) for ids, _, _ in tokens)
     features, pooled = [], None
     for index, (tokenizer, spec) in enumerate(zip(clip.tokenizers, clip.specs)):
@@ -231,15 +235,22 @@ def encode_prompts(clip: ClipModel, texts: list[str], limits: Limits | None = No
     return torch.cat(features, dim=-1), pooled
 
 
+def prompt_rows(clip: ClipModel, index: int, text: str, limits: Limits | None = None,
+                where: str = "CLIP.tokenize") -> list[list[Token]]:
+    """Encoder `index`'s 77-token chunks of one prompt as (token id or embedding vector, weight) pairs."""
+    limits = limits or current_limits()
+    check_prompt_chars(limits, where, text)
+    tokenizer, spec = clip.tokenizers[index], clip.specs[index]
+    lookup = EmbeddingLookup(clip.embedding_dirs, spec.kind, token_width(clip, index)) if clip.embedding_dirs else None
+    groups = weighted_groups(tokenizer, text, limits.max_tokens, where, lookup)
+    return chunk_rows(groups, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
+
+
 def _prompt_chunks(clip: ClipModel, index: int, text: str, limits: Limits,
                    where: str) -> tuple[torch.Tensor, torch.Tensor, Splices]:
     """Encoder `index`'s chunk ids, weights and the embedding vectors spliced into them."""
-    tokenizer, spec = clip.tokenizers[index], clip.specs[index]
-    width = _token_width(clip, index)
-    lookup = EmbeddingLookup(clip.embedding_dirs, spec.kind, width) if clip.embedding_dirs else None
-    groups = weighted_groups(tokenizer, text, limits.max_tokens, where, lookup)
-    rows = chunk_rows(groups, tokenizer.bos_token_id, tokenizer.eos_token_id, spec.pad_id)
-    return token_rows(rows, spec.pad_id, width)
+    rows = prompt_rows(clip, index, text, limits, where)
+    return token_rows(rows, clip.specs[index].pad_id, token_width(clip, index))
 
 
 def _empty_chunk(tokenizer: Any, spec: EncoderSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,6 +267,6 @@ def _pad_chunks(ids: torch.Tensor, weights: torch.Tensor, count: int, tokenizer:
     return (torch.cat([ids, empty_ids.repeat(missing, 1)]), torch.cat([weights, empty_weights.repeat(missing, 1)]))
 
 
-def _token_width(clip: ClipModel, index: int) -> int:
+def token_width(clip: ClipModel, index: int) -> int:
     """The width of encoder `index`'s token embeddings (from its config: the weights need not be loaded)."""
     return int(clip.encoders[index].module.config.hidden_size)
