@@ -159,9 +159,9 @@ def test_long_prompts_are_encoded_in_bounded_batches_with_the_same_result(dirs, 
     batches: list[int] = []
     original = text_encoding._run_encoder
 
-    def spy(module, spec, skip, ids, device):
+    def spy(module, spec, skip, ids, device, *rest):
         batches.append(ids.shape[0])
-        return original(module, spec, skip, ids, device)
+        return original(module, spec, skip, ids, device, *rest)
 
     with mock.patch.object(text_encoding, "_run_encoder", spy):
         cond = call(TextEncode, ctx, text=text, clip=clip)[0][0][0]
