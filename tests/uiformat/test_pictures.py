@@ -188,7 +188,7 @@ def _images(batch: int = 1):
 
 
 def test_save_pngs_round_trip(tmp_path):
-    from nodes.sd.image_files import png_metadata, save_pngs
+    from sdgraph.nodes.sd.image_files import png_metadata, save_pngs
 
     records = save_pngs(_images(2), tmp_path, "sub/pic", "output", png_metadata(PROMPT, {"workflow": WORKFLOW}))
     assert [r["filename"] for r in records] == ["pic_00001_.png", "pic_00002_.png"]
@@ -202,7 +202,7 @@ def test_save_pngs_round_trip(tmp_path):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_save_webp_round_trip(tmp_path, batch):
-    from nodes.sd.image_files import save_webp, webp_metadata
+    from sdgraph.nodes.sd.image_files import save_webp, webp_metadata
 
     first = save_webp(_images(batch), tmp_path, "clip", "output", webp_metadata(PROMPT, {"workflow": WORKFLOW}))
     second = save_webp(_images(batch), tmp_path, "clip", "output", None, lossless=True)
