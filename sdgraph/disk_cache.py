@@ -251,7 +251,7 @@ def _on_device(tensor: Any, device: str) -> Any:
 
 # ---- which code wrote an entry ---------------------------------------------------------------------------------
 
-_stamps: dict[Path, str] = {}
+_stamps: dict[Any, str] = {}  # package directory or node class -> its stamp
 
 
 def code_stamp(cls: Any) -> str:
@@ -260,13 +260,16 @@ def code_stamp(cls: Any) -> str:
 
     Part of an entry's key, so editing a node pack (or upgrading sdgraph) makes its old entries misses. The whole
     package, not the class's own file: a sampler's numbers live in helper modules too."""
-    import inspect
+    stamp = _stamps.get(cls)
+    if stamp is None:  # once per class: every node's disk key asks, on the run's hot path
+        import inspect
 
-    try:
-        source = Path(inspect.getfile(cls)).resolve()
-    except (TypeError, OSError):
-        return "unknown"
-    return _stamp(_package_root(source)) + _stamp(Path(__file__).resolve().parent)
+        try:
+            source = Path(inspect.getfile(cls)).resolve()
+        except (TypeError, OSError):
+            return "unknown"
+        stamp = _stamps[cls] = _stamp(_package_root(source)) + _stamp(Path(__file__).resolve().parent)
+    return stamp
 
 
 def _package_root(source: Path) -> Path:

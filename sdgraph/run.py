@@ -5,6 +5,7 @@ import concurrent.futures
 import gc
 import threading
 import time
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -421,7 +422,7 @@ class PromptRun:
                 stamps.append(None)
                 continue
             paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            stamps.append([[p.stat().st_size, p.stat().st_mtime_ns] for p in paths])
+            stamps.append([[stat.st_size, stat.st_mtime_ns] for stat in map(Path.stat, paths)])
         return stamps
 
     def _hidden_key(self, node: PreparedNode) -> dict[str, str]:

@@ -14,6 +14,7 @@ from sdgraph.context import Services
 from sdgraph.disk_cache import DiskCache, decode, encode
 from sdgraph.execute import Executor
 from sdgraph.paths import Dirs
+from sdgraph.node import Input, NodeOutput
 from sdgraph.registry import Registry
 from tests.engine import toy_nodes
 
@@ -135,3 +136,39 @@ def test_a_changed_node_pack_does_not_reuse_old_entries(toy_registry: Registry, 
         disk_cache._stamp = original
         disk_cache._stamps.clear()
     assert toy_nodes.CALLS["Add"] == 1
+
+
+def test_a_model_file_replaced_under_its_name_is_not_taken_for_the_old_one(tmp_path: Path) -> None:
+    from sdgraph.node import Combo, Node, Output, models_in
+    from sdgraph.types import STRING
+
+    reads: list[str] = []
+
+    class ReadModel(Node):
+        inputs = [Combo("name", models_in("checkpoints"))]
+        outputs = [Output(STRING)]
+
+        def run(self, name: str) -> tuple:
+            text = self.ctx.dirs.find_model("checkpoints", name).read_text()
+            reads.append(text)
+            return (text,)
+
+    class ShowText(Node):
+        output_node = True
+        inputs = [Input("text", STRING)]
+
+        def run(self, text: str) -> NodeOutput:
+            return NodeOutput((), {"text": [text]})
+
+    registry = Registry()
+    registry.add_native([ReadModel, ShowText], "files")
+    folder = tmp_path / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "m.safetensors").write_text("first")
+    executor = Executor(registry, Services(dirs=Dirs(base=tmp_path, extra_model_roots=[])))
+    workflow = {"1": {"class_type": "ReadModel", "inputs": {"name": "m.safetensors"}},
+                "2": {"class_type": "ShowText", "inputs": {"text": ["1", 0]}}}
+    assert executor.run(workflow).outputs["2"] == {"text": ["first"]}
+    assert executor.run(workflow).ok and reads == ["first"]  # unchanged: cached
+    (folder / "m.safetensors").write_text("second, longer")
+    assert executor.run(workflow).outputs["2"] == {"text": ["second, longer"]}
