@@ -402,12 +402,11 @@ class PromptRun:
                 raise NodeError(node.node_id, node.node.class_type, exc) from exc
         elif node.node_id in self.dynprompt.parents and not is_plain(node.literals):
             fingerprint = float("nan")  # values no key can stand for (a tensor): never reused
-        files = self._flags(node).model_files
-        if files:
+        if node.node.spec.not_idempotent or always_changes(fingerprint):
+            self._volatile.add(node.node_id)  # a fresh key each run (node_signature draws it): nothing to add
+        elif files := self._flags(node).model_files:
             fingerprint = [fingerprint, *self._file_stamps(node, files)]
         hidden = self._hidden_key(node) if node.node.spec.has_hidden else None
-        if node.node.spec.not_idempotent or always_changes(fingerprint):
-            self._volatile.add(node.node_id)
         return node_signature(node, fingerprint, self.keys, hidden)
 
     def _file_stamps(self, node: PreparedNode, files: tuple[tuple[str, str], ...]) -> list[Any]:
