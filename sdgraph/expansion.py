@@ -35,14 +35,10 @@ class _Call:
 _current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("sdgraph_current_call", default=None)
 
 
-def call_scope(node_id: str, index: int) -> contextvars.Token:
-    """Mark the node call in progress, so subgraphs it builds get ids no other call can make."""
-    return _current_call.set(_Call(node_id, index))
-
-
-def set_call(node_id: str, index: int, graphs: int = 0) -> None:
-    """Name the call in progress (and how many subgraphs it has built) for ids made from here on."""
-    _current_call.set(_Call(node_id, index, graphs))
+def call_scope(node_id: str, index: int, graphs: int = 0) -> contextvars.Token:
+    """Mark the node call in progress (and how many subgraphs it has built), so subgraphs it builds get ids no
+    other call can make."""
+    return _current_call.set(_Call(node_id, index, graphs))
 
 
 def end_call_scope(token: contextvars.Token) -> None:

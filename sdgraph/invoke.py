@@ -85,15 +85,6 @@ def _blocker_in(batch: dict[str, Any], input_is_list: bool) -> ExecutionBlocker 
     return None
 
 
-def call_node(node: PreparedNode, inputs: dict[str, list[Any]], ctx: NodeContext
-              ) -> tuple[tuple[list[Any], ...], dict[str, Any] | None]:
-    """Call a plain (not async, not expanding) node and return its slots and UI."""
-    outcome = gather(node, call_batches(node, input_batches(node, inputs, ctx), ctx, node.node.invoke))
-    if outcome.expansions is not None:
-        raise TypeError(f"node {node.node_id} expanded into a graph where only values can be taken")
-    return outcome.slots, outcome.ui
-
-
 def gather(node: PreparedNode, raws: list[Any]) -> Outcome:
     """Merge each call's result into the node's slots and UI (or its expansions, if any call expanded)."""
     spec = node.node.spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdgraph.expansion import Subgraph, SubgraphNode, new_prefix, set_call
+from sdgraph.expansion import Subgraph, SubgraphNode, call_scope, new_prefix
 from sdgraph.node import ExecutionBlocker
 
 __all__ = ["ExecutionBlocker", "GraphBuilder", "Node", "add_graph_prefix", "is_link"]
@@ -23,7 +23,7 @@ class GraphBuilder(Subgraph):
 
     @classmethod
     def set_default_prefix(cls, prefix_root: str, call_index: int, graph_index: int = 0) -> None:
-        set_call(prefix_root, call_index, graph_index)
+        call_scope(prefix_root, call_index, graph_index)  # for the rest of this call
 
     @classmethod
     def alloc_prefix(cls, root: str | None = None, call_index: int | None = None,
