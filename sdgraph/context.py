@@ -19,10 +19,15 @@ class Interrupted(Exception):
 
 
 class InterruptFlag:
-    """A thread-safe interrupt request, checked between nodes and at every progress tick."""
+    """A thread-safe interrupt request, checked between nodes and at every progress tick.
 
-    def __init__(self) -> None:
+    A flag with a `parent` is set also while its parent is: one prompt of a group can be interrupted alone, and
+    interrupting the executor reaches every prompt it runs.
+    """
+
+    def __init__(self, parent: "InterruptFlag | None" = None) -> None:
         self._event = threading.Event()
+        self.parent = parent
 
     def set(self) -> None:
         self._event.set()
@@ -31,10 +36,10 @@ class InterruptFlag:
         self._event.clear()
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self.parent is not None and self.parent.is_set())
 
     def check(self) -> None:
-        if self._event.is_set():
+        if self.is_set():
             raise Interrupted("interrupted")
 
 

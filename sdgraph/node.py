@@ -16,9 +16,11 @@ executor needs. Declarations are checked against `run`'s signature when the clas
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from sdgraph.context import NodeContext
 from sdgraph.paths import Dirs
@@ -73,6 +75,7 @@ class NodeDef:
     lazy_check: Callable[[dict[str, Any], NodeContext], Any] | None = None
     is_async: bool = False  # its function is `async def`: the run goes on with other nodes while it awaits
     resource: str | None = None  # declared: "accelerator", "io" or "cpu" (sdgraph.resources); None: inferred
+    cobatch: bool = False  # its model calls may merge with other prompts' (a sampler; see sdgraph.cobatch)
 
     @property
     def class_type(self) -> str:
@@ -156,6 +159,42 @@ def Output(type: str, name: str | None = None, *, is_list: bool = False, tooltip
 # ---- the native node base class ----------------------------------------------------------------------------
 
 
+_CALL: contextvars.ContextVar[tuple[Any, NodeContext] | None] = contextvars.ContextVar("sdgraph_node_call",
+                                                                                       default=None)
+
+
+class _CallContext:
+    """A node's `self.ctx`: the context of its call in progress in this thread, else the one it was last given.
+
+    One object serves a node id in every run (as in the ecosystem), and the prompts of a group run at once
+    (`sdgraph.cobatch`), so the context of a call cannot simply be an attribute of the object.
+    """
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        call = _CALL.get()
+        if call is not None and call[0] is obj:
+            return call[1]
+        try:
+            return obj.__dict__["_ctx"]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.ctx: the node is not being called by an executor") from None
+
+    def __set__(self, obj: Any, ctx: NodeContext) -> None:
+        obj.__dict__["_ctx"] = ctx
+
+
+@contextlib.contextmanager
+def _called(node: Any, ctx: NodeContext) -> Iterator[None]:
+    node.ctx = ctx  # what an async run reads once its body runs elsewhere
+    token = _CALL.set((node, ctx))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
 class Node:
     """Base class of native nodes. Subclasses declare class attributes and implement `run`."""
 
@@ -170,11 +209,13 @@ class Node:
     not_idempotent: ClassVar[bool] = False
     input_is_list: ClassVar[bool] = False
     resource: ClassVar[str | None] = None  # "accelerator", "io" or "cpu"; None: from its inputs and outputs
+    # a sampler: when several queued prompts run as a group, its model calls merge with theirs (sdgraph.cobatch)
+    cobatch: ClassVar[bool] = False
     # inputs whose value validate_inputs checks in place of the declared choices or range (ComfyUI's rule for an
     # input named in VALIDATE_INPUTS), e.g. LoadImage's file names in subfolders
     self_checked: ClassVar[tuple[str, ...]] = ()
 
-    ctx: NodeContext
+    ctx = _CallContext()
 
     def run(self, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
         raise NotImplementedError
@@ -223,16 +264,15 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
     spec = spec_of(cls, pack)
     _check_declaration(cls, spec)
 
-    def instance(ctx: NodeContext) -> Node:
-        node = ctx.instance(cls)
-        node.ctx = ctx
-        return node
-
     def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        return instance(ctx).run(**inputs)
+        node = ctx.instance(cls)
+        with _called(node, ctx):
+            return node.run(**inputs)
 
     def lazy_check(inputs: dict[str, Any], ctx: NodeContext) -> Any:
-        return instance(ctx).check_lazy_status(**inputs)
+        node = ctx.instance(cls)
+        with _called(node, ctx):
+            return node.check_lazy_status(**inputs)
 
     overrides_lazy = cls.check_lazy_status is not Node.check_lazy_status
     overrides_fp = cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]
@@ -248,6 +288,7 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
         lazy_check=lazy_check if overrides_lazy else None,
         is_async=inspect.iscoroutinefunction(cls.run),
         resource=cls.resource,
+        cobatch=cls.cobatch,
     )
 
 
