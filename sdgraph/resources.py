@@ -20,8 +20,9 @@ from typing import Any, Callable
 ACCELERATOR, IO, CPU = "accelerator", "io", "cpu"
 RESOURCES = (ACCELERATOR, IO, CPU)
 CPU_SIDE = "cpu-side"  # the worker CPU nodes run on while others work (one thread: they still run one at a time)
-# socket types whose values are models: a node taking or making one works on the accelerator
-MODEL_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONTROL_NET", "CLIP_VISION", "STYLE_MODEL", "GLIGEN",
+# socket types whose values are models (or hold one, as a GUIDER does): a node taking or making one works on the
+# accelerator
+MODEL_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONTROL_NET", "CLIP_VISION", "STYLE_MODEL", "GLIGEN", "GUIDER",
                          "UPSCALE_MODEL", "HYPERNETWORK", "LATENT_UPSCALE_MODEL"})
 IO_WORKERS = 2
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sdgraph.cache import CachedOutput
 from sdgraph.collector import collector_resumed
-from sdgraph.context import Interrupted, NodeContext
+from sdgraph.cobatch import Gang
+from sdgraph.context import InterruptFlag, Interrupted, NodeContext
 from sdgraph.disk_cache import entry_key
 from sdgraph.expansion import DynamicPrompt, ExpansionError, is_plain, prepare_expansion
 from sdgraph.invoke import (Future, Outcome, add_to_slots, call_batches, gather, hidden_value, input_batches,
@@ -20,7 +21,7 @@ from sdgraph.invoke import (Future, Outcome, add_to_slots, call_batches, gather,
 from sdgraph.node import ExecutionBlocker, ModelFiles
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.run_result import NodeError, RunResult, _now_ms, _qualified_name, error_payload
-from sdgraph.resources import CPU, CPU_SIDE, resource_of
+from sdgraph.resources import ACCELERATOR, CPU, CPU_SIDE, resource_of
 from sdgraph.schedule import Schedule
 from sdgraph.signature import always_changes, node_signature
 from sdgraph.validate import PreparedNode
@@ -43,8 +44,10 @@ class PromptRun:
     """
 
     def __init__(self, executor: "Executor", prompt: PreparedPrompt, prompt_id: str, emit: Listener,
-                 extra_data: dict[str, Any]) -> None:
+                 extra_data: dict[str, Any], flag: InterruptFlag | None = None, gang: Gang | None = None) -> None:
         self.executor = executor
+        self.flag = flag or executor.interrupt_flag
+        self.gang = gang  # where batchable nodes go when the run is one of a group (sdgraph.cobatch)
         self.cache = executor.cache
         self.disk = executor.disk_cache
         self._disk_keys: dict[str, str | None] = {}
@@ -69,6 +72,7 @@ class PromptRun:
         self._expanded: dict[str, tuple[list[Any], dict[str, Any] | None]] = {}
         self._awaiting: dict[str, _Awaiting] = {}
         self._new_nodes = 0
+        self._cached_ids: set[str] = set()
 
     def execute(self) -> RunResult:
         self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
@@ -78,10 +82,11 @@ class PromptRun:
             self._sign(plan)
             cached = [node_id for node_id in plan if self._cached(node_id)]
             self.result.cached = cached
+            self._cached_ids = set(cached)
             self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": _now_ms()})
             for node_id in self.prompt.outputs:
                 schedule.add(node_id)
-            with _engine_state_frozen():
+            with engine_state_frozen():
                 self._drain(schedule)
         except Interrupted:
             self._interrupted(schedule.staged)
@@ -91,7 +96,7 @@ class PromptRun:
             self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now_ms()})
         finally:
             if any(waiting.on_worker for waiting in self._awaiting.values()):
-                self.executor.interrupt_flag.set()  # the run is over: nodes still at work stop at their next check
+                self.flag.set()  # the run is over: nodes still at work stop at their next check
             for waiting in self._awaiting.values():
                 waiting.cancel()
         return self.result
@@ -184,7 +189,7 @@ class PromptRun:
     # ---- one node -----------------------------------------------------------------------------------------
 
     def _step(self, schedule: Schedule, node_id: str) -> None:
-        self.executor.interrupt_flag.check()
+        self.flag.check()
         node = self.nodes[node_id]
         if node_id in self._awaiting:
             waiting = self._awaiting.pop(node_id)
@@ -197,6 +202,8 @@ class PromptRun:
         hit = self._hit(node_id)
         if hit is not None:
             self.values[node_id] = hit.values
+            if self.gang is not None and node_id not in self._cached_ids and node_id not in self.dynprompt.parents:
+                self._cached_late(node_id)
             if hit.ui:
                 self._executed(node_id, hit.ui)
             return schedule.done()
@@ -208,10 +215,17 @@ class PromptRun:
         if resource == CPU and self.executor.parallel and self._working():
             resource = CPU_SIDE  # a CPU node while the accelerator works: this thread stays free to dispatch
         if resource != CPU:  # on its resource's worker, while this thread goes on with nodes elsewhere
-            future = self.executor.workers.submit(resource, self._compute, node, inputs, missing)
+            future = self._submit(resource, node, inputs, missing)
             self._awaiting[node_id] = _Awaiting([future], schedule.hold(), on_worker=True)
             return schedule.requeue()
         return self._act(schedule, node, self._compute(node, inputs, missing))
+
+    def _submit(self, resource: str, node: PreparedNode, inputs: dict[str, list[Any]],
+                missing: list[str]) -> concurrent.futures.Future:
+        """Start the node's work on its resource; a batchable node of a group's run, with the group's others."""
+        if self.gang is not None and resource == ACCELERATOR and node.node.cobatch:
+            return self.gang.submit(self.prompt_id, lambda: self._compute(node, inputs, missing))
+        return self.executor.workers.submit(resource, self._compute, node, inputs, missing)
 
     def _compute(self, node: PreparedNode, inputs: dict[str, list[Any]], missing: list[str]) -> _Computed:
         """The node's own work (in any thread): its lazy check, then its calls and their merged outcome."""
@@ -359,7 +373,7 @@ class PromptRun:
         pending = [f for waiting in self._awaiting.values() for f in waiting.futures if not f.done()]
         if pending:
             concurrent.futures.wait(pending, timeout=ASYNC_POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
-        self.executor.interrupt_flag.check()
+        self.flag.check()
         self._release_finished()
 
     def _working(self) -> bool:
@@ -376,6 +390,10 @@ class PromptRun:
         """Cache keys for these nodes, given in dependency order."""
         for node_id in order:
             self.keys[node_id] = self._signature(self.nodes[node_id])
+
+    def key_of(self, node_id: str) -> str:
+        """The node's cache key (its signature), working out those of its sources first as needed."""
+        return self._key(node_id)
 
     def _key(self, node_id: str) -> str:
         key = self.keys.get(node_id)
@@ -445,6 +463,12 @@ class PromptRun:
 
     # ---- events and errors ------------------------------------------------------------------------------
 
+    def _cached_late(self, node_id: str) -> None:
+        """A node whose output another run stored after this one began (a prompt of the same group)."""
+        self.result.cached.append(node_id)
+        self._cached_ids.add(node_id)
+        self.emit("execution_cached", {"nodes": [node_id], "prompt_id": self.prompt_id, "timestamp": _now_ms()})
+
     def _executed(self, node_id: str, ui: dict[str, Any]) -> None:
         self.result.outputs[node_id] = ui
         display = self.dynprompt.get_display_node_id(node_id) if self.dynprompt.display else node_id
@@ -452,7 +476,7 @@ class PromptRun:
 
     def _context(self, node: PreparedNode) -> NodeContext:
         node_id = node.node_id
-        return NodeContext(node_id, self.prompt_id, self.executor.services, self.executor.interrupt_flag,
+        return NodeContext(node_id, self.prompt_id, self.executor.services, self.flag,
                            extra_data=self.extra_data, prompt_source=self._api_prompt,
                            on_progress=lambda value, total, preview: self._progress(node_id, value, total, preview),
                            instances=self.executor.instances, dynprompt=self.dynprompt)
@@ -589,14 +613,24 @@ def _serialised(listener: Listener) -> Listener:
     return emit
 
 
+_frozen = {"depth": 0}
+_frozen_lock = threading.Lock()
+
+
 @contextmanager
-def _engine_state_frozen() -> Iterator[None]:
-    """While nodes run, the collector skips the objects that existed before (the workflow, the plan, the cache)."""
-    gc.freeze()
+def engine_state_frozen() -> Iterator[None]:
+    """While nodes run, the collector skips the objects that existed before (the workflow, the plan, the cache).
+    Runs of a group nest: the last one to end lets the collector see everything again."""
+    with _frozen_lock:
+        _frozen["depth"] += 1
+        gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        with _frozen_lock:
+            _frozen["depth"] -= 1
+            if _frozen["depth"] == 0:
+                gc.unfreeze()
 
 
 def _preview_inputs(node: PreparedNode | None) -> dict[str, Any]:
