@@ -371,6 +371,8 @@ def run_custom(node: Node, where: str, noise: NoiseSource, guider: Guider, sampl
 class SamplerCustomAdvanced(Node):
     """Sample a latent from its parts: noise, guider, sampler and sigmas."""
 
+    cobatch = True
+
     category = CUSTOM
     inputs = [Input("noise", NOISE), Input("guider", GUIDER), Input("sampler", SAMPLER), Input("sigmas", SIGMAS),
               Input("latent_image", LATENT)]
@@ -386,6 +388,8 @@ class SamplerCustomAdvanced(Node):
 
 class SamplerCustom(Node):
     """Sample with classifier-free guidance, a SAMPLER and SIGMAS; add_noise off samples the latent as it is."""
+
+    cobatch = True
 
     category = CUSTOM
     inputs = [Input("model", MODEL), Boolean("add_noise", True),

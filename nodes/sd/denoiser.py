@@ -52,6 +52,7 @@ from sdgraph.nodes.sd.cond_areas import (add_area_twins, area_box, entry_weight,
 from sdgraph.nodes.sd.model_patcher import copy_options
 from sdgraph.nodes.sd.model_sampling import latent_format_of, model_sampling_of
 from sdgraph.nodes.sd.unclip import adm_input, current_seed, revision_pooled
+from sdgraph.nodes.sd.unet_merge import call_unet
 from sdgraph.nodes.sd.unet_walk import has_unet_patches, patched_unet
 
 Tensor = torch.Tensor
@@ -402,10 +403,10 @@ class SDDenoiser:
             kwargs["class_labels"] = y.to(x.dtype)
         if call_options is not None:
             if not has_unet_patches(call_options):
-                return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+                return call_unet(self.unet, x, t, context, kwargs)
             return patched_unet(self.unet, x, t, context, dict(call_options), **kwargs)
         if self.transformer_options is None and not cond:
-            return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
+            return call_unet(self.unet, x, t, context, kwargs)
         sigmas = torch.full((x.shape[0] // len(cond_or_uncond),), sigma, device=self.device, dtype=torch.float32)
         base = self.transformer_options or self.model_options.get("transformer_options") or {}
         options = {**base, "cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}

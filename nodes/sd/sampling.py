@@ -306,6 +306,8 @@ _S = _shared_inputs()
 class KSampler(Node):
     """Denoise a latent: txt2img from an empty latent, img2img with denoise below 1."""
 
+    cobatch = True
+
     category = "sampling"
     inputs = [Input("model", MODEL), Int("seed", 0, min=0, max=SEED_MAX, control_after_generate=True),
               _S["steps"], _S["cfg"], _S["sampler_name"], _S["scheduler"], _S["positive"], _S["negative"],
@@ -328,6 +330,8 @@ class KSampler(Node):
 class KSamplerAdvanced(Node):
     """Run part of a schedule: steps [start_at_step, end_at_step), optionally without adding noise or keeping
     the leftover noise, to chain samplers (base + refiner, hires passes)."""
+
+    cobatch = True
 
     category = "sampling"
     inputs = [Input("model", MODEL), Combo("add_noise", ["enable", "disable"]),
