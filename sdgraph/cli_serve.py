@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdgraph.cobatch import add_batching_arguments, batching_options
 from sdgraph.disk_cache import add_disk_cache_arguments, disk_cache_options
 from sdgraph.limits import RAM_BUDGET_HELP, add_limit_arguments, gigabytes, limits_from_args
 
@@ -65,6 +66,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--max-queue-mb", type=float, default=1024.0,
                      help="pending prompts' JSON, all together; past it a submission gets 429 (default 1024 MB)")
     add_disk_cache_arguments(parser)
+    add_batching_arguments(parser)
     add_limit_arguments(parser)
     return parser
 
@@ -97,7 +99,7 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
                              cache_lru=args.cache_lru, cpu=args.cpu, lowvram=args.lowvram,
                              reserve_vram_gb=args.reserve_vram, ram_budget_gb=args.ram_budget_gb,
                              preview=args.preview,
-                             limits=limits_from_args(args), **disk_cache_options(args))
+                             limits=limits_from_args(args), **disk_cache_options(args), **batching_options(args))
     if executor is None:
         executor = create_executor(options)
     for problem in executor.registry.problems:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from sdgraph.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, OutputCache
+from sdgraph.cobatch import DEFAULT_MAX_PROMPTS, DEFAULT_WAIT_S
 from sdgraph.context import Services
 from sdgraph.disk_cache import DEFAULT_MAX_BYTES as DISK_MAX_BYTES
 from sdgraph.disk_cache import DEFAULT_MIN_SECONDS, DiskCache
@@ -27,6 +28,8 @@ class RuntimeOptions(BaseModel):
     no_cache: bool = False
     cache_lru: int = 0  # outputs of earlier runs kept besides each node's latest (ComfyUI's --cache-lru)
     sequential: bool = False  # every node in the executor's thread, one at a time (no overlap across resources)
+    batch_max: int = Field(DEFAULT_MAX_PROMPTS, ge=1)  # queued prompts run as one group (sdgraph.cobatch); 1: off
+    batch_wait: float = Field(DEFAULT_WAIT_S, ge=0)  # seconds a group's sampler waits for the others
     disk_cache: bool = True  # outputs kept on disk across processes (off with --no-disk-cache or --no-cache)
     disk_cache_dir: Path | None = None  # default: <base>/cache/outputs
     disk_cache_bytes: int = Field(DISK_MAX_BYTES, ge=0)
@@ -47,7 +50,8 @@ def create_executor(options: RuntimeOptions | None = None) -> Executor:
     configure(options.limits)  # validate_inputs only sees the directories; it reads the budget from here
     services = Services(dirs=dirs, models=_model_manager(options), settings={"preview": options.preview},
                         limits=options.limits)
-    return Executor(registry, services, cache, _disk_cache(options, dirs), parallel=not options.sequential)
+    return Executor(registry, services, cache, _disk_cache(options, dirs), parallel=not options.sequential,
+                    batch_max=options.batch_max, batch_wait=options.batch_wait)
 
 
 def _disk_cache(options: RuntimeOptions, dirs: Dirs) -> DiskCache | None:

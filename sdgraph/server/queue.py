@@ -257,6 +257,23 @@ class PromptStore:
             self._mark_running(item)
         return item
 
+    def peek_pending(self, limit: int) -> list[QueueItem]:
+        """The next `limit` pending prompts in the order they will run, left pending."""
+        with self._lock:
+            return heapq.nsmallest(limit, self._pending.values(), key=lambda item: (item.number, item.seq))
+
+    def claim(self, prompt_ids: list[str]) -> list[QueueItem]:
+        """Take these pending prompts out of turn, now running (to run with another: cross-prompt batching);
+        those no longer pending are left out."""
+        with self._lock:
+            items = [item for pid in prompt_ids if (item := self._pending.pop(pid, None)) is not None]
+            for item in items:
+                self._pending_bytes -= item.nbytes
+                self._running[item.prompt_id] = item
+        for item in items:
+            self._mark_running(item)
+        return items
+
     def _mark_running(self, item: QueueItem) -> None:
         """Record the attempt before it starts: what tells a restart that this prompt may have killed us."""
         item.attempts += 1

@@ -10,16 +10,23 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdgraph.collector import collector_paused
-from sdgraph.execute import Executor, RunResult, error_payload
+from sdgraph.execute import Executor, Member, RunResult, error_payload
 from sdgraph.server.queue import PromptStore, QueueItem
 from sdgraph.server.ws import Hub, preview_frame, text_frame
 
 log = logging.getLogger("sdgraph.server")
 
 POLL_SECONDS = 0.2
+SCAN_FACTOR = 4  # pending prompts looked at for a group: this many times the largest group
+
+
+@dataclass
+class _Member(Member):
+    item: QueueItem = None  # type: ignore[assignment] - always given
 
 
 class Worker:
@@ -29,6 +36,7 @@ class Worker:
         self.store = store
         self.hub = hub
         self.current: QueueItem | None = None
+        self.running: list[str] = []  # the prompts of the group in progress
         self.completed = 0
         self._stopping = threading.Event()
         self._free_lock = threading.Lock()
@@ -54,12 +62,12 @@ class Worker:
         return self._thread.is_alive()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is `prompt_id`, when given). The store knows it is running
+        """Interrupt the running prompts (only `prompt_id`, when given). The store knows a prompt is running
         from the moment it is taken, before the executor starts on it; the interrupt holds until that run ends."""
         running = [item.prompt_id for item in self.store.snapshot()[0]]
         if not running or (prompt_id is not None and prompt_id not in running):
             return False
-        self.executor.interrupt()
+        self.executor.interrupt(prompt_id if len(running) > 1 else None)
         return True
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
@@ -77,13 +85,20 @@ class Worker:
                 if item is None:
                     continue
                 self.current = item
+                taken = [item]
                 try:
-                    self._run(item)
+                    with collector_paused():
+                        group = self._group(item)
+                    taken = [member.item for member in group]
+                    self.running = [member.prompt_id for member in group]
+                    self._run(group)
                 except BaseException as exc:
-                    self._abandon(item, exc)
+                    for each in taken:
+                        self._abandon(each, exc)
                     raise
                 finally:
                     self.current = None
+                    self.running = []
             except BaseException:  # noqa: BLE001 - the worker outlives every prompt
                 log.exception("worker %s: unexpected failure; continuing", self.name)
 
@@ -99,18 +114,38 @@ class Worker:
                 self.hub.post(text_frame("executing", {"node": None, "display_node": None,
                                                        "prompt_id": item.prompt_id}), item.client_id)
 
-    def _run(self, item: QueueItem) -> None:
+    def _group(self, item: QueueItem) -> list[_Member]:
+        """The taken prompt, and pending ones that can run with it as one group (same models; see
+        `Executor.batch_key`), taken too. Prepared again here: files and nodes may have changed meanwhile."""
+        first = self._member(item, self.executor.prepare(item.prompt))
+        key = self.executor.batch_key(first.prompt)
+        if key is None:
+            return [first]
+        chosen: dict[str, _Member] = {}
+        for candidate in self.store.peek_pending(self.executor.batch_max * SCAN_FACTOR):
+            prepared = self.executor.prepare(candidate.prompt)
+            if self.executor.batch_key(prepared) == key:
+                chosen[candidate.prompt_id] = self._member(candidate, prepared)
+                if len(chosen) + 1 >= self.executor.batch_max:
+                    break
+        return [first] + [chosen[taken.prompt_id] for taken in self.store.claim(list(chosen))]
+
+    def _member(self, item: QueueItem, prompt: Any) -> _Member:
+        return _Member(prompt, item.prompt_id, self._listener(item.client_id), item.extra_data,
+                       self._recorder(item), item=item)
+
+    def _run(self, group: list[_Member]) -> None:
         # Paused from preparing until the prompt is freed (nodes still run with the collector): otherwise full
         # collections walk a large prompt, holding the GIL for a third of a second each.
         with collector_paused():
-            prompt = self.executor.prepare(item.prompt)  # again: files and nodes may have changed meanwhile
-            result = self.executor.execute(prompt, prompt_id=item.prompt_id, listener=self._listener(item.client_id),
-                                           extra_data=item.extra_data, record=self._recorder(item))
-            prompt.release()
-        self.completed += 1
+            results = self.executor.execute_group(group)
+            for member in group:
+                member.prompt.release()
+        self.completed += len(group)
         self.hub.post_status()
-        if result.status == "error" and _out_of_memory(result.error or {}):
-            log.warning("worker %s: out of memory in prompt %s; freeing memory", self.name, item.prompt_id)
+        if any(r.status == "error" and _out_of_memory(r.error or {}) for r in results):
+            log.warning("worker %s: out of memory in prompts %s; freeing memory", self.name,
+                        [m.prompt_id for m in group])
             self.request_free(unload_models=True, free_memory=False)
 
     def _listener(self, sid: str | None) -> Callable[[str, dict[str, Any]], None]:
