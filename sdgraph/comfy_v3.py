@@ -272,6 +272,8 @@ def _as_node_output(result: Any, outputs: int) -> NodeOutput:
     ui = result.ui
     if ui is not None and not isinstance(ui, dict):
         ui = ui.as_dict()  # a ui.PreviewImage, ui.PreviewText ...
+    if ui is not None:  # ("text",) as a list, so that the UI of a node's several calls adds up
+        ui = {key: list(value) if isinstance(value, tuple) else value for key, value in ui.items()}
     values = tuple(result.args)
     if result.block_execution is not None:
         values = (ExecutionBlocker(result.block_execution),) * outputs

@@ -114,7 +114,9 @@ class ToyGate(io.ComfyNode):
     def execute(cls, value, open, why=""):
         if open:
             return io.NodeOutput(value)
-        return io.NodeOutput(block_execution=why or None)
+        if why:
+            return io.NodeOutput(block_execution=why)
+        return io.NodeOutput(io.ExecutionBlocker(None))  # blocks silently
 
 
 class ToyShow(io.ComfyNode):
