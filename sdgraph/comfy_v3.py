@@ -184,7 +184,7 @@ def _nest(tree: list[Any], flat: dict[str, Any]) -> dict[str, Any]:
 def define_v3(cls: type, pack: str = "custom", class_type: str | None = None) -> NodeDef:
     """Compile a V3 class; `class_type` is the name it is registered under (default: its node_id)."""
     where = f"node {class_type or getattr(cls, '__name__', cls)}"
-    if getattr(cls, "RELATIVE_PYTHON_MODULE", None) is None:
+    if vars(cls).get("RELATIVE_PYTHON_MODULE") is None:  # its own, not one inherited from another pack's class
         cls.RELATIVE_PYTHON_MODULE = pack.replace("/", ".")  # what ComfyUI names a custom_nodes pack's module
     try:
         info = cls.GET_NODE_INFO_V1()
