@@ -194,7 +194,8 @@ def define_v3(cls: type, pack: str = "custom", class_type: str | None = None) ->
     class_type = class_type or str(info["name"])
     compiler = _Compiler(cls, f"node {class_type}")
     tree = compiler.walk(info["input"])
-    hidden = {name: str(entry[0] if isinstance(entry, (list, tuple)) else entry)
+    # keyed apart from the inputs: an output node's hidden "prompt" must not take the place of an input "prompt"
+    hidden = {f"hidden:{name}": str(entry[0] if isinstance(entry, (list, tuple)) else entry)
               for name, entry in (info["input"].get("hidden") or {}).items()}
     inputs = [*compiler.specs.values(),
               *(InputSpec(name=name, type=kind, section="hidden", hidden_kind=kind) for name, kind in hidden.items())]

@@ -16,10 +16,10 @@ def test_object_info_of_v3_nodes_equals_comfyuis(v3) -> None:
 
 
 def test_an_entrypoint_pack_and_a_mappings_pack_both_load(v3) -> None:
-    assert len(v3.registry.packs["custom_nodes/v3_toy"]) == 13  # by comfy_entrypoint
+    assert len(v3.registry.packs["custom_nodes/v3_toy"]) == 14  # by comfy_entrypoint
     assert sorted(v3.registry.packs["custom_nodes/v3_dynamic"]) == ["ToyPass", "ToyPick", "ToySolid", "ToySum", "ToyText"]
     spec = v3.registry.get("ToyMix").spec
-    assert spec.not_idempotent and spec.inputs_by_name["prompt"].hidden_kind == "PROMPT"
+    assert spec.not_idempotent and spec.inputs_by_name["hidden:prompt"].hidden_kind == "PROMPT"
     assert spec.inputs_by_name["either"].type == "IMAGE,MASK"
 
 
@@ -107,3 +107,9 @@ def test_fingerprint_inputs_reruns_the_node_when_it_changes(v3) -> None:
     result, _ = v3.run(prompt)
     assert result.outputs["2"]["text"][0].startswith("[3, 'b']")
     assert len([c for c in pack.CALLS if c[0] == "ToyStamp"]) == 2
+
+
+def test_an_input_named_prompt_is_not_taken_for_the_hidden_prompt(v3) -> None:
+    result, _ = v3.run({"1": {"class_type": "ToySave", "inputs": {"prompt": "a cat"}}})
+    assert result.ok, (result.error, result.node_errors)
+    assert result.outputs["1"] == {"text": ["a cat", "the prompt has 1 node(s)"]}

@@ -222,8 +222,21 @@ class ToyPreview(io.ComfyNode):
         return io.NodeOutput(ui=ui.PreviewImage(images, cls=cls))
 
 
+class ToySave(io.ComfyNode):
+    """An output node (so it gets the hidden prompt) with an input of its own named prompt."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="ToySave", category="toy/v3", is_output_node=True,
+                         inputs=[io.String.Input("prompt", multiline=True)])
+
+    @classmethod
+    def execute(cls, prompt):
+        return io.NodeOutput(ui={"text": [prompt, f"the prompt has {len(cls.hidden.prompt)} node(s)"]})
+
+
 TOY_NODES = [ToyNumber, ToyAdd, ToySwitch, ToyAsyncDouble, ToyTimes, ToyUnexpandable, ToyGate, ToyShow, ToyCheck,
-         ToyRange, ToyStamp, ToyMix, ToyPreview]
+         ToyRange, ToyStamp, ToyMix, ToyPreview, ToySave]
 
 
 class ToyExtension(ComfyExtension):
