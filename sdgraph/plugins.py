@@ -1,7 +1,8 @@
 """Node packs: the built-in ones and plugins, from entry points (group `sdgraph.nodes`) and `custom_nodes/`.
 
 A pack is a module exporting `NODES` (native `Node` classes) and/or `NODE_CLASS_MAPPINGS` (and optionally
-`NODE_DISPLAY_NAME_MAPPINGS`), the ComfyUI convention. A pack that fails to import, or declares a broken node,
+`NODE_DISPLAY_NAME_MAPPINGS`), the ComfyUI convention, or else ComfyUI's V3 `comfy_entrypoint()` (async, giving a
+`ComfyExtension` whose node list is registered by node_id). A pack that fails to import, or declares a broken node,
 is recorded in `registry.problems` with its traceback and skipped; start-up never fails because of one.
 Packs shipped by sdgraph itself load first, so a plugin can never silently replace a built-in node.
 
@@ -22,6 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
+from sdgraph.comfy_v3 import entrypoint_mappings
 from sdgraph.pack_output import plugin_output_to_stderr
 from sdgraph.pack_requirements import missing_requirements
 from sdgraph.paths import Dirs
@@ -37,8 +39,17 @@ def load_module_pack(registry: Registry, module: ModuleType, pack: str) -> None:
     """Register the nodes a module exports."""
     native = getattr(module, "NODES", None)
     mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if native is None and mappings is None and hasattr(module, "comfy_entrypoint"):
+        try:  # ComfyUI's V3 convention: an (async) function returning a ComfyExtension
+            with plugin_output_to_stderr():
+                mappings = entrypoint_mappings(module.comfy_entrypoint)
+        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything
+            registry.problems.append(LoadProblem(
+                pack, f"comfy_entrypoint() failed: {type(exc).__name__}: {exc}",
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+            return
     if native is None and mappings is None:
-        registry.problems.append(LoadProblem(pack, "exports neither NODES nor NODE_CLASS_MAPPINGS"))
+        registry.problems.append(LoadProblem(pack, "exports neither NODES, NODE_CLASS_MAPPINGS nor comfy_entrypoint"))
         return
     if native is not None:
         registry.add_native(list(native), pack)

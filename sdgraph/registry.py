@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sdgraph.comfy_compat import define_comfy, is_comfy_class
+from sdgraph.comfy_v3 import define_v3, is_v3_class
 from sdgraph.paths import Dirs
 from sdgraph.node import Node, NodeDeclarationError, NodeDef, define
 
@@ -63,14 +64,19 @@ class Registry:
 
     def add_native(self, classes: Iterable[type[Node]], pack: str) -> None:
         for cls in classes:
-            self._add_checked(pack, cls.__name__, lambda cls=cls: define(cls, pack))
+            if is_v3_class(cls):  # a ComfyUI V3 class among a pack's own nodes
+                self._add_checked(pack, cls.__name__, lambda cls=cls: define_v3(cls, pack))
+            else:
+                self._add_checked(pack, cls.__name__, lambda cls=cls: define(cls, pack))
 
     def add_comfy_mappings(self, mappings: dict[str, Any], display_names: dict[str, str] | None,
                            pack: str) -> None:
         """Register a pack's NODE_CLASS_MAPPINGS (either node style may appear in it)."""
         display_names = display_names or {}
         for class_type, cls in mappings.items():
-            if is_comfy_class(cls):
+            if is_v3_class(cls):  # before the V1 test: V3 classes answer INPUT_TYPES too
+                build = lambda c=cls, n=class_type: define_v3(c, pack, n)  # noqa: E731
+            elif is_comfy_class(cls):
                 build = lambda c=cls, n=class_type: define_comfy(n, c, display_names.get(n), pack)  # noqa: E731
             elif isinstance(cls, type) and issubclass(cls, Node):
                 build = lambda c=cls: define(c, pack)  # noqa: E731

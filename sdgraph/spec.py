@@ -99,6 +99,8 @@ class NodeSpec(BaseModel):
     python_module: str = "sdgraph"
     deprecated: bool = False
     experimental: bool = False
+    # a node style that describes itself (ComfyUI's V3 classes) gives its own `/object_info` entry
+    described: Callable[[Dirs | None], dict[str, Any]] | None = Field(default=None, exclude=True)
 
     @cached_property
     def inputs_by_name(self) -> dict[str, InputSpec]:
@@ -110,6 +112,8 @@ class NodeSpec(BaseModel):
 
     def describe(self, dirs: Dirs | None = None) -> dict[str, Any]:
         """This node in the `/object_info` shape that editors and API clients read."""
+        if self.described is not None:
+            return self.described(dirs)
         sections: dict[str, dict[str, Any]] = {"required": {}, "optional": {}, "hidden": {}}
         order: dict[str, list[str]] = {"required": [], "optional": [], "hidden": []}
         for spec in self.inputs:

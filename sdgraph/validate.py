@@ -122,7 +122,8 @@ def check_literal(spec: InputSpec, raw: Any, skip_range: bool, dirs: Dirs | None
             return raw, problem("value_not_in_list", "Value not in list",
                                 f"{name}: {raw!r} not in {shown}", **_info(spec, raw, dirs))
         return raw, None
-    coerce = COERCE.get(spec.type)
+    kind = spec.type if spec.type in COERCE else spec.options.get("widgetType", spec.type)  # a socket with a widget
+    coerce = COERCE.get(kind)
     if coerce is None:
         return raw, problem("invalid_input_type", f"Input {name!r} of type {spec.type} needs a link, not a value",
                             f"{name}: got the literal {raw!r}; connect an output of type {spec.type}",
@@ -132,7 +133,7 @@ def check_literal(spec: InputSpec, raw: Any, skip_range: bool, dirs: Dirs | None
     except CoercionError as exc:
         return raw, problem("invalid_input_type", f"Failed to convert an input value to a {spec.type} value",
                             f"{name}: {exc}", **_info(spec, raw, dirs))
-    if skip_range or spec.type not in (INT, FLOAT):
+    if skip_range or kind not in (INT, FLOAT):
         return value, None
     if spec.min is not None and value < spec.min:
         return value, problem("value_smaller_than_min", f"Value {value} smaller than min of {spec.min}",
@@ -208,7 +209,12 @@ def _custom_check(node_def: NodeDef, literals: dict[str, Any], dirs: Dirs) -> li
     if verdict is None or verdict is True:
         return []
     message = verdict if isinstance(verdict, str) else "custom validation rejected the inputs"
-    return [problem("custom_validation_failed", "Custom validation failed for node", message)]
+    # as ComfyUI reports it: once for each input the validator takes (all of them when it takes **kwargs)
+    names = [name for name in literals if name in node_def.custom_validated] or list(literals)
+    if not names:
+        return [problem("custom_validation_failed", "Custom validation failed for node", message)]
+    return [problem("custom_validation_failed", "Custom validation failed for node", f"{name} - {message}",
+                    input_name=name) for name in names]
 
 
 # ---- the whole workflow -----------------------------------------------------------------------------------
