@@ -52,7 +52,7 @@ from sdgraph.nodes.sd.cond_areas import (add_area_twins, area_box, entry_weight,
 from sdgraph.nodes.sd.model_patcher import copy_options
 from sdgraph.nodes.sd.model_sampling import latent_format_of, model_sampling_of
 from sdgraph.nodes.sd.unclip import adm_input, current_seed, revision_pooled
-from sdgraph.nodes.sd.unet_merge import call_unet
+from sdgraph.nodes.sd.unet_merge import call_unet, on_model_thread
 from sdgraph.nodes.sd.unet_walk import has_unet_patches, patched_unet
 
 Tensor = torch.Tensor
@@ -404,13 +404,14 @@ class SDDenoiser:
         if call_options is not None:
             if not has_unet_patches(call_options):
                 return call_unet(self.unet, x, t, context, kwargs)
-            return patched_unet(self.unet, x, t, context, dict(call_options), **kwargs)
+            return on_model_thread(lambda: patched_unet(self.unet, x, t, context, dict(call_options), **kwargs))
         if self.transformer_options is None and not cond:
             return call_unet(self.unet, x, t, context, kwargs)
         sigmas = torch.full((x.shape[0] // len(cond_or_uncond),), sigma, device=self.device, dtype=torch.float32)
         base = self.transformer_options or self.model_options.get("transformer_options") or {}
         options = {**base, "cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}
-        return patched_unet(self.unet, x, t, context, with_cond_patches(options, cond), **kwargs)
+        return on_model_thread(lambda: patched_unet(self.unet, x, t, context, with_cond_patches(options, cond),
+                                                    **kwargs))
 
     def _control_kwargs(self, entries: list[Entry], x_in: Tensor, t: Tensor, context: Tensor,
                         sigma: float) -> dict[str, Any]:
@@ -423,8 +424,11 @@ class SDDenoiser:
         per_entry = []
         contexts = context.chunk(len(entries))
         for entry, ctx in zip(entries, contexts):
-            per_entry.append(control_residuals(entry.control, x_in, t, ctx, percent, manager=self.manager,
-                                               added_cond_kwargs=entry.added) if entry.control else {})
+            if not entry.control:
+                per_entry.append({})
+                continue
+            per_entry.append(on_model_thread(lambda entry=entry, ctx=ctx: control_residuals(
+                entry.control, x_in, t, ctx, percent, manager=self.manager, added_cond_kwargs=entry.added)))
         return _stack_residuals(per_entry)
 
 

@@ -19,7 +19,7 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from sdgraph.cobatch import current_rendezvous
 
 log = logging.getLogger("sdgraph.cobatch")
+T = TypeVar("T")
 
 MERGEABLE_KWARGS = frozenset({"added_cond_kwargs", "class_labels"})
 # The most latent pixels (rows x height x width) one merged forward takes: 16 rows of 64x64 latents (eight SD1.5
@@ -61,6 +62,20 @@ def call_unet(unet: torch.nn.Module, x: Tensor, t: Tensor, context: Tensor, kwar
     return rendezvous.call(merge_key(call), call, merged)
 
 
+def on_model_thread(work: Callable[[], T]) -> T:
+    """`work()`, a model call that cannot merge (ControlNet, a patched UNet): inside a batched job, made by the
+    job's thread in turn with the merged calls, so that two model calls never run at once."""
+    rendezvous = current_rendezvous()
+    if rendezvous is None:
+        return work()
+    return rendezvous.call(("alone", id(work)), work, _run_alone)
+
+
+def _run_alone(works: list[Callable[[], Any]]) -> list[Any]:
+    with torch.inference_mode():
+        return [work() for work in works]
+
+
 def merge_key(call: UnetCall) -> Hashable:
     """Calls of equal key can be stacked: same module, same shapes and types past the batch."""
     rows = call.x.shape[0]
@@ -79,8 +94,9 @@ def merge_key(call: UnetCall) -> Hashable:
 def merged(calls: list[UnetCall]) -> list[Tensor]:
     """Each call's output, from forwards of as many of them as fit in MAX_MERGED_PIXELS."""
     outputs: list[Tensor] = []
-    for chunk in _chunks(calls):
-        outputs.extend(_merged(chunk))
+    with torch.inference_mode():  # the job's thread, like the samplers' own
+        for chunk in _chunks(calls):
+            outputs.extend(_merged(chunk))
     return outputs
 
 
