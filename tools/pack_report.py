@@ -134,6 +134,8 @@ def reference_counts(comfyui: Path, custom_nodes: Path, scratch: Path, stand_in:
 def sdgraph_counts(custom_nodes: Path, scratch: Path, stand_in: Path | None) -> dict[str, Any]:
     base = scratch / "sdgraph-base"
     shutil.copytree(custom_nodes, base / "custom_nodes", symlinks=True)
+    for sub in ("input", "output", "temp", "models"):  # as ComfyUI makes them at start; packs list input/
+        (base / sub).mkdir(exist_ok=True)
     path = [str(stand_in)] if stand_in is not None else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])}
     done = subprocess.run([sys.executable, "-m", "sdgraph.cli", "nodes", "--json", "--cpu", "--base-dir", str(base)],
