@@ -21,7 +21,7 @@ from sdgraph.nodes.sd.clip_file import clip_of, load_text_encoder
 from sdgraph.nodes.sd.loading import load_checkpoint as _load_checkpoint
 from sdgraph.nodes.sd.loading import load_vae
 from sdgraph.nodes.sd.model_objects import ClipModel, DiffusionModel, VaeModel
-from sdgraph.nodes.sd.unet_file import load_unet
+from sdgraph.nodes.sd.unet_file import load_unet as _load_unet_file
 
 import comfy.lora
 import comfy.utils
@@ -164,7 +164,7 @@ def load_diffusion_model(unet_path: str, model_options: dict | None = None) -> D
     """MODEL of a UNet-only file or folder; model_options["dtype"] torch.float8_e4m3fn / e5m2 stores it in fp8."""
     dtype = (model_options or {}).get("dtype")
     weight_dtype = {torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}.get(dtype, "default")
-    return load_unet(Path(unet_path), _manager(), weight_dtype)
+    return _load_unet_file(Path(unet_path), _manager(), weight_dtype)
 
 
 def load_unet(unet_path: str, dtype: Any = None) -> DiffusionModel:
