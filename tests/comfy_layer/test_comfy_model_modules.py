@@ -193,7 +193,8 @@ def test_latent_previewer_base_class_and_sdgraphs_rgb_preview():
     assert latent_preview.get_previewer("cpu", comfy.latent_formats.SD15()) is None  # previews are off
     x0 = torch.randn(2, 4, 6, 5, generator=torch.manual_seed(1))
     image = latent_preview.Latent2RGBPreviewer(sdxl=True).decode_latent_to_preview(x0)
-    assert torch.equal(torch.tensor(list(image.getdata()), dtype=torch.uint8).reshape(6, 5, 3), latent_to_rgb(x0, True))
+    pixels = torch.tensor(bytearray(image.tobytes()), dtype=torch.uint8).reshape(6, 5, 3)
+    assert torch.equal(pixels, latent_to_rgb(x0, True))
 
     class Mine(latent_preview.LatentPreviewer):
         def decode_latent_to_preview(self, x0):
