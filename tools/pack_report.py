@@ -11,6 +11,7 @@ Each side imports its own copy of the directory (packs write config files into t
 torchvision, which cannot be installed here, so both sides get the same import-time torchvision stand-in (its
 classes raise when used): packs that only import it at load time load on both, like for like. `--no-stand-in`
 leaves it out of sdgraph's side. ComfyUI's side also gets one for spandrel (a requirement of ComfyUI itself).
+`--assume server,execution,comfy_api` projects what is left once those modules exist (see _PERMISSIVE).
 
     python -m tools.pack_report /path/to/custom_nodes --comfyui /tmp/comfyui [--json out.json]
 """
@@ -51,6 +52,55 @@ def write_stand_in(where: Path, name: str = "torchvision", subs: tuple[str, ...]
         package = where / name / sub
         package.mkdir(parents=True, exist_ok=True)
         (package / "__init__.py").write_text(_STAND_IN.replace("torchvision", name))
+    return where
+
+
+# A projection, not a measurement: permissive stand-ins for modules other work provides (`--assume server,...`),
+# so the report shows what is left once they exist. Every attribute is an object that takes any call, and a
+# class deriving from one is a plain class (so a V3 node built on a stand-in io.ComfyNode still fails to load).
+_PERMISSIVE = """
+import importlib.abc, importlib.machinery, sys, types
+NAMES = set({names!r})
+
+class _Any:
+    def __init__(self, *a, **k): pass
+    def __getattr__(self, name):
+        if name.startswith('__'):
+            raise AttributeError(name)
+        return _Any()
+    def __call__(self, *a, **k):
+        return a[0] if len(a) == 1 and callable(a[0]) and not k else _Any()
+    def __iter__(self): return iter(())
+    def __contains__(self, item): return True
+    def __getitem__(self, key): return _Any()
+    def __mro_entries__(self, bases): return (object,)
+
+class _Module(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith('__'):
+            raise AttributeError(name)
+        return _Any()
+
+class _Loader(importlib.abc.Loader):
+    def create_module(self, spec):
+        module = _Module(spec.name)
+        module.__path__ = []
+        return module
+    def exec_module(self, module): pass
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition('.')[0] in NAMES:
+            return importlib.machinery.ModuleSpec(fullname, _Loader(), is_package=True)
+        return None
+
+sys.meta_path.append(_Finder())
+"""
+
+
+def write_permissive(where: Path, names: list[str]) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "sitecustomize.py").write_text(_PERMISSIVE.format(names=sorted(names)))
     return where
 
 
@@ -131,12 +181,15 @@ def reference_counts(comfyui: Path, custom_nodes: Path, scratch: Path, stand_in:
 
 # ---- sdgraph's side -----------------------------------------------------------------------------------------
 
-def sdgraph_counts(custom_nodes: Path, scratch: Path, stand_in: Path | None) -> dict[str, Any]:
+def sdgraph_counts(custom_nodes: Path, scratch: Path, stand_in: Path | None, assume: list[str] | None = None
+                   ) -> dict[str, Any]:
     base = scratch / "sdgraph-base"
     shutil.copytree(custom_nodes, base / "custom_nodes", symlinks=True)
     for sub in ("input", "output", "temp", "models"):  # as ComfyUI makes them at start; packs list input/
         (base / sub).mkdir(exist_ok=True)
     path = [str(stand_in)] if stand_in is not None else []
+    if assume:
+        path.insert(0, str(write_permissive(scratch / "permissive", assume)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])}
     done = subprocess.run([sys.executable, "-m", "sdgraph.cli", "nodes", "--json", "--cpu", "--base-dir", str(base)],
                           cwd=scratch, env=env, capture_output=True, text=True)
@@ -192,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("custom_nodes", type=Path)
     parser.add_argument("--comfyui", type=Path, default=Path("/tmp/comfyui"))
     parser.add_argument("--json", type=Path, help="also write both sides' raw results here")
+    parser.add_argument("--assume", default="", help="comma-separated top-level modules given permissive "
+                        "stand-ins on sdgraph's side (a projection of what is left once they exist)")
     parser.add_argument("--scratch", type=Path, help="keep the copies and logs here (default: a temp dir)")
     parser.add_argument("--no-stand-in", action="store_true", help="no torchvision stand-in on sdgraph's side")
     args = parser.parse_args(argv)
@@ -202,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             scratch.mkdir(parents=True)
         stand_in = write_stand_in(scratch / "stand-in")
         reference = reference_counts(args.comfyui, args.custom_nodes.resolve(), scratch, stand_in)
-        ours = sdgraph_counts(args.custom_nodes.resolve(), scratch, None if args.no_stand_in else stand_in)
+        assume = [name for name in args.assume.split(",") if name]
+        ours = sdgraph_counts(args.custom_nodes.resolve(), scratch, None if args.no_stand_in else stand_in, assume)
         if args.json:
             args.json.write_text(json.dumps({"comfyui": reference, "sdgraph": ours}, indent=1))
+    if assume:
+        print(f"PROJECTION: sdgraph's side has permissive stand-ins for {', '.join(assume)}")
     print("\n".join(table(reference, ours)))
     return 0
 
