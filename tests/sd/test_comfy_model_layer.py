@@ -195,3 +195,24 @@ def test_a_packs_cfg_guider_and_noise_sample_as_sdgraphs_nodes(bound):
     with pytest.raises(NotImplementedError, match="Scheduled.predict_noise"):
         call(SamplerCustomAdvanced, bound, noise=noise, guider=custom, sampler=sampler, sigmas=sigmas,
              latent_image=latent)
+
+
+def test_diffusers_folder_and_upscale_state_dict_load_as_sdgraphs_loaders(bound, tmp_path):
+    import comfy.diffusers_load
+    from comfy_extras.chainner_models import model_loading
+    from sdgraph.nodes.sd.upscale_model import ImageUpscaleWithModel, load_upscale_model
+    from upscale_files import esrgan_state
+
+    model, clip, vae = comfy.diffusers_load.load_diffusers(_path(bound, "checkpoints", "sd1-tiny-diffusers"))
+    ref_model, _, _ = call(CheckpointLoaderSimple, bound, ckpt_name="sd1-tiny-diffusers")
+    assert torch.equal(unet_out(model), unet_out(ref_model)) and isinstance(vae, comfy.sd.VAE)
+    with pytest.raises(ValueError, match="not a diffusers folder"):
+        comfy.diffusers_load.load_diffusers(_path(bound, "checkpoints", "sd1-tiny.safetensors"))
+    upscaler = model_loading.load_state_dict(esrgan_state(seed=1)).eval()
+    image = torch.rand(1, 9, 13, 3, generator=torch.manual_seed(0))
+    (out,) = call(ImageUpscaleWithModel, bound, upscale_model=upscaler, image=image)
+    save_file(esrgan_state(seed=1), str(tmp_path / "esrgan.safetensors"))
+    (ref,) = call(ImageUpscaleWithModel, bound, image=image,
+                  upscale_model=load_upscale_model(tmp_path / "esrgan.safetensors", bound.models))
+    assert out.shape == (1, 36, 52, 3) and upscaler.scale == 4 and torch.equal(out, ref)
+    assert comfy.samplers.sampler_object("euler").name == "euler"
