@@ -8,7 +8,7 @@ attributes). `clip_preprocess` is the resize, crop and normalisation the encoder
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

@@ -24,7 +24,6 @@ from sdgraph.nodes.sd.model_objects import ClipModel, DiffusionModel, VaeModel
 from sdgraph.nodes.sd.unet_file import load_unet as _load_unet_file
 
 import comfy.lora
-import comfy.utils
 
 
 class CLIPType(enum.Enum):
