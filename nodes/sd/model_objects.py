@@ -274,6 +274,11 @@ class ClipModel(WeightMethods):
     def clone(self) -> "ClipModel":
         return dataclasses.replace(self)
 
+    @property
+    def cond_stage_model(self) -> "ClipModel":
+        """ComfyUI's `clip.cond_stage_model` (its inner text encoder module): here the CLIP itself."""
+        return self
+
     # ComfyUI's CLIP token API (see `nodes.sd.clip_tokens`), for plugins and nodes written against it
     def tokenize(self, text: str, return_word_ids: bool = False, **_: Any) -> dict[str, list[list[tuple]]]:
         from sdgraph.nodes.sd.clip_tokens import tokenize

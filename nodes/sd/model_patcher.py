@@ -66,6 +66,12 @@ class PatcherMethods:
     model_options: dict[str, Any]
     object_patches: dict[str, Any]
 
+    @property
+    def model(self) -> Any:
+        """ComfyUI's `patcher.model` (its inner BaseModel): sdgraph's MODEL plays both parts, so it is itself
+        (packs write `comfy.lora.model_lora_keys_unet(model.model)`, `isinstance(model.model, SDXL)`)."""
+        return self
+
     # ---- sampler-level hooks --------------------------------------------------------------------------------
 
     def set_model_sampler_cfg_function(self, function: Callable[..., Any],

@@ -6,7 +6,9 @@ order, on a float32 copy of the weight (or its `offset` slice: (dim, start, leng
     weight *= strength_model
     weight += function(strength_patch * diff)        # skipped when strength_patch is 0
 
-where `value` gives the diff: `(tensor,)` or `("diff", (tensor, ...))`; `("set", (tensor,))` replaces the weight;
+where `value` gives the diff: `(tensor,)` or `("diff", (tensor, ...))`; `("lora", (up, down, alpha, mid, dora_scale,
+reshape))` is `alpha / rank * up @ down` (scale 1 without alpha; what `comfy.lora.load_lora` gives packs; the LoCon
+mid factor, DoRA and reshape are refused); `("set", (tensor,))` replaces the weight;
 `("model_as_lora", (target,))` adds target - original; a list `[(weight, convert), *entries]` (what
 `get_key_patches` returns: another model's weight with its own patches) is computed first and used as the diff.
 So a merge at ratio r is `add_patches(other, 1 - r, r)`: weight * r + other * (1 - r).
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from sdgraph.models.patching import lora_delta
 
 Entry = tuple[float, Any, float, Any, Callable[[torch.Tensor], torch.Tensor] | None]
 _TOKENS = itertools.count(1)
@@ -72,6 +76,8 @@ def _add(target: torch.Tensor, strength: float, value: Any, original: torch.Tens
         return
     elif kind == "model_as_lora":
         diff = data[0].to(target.device, torch.float32) - original.to(target.device, torch.float32)
+    elif kind == "lora":
+        diff = _lora_diff(data, target, key)
     else:
         diff = data[0]
     if not isinstance(diff, torch.Tensor):
@@ -82,16 +88,26 @@ def _add(target: torch.Tensor, strength: float, value: Any, original: torch.Tens
     target.add_(function(strength * diff.to(target.device, torch.float32)))
 
 
+def _lora_diff(data: tuple[Any, ...], target: torch.Tensor, key: str) -> torch.Tensor:
+    up, down, alpha = data[0], data[1], data[2] if len(data) > 2 else None
+    extras = [name for name, item in zip(("mid", "dora_scale", "reshape"), data[3:6]) if item is not None]
+    if extras:
+        raise ValueError(f"weight patch for {key}: a LoRA with {', '.join(extras)} is not supported "
+                         "(plain up/down LoRA and LoCon only)")
+    scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+    return lora_delta(up, down, target.shape, target.device) * scale
+
+
 def _kind(value: Any, key: str) -> tuple[str, Any]:
     if isinstance(value, list):
         return "list", value
     if isinstance(value, tuple) and len(value) == 1:
         return "diff", value
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
-        if value[0] in ("diff", "set", "model_as_lora"):
+        if value[0] in ("diff", "set", "model_as_lora", "lora"):
             return value[0], value[1]
         raise ValueError(f"weight patch for {key}: patch type {value[0]!r} is not supported "
-                         "(supported: diff, set, model_as_lora, another model's key patches)")
+                         "(supported: diff, lora, set, model_as_lora, another model's key patches)")
     raise ValueError(f"weight patch for {key}: {type(value).__name__} is not a patch value")
 
 

@@ -20,13 +20,25 @@ OUT = DATA / "core_functions.json"
 
 
 def _functions(tree: ast.Module) -> dict[str, str]:
-    found = {}
+    """{class name: FUNCTION}, a FUNCTION inherited from a base class of the same module included
+    (PreviewImage takes SaveImage's)."""
+    found: dict[str, str] = {}
+    bases: dict[str, list[str]] = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
+            bases[node.name] = [b.id for b in node.bases if isinstance(b, ast.Name)]
             for item in node.body:
                 if isinstance(item, ast.Assign) and any(getattr(t, "id", "") == "FUNCTION" for t in item.targets) \
                         and isinstance(item.value, ast.Constant) and isinstance(item.value.value, str):
                     found[node.name] = item.value.value
+    changed = True
+    while changed:
+        changed = False
+        for name, parents in bases.items():
+            inherited = next((found[p] for p in parents if p in found), None)
+            if name not in found and inherited is not None:
+                found[name] = inherited
+                changed = True
     return found
 
 

@@ -9,11 +9,40 @@ from typing import Any, Callable
 import torch
 
 from sdgraph.comfy_layer import binding
-from sdgraph.nodes.sd.preview import jpeg_preview, previews_enabled
+from sdgraph.nodes.sd.preview import jpeg_preview, latent_to_rgb, previews_enabled
 
 import comfy.utils
 
 MAX_PREVIEW_RESOLUTION = 512
+
+
+class LatentPreviewer:
+    """Turns a step's x0 into a preview; subclasses give decode_latent_to_preview(x0) -> PIL image."""
+
+    def decode_latent_to_preview(self, x0: torch.Tensor) -> Any:
+        return None
+
+    def decode_latent_to_preview_image(self, preview_format: str, x0: torch.Tensor) -> tuple[str, Any, int]:
+        return ("JPEG", self.decode_latent_to_preview(x0), MAX_PREVIEW_RESOLUTION)
+
+
+class Latent2RGBPreviewer(LatentPreviewer):
+    """sdgraph's latent-to-RGB preview of the first latent of a batch (SD 1.x / 2.x or SDXL factors)."""
+
+    def __init__(self, sdxl: bool = False) -> None:
+        self.sdxl = sdxl
+
+    def decode_latent_to_preview(self, x0: torch.Tensor) -> Any:
+        from PIL import Image  # noqa: PLC0415
+
+        return Image.fromarray(latent_to_rgb(x0, self.sdxl).numpy(), "RGB")
+
+
+def get_previewer(device: Any, latent_format: Any) -> LatentPreviewer | None:
+    """A previewer when the user asked for previews (sdgraph's --preview), else None."""
+    if not previews_enabled(binding.services().settings):
+        return None
+    return Latent2RGBPreviewer(sdxl=abs(getattr(latent_format, "scale_factor", 0.18215) - 0.13025) < 1e-6)
 
 
 def prepare_callback(model: Any, steps: int, x0_output_dict: dict[str, Any] | None = None

@@ -1,7 +1,10 @@
-"""`comfy.samplers` for plugins: sdgraph's sampler and scheduler names (ComfyUI's, in its order) and sigmas.
+"""`comfy.samplers` for plugins: sdgraph's sampler and scheduler names (ComfyUI's, in its order), sigmas, guiders.
 
 `KSampler` carries the SAMPLERS and SCHEDULERS lists packs build their inputs from. Instantiating it (ComfyUI's
 low-level sampler object over a ModelPatcher) is not provided; `nodes.common_ksampler` samples a LATENT.
+`CFGGuider` is an sdgraph GUIDER with ComfyUI's construction (see sdgraph/comfy_layer/guiders.py);
+`sampler_object(name)` is the SAMPLER value KSamplerSelect gives. ComfyUI's internals (`KSAMPLER` over a
+k-diffusion function, `sampling_function`, `calc_cond_batch`) are stand-ins that raise when used.
 """
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from typing import Any
 
 import torch
 
+from sdgraph.comfy_layer import unsupported
+from sdgraph.comfy_layer.guiders import CFGGuider  # noqa: F401 - ComfyUI's name
+from sdgraph.nodes.sd.custom_sampling import SamplerChoice
 from sdgraph.nodes.sd.k_samplers import SAMPLER_NAMES as _SAMPLERS
 from sdgraph.nodes.sd.schedules import SCHEDULER_NAMES as _SCHEDULERS
 from sdgraph.nodes.sd.schedules import compute_sigmas
@@ -36,3 +42,15 @@ class KSampler:
             "comfy.samplers.KSampler objects are not provided by sdgraph's ComfyUI layer yet; "
             "sample with nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, "
             "negative, latent, denoise=...) instead")
+
+
+def sampler_object(name: str) -> SamplerChoice:
+    """The SAMPLER of that name (KSamplerSelect's output)."""
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"comfy.samplers.sampler_object: unknown sampler {name!r}")
+    return SamplerChoice(name)
+
+
+unsupported.define(globals(), "ComfyUI's sampler internals (sdgraph samples with its own denoiser)",
+                   ("KSAMPLER", "Sampler", "sampling_function", "calc_cond_batch", "cfg_function", "sample",
+                    "ksampler", "process_conds", "CFGNoisePredictor", "KSamplerX0Inpaint"))

@@ -116,6 +116,19 @@ def tiled_scale(samples: torch.Tensor, function: Callable[[torch.Tensor], torch.
     return out.to(output_device)
 
 
+def tiled_scale_multidim(samples: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor],
+                         tile: tuple[int, ...] = (64, 64), overlap: int = 8, upscale_amount: float = 4,
+                         out_channels: int = 3, output_device: Any = "cpu", downscale: bool = False,
+                         index_formulas: Any = None, pbar: ProgressBar | None = None) -> torch.Tensor:
+    """tiled_scale over the last two dimensions, tile = (height, width); tiling more dimensions (video) is not
+    provided."""
+    if len(tile) != 2 or samples.ndim != 4 or downscale or index_formulas is not None:
+        raise NotImplementedError("comfy.utils.tiled_scale_multidim: sdgraph tiles 2-D [B, C, H, W] inputs only "
+                                  "(no video tiling, downscale or index_formulas)")
+    return tiled_scale(samples, function, tile[1], tile[0], overlap, upscale_amount, out_channels,
+                       output_device, pbar)
+
+
 # ---- batches and masks -------------------------------------------------------------------------------------
 
 def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:

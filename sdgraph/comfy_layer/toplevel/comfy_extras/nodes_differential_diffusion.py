@@ -1,0 +1,4 @@
+"""`comfy_extras.nodes_differential_diffusion` for plugins: sdgraph's equivalent core node classes (see sdgraph/comfy_layer/extras.py)."""
+from sdgraph.comfy_layer.extras import reexport
+
+reexport(globals(), ("DifferentialDiffusion", ))
