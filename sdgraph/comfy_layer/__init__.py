@@ -69,3 +69,10 @@ def activate(dirs: Dirs | None = None) -> None:
 
 def active() -> bool:
     return FINDER in sys.meta_path
+
+
+def extension_web_dirs() -> dict[str, str]:
+    """What packs wrote into the compatibility `nodes.EXTENSION_WEB_DIRS` (empty until `nodes` is imported)."""
+    module = sys.modules.get("nodes")
+    found = getattr(module, "EXTENSION_WEB_DIRS", None) if module is not None and is_ours(module) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
