@@ -161,3 +161,20 @@ export function searchPopup(defs, x, y, pick) {
   render();
   input.focus();
 }
+
+// Packs that failed to load (and other load problems), at the foot of the node list, the missing module named.
+export function showPackProblems(el, problems) {
+  el.querySelector('#pack-problems')?.remove();
+  if (!problems.length) return;
+  const failed = problems.filter(p => p.missing_module || /failed to import/.test(p.message));
+  const items = problems.map(p => h('li', { class: 'pack-problem', 'data-pack': p.pack },
+    h('strong', { text: p.pack.replace(/^custom_nodes\//, '') }),
+    p.missing_module ? h('span', { class: 'missing', text: ` needs the module ${p.missing_module}` }) : null,
+    h('small', { text: p.node ? `${p.node}: ${p.message}` : p.message })));
+  el.append(h('details', { id: 'pack-problems', class: 'pack-problems', open: failed.length > 0 },
+    h('summary', { text: `Load problems (${problems.length})` }), h('ul', {}, items)));
+  if (failed.length) {
+    const names = failed.map(p => p.missing_module ? `${p.pack} (module ${p.missing_module} is missing)` : p.pack);
+    toast(`Packs that failed to load: ${names.join(', ')}`, 'error', 8000);
+  }
+}
