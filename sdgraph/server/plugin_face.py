@@ -9,6 +9,7 @@ face: messages plugins send reach its WebSocket clients through the hub, and the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import struct
 from typing import Any
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from sdgraph import face_hooks
 from sdgraph.server.queue import PromptStore
-from sdgraph.server.ws import Hub, text_frame
+from sdgraph.server.ws import Hub, TextFrame, text_frame
 
 log = logging.getLogger("sdgraph.server")
 FACE = web.AppKey("sdgraph_plugin_face", object)
@@ -34,7 +35,11 @@ class PluginFace:
         return self.hub.loop
 
     def send(self, event: str, data: Any, sid: str | None) -> None:
-        self.hub.post(text_frame(event, data), sid)
+        if isinstance(data, dict):
+            frame = text_frame(event, data)
+        else:  # a pack may send a list or a string; only dicts can stand for a supersedable frame
+            frame = TextFrame(json.dumps({"type": event, "data": data}, default=str))
+        self.hub.post(frame, sid)
 
     def send_bytes(self, event: int, payload: bytes, sid: str | None) -> None:
         self.hub.post(struct.pack(">I", event) + payload, sid)
@@ -72,12 +77,17 @@ def _latest_first(definitions: list[Any]) -> list[Any]:
 def mount_plugin_routes(app: web.Application) -> int:
     """Add every route plugins declared so far; returns how many were added."""
     added = 0
+    taken = {(route.method, route.resource.canonical) for route in app.router.routes() if route.resource}
     for definition in _latest_first(face_hooks.route_definitions()):
         variants = [definition]
         if isinstance(definition, web.RouteDef):
             variants.append(web.RouteDef(definition.method, "/api" + definition.path, definition.handler,
                                          definition.kwargs))
         for variant in variants:
+            if isinstance(variant, web.RouteDef) and (variant.method, variant.path) in taken:
+                log.warning("a plugin's route %s %s was not added: sdgraph serves that path itself",
+                            variant.method, variant.path)
+                continue
             try:
                 variant.register(app.router)
                 added += 1

@@ -89,6 +89,7 @@ class Notify:
         ps.send_sync("toy.note", {"node": unique_id, "text": text, "client": ps.client_id,
                                   "last": ps.last_node_id}, ps.client_id)
         ps.send_sync("toy.all", {"text": text})
+        ps.send_sync("toy.list", [text, 1], ps.client_id)
         ps.send_progress_text("half way", unique_id)
         ps.send_sync(server.BinaryEventTypes.UNENCODED_PREVIEW_IMAGE,
                      ("PNG", Image.new("RGB", (3, 2), (255, 0, 0)), None), ps.client_id)
@@ -154,8 +155,12 @@ def pack_executor(tmp_path):
     return Executor(registry, Services(dirs=dirs), OutputCache())
 
 
-async def test_pack_routes_are_served_under_their_path_and_under_api(make_server, pack_executor):
+async def test_pack_routes_are_served_under_their_path_and_under_api(make_server, pack_executor, caplog):
+    caplog.set_level("WARNING", "sdgraph.server")
     harness = await make_server(executor=pack_executor)
+    refused = [r.getMessage() for r in caplog.records if "was not added" in r.getMessage()]
+    assert refused == ["a plugin's route GET /queue was not added: sdgraph serves that path itself",
+                       "a plugin's route GET /api/queue was not added: sdgraph serves that path itself"]
     client = harness.client
     for prefix in ("", "/api"):
         resp = await client.get(f"{prefix}/toy/echo", params={"q": "x"})
@@ -178,6 +183,7 @@ async def test_send_sync_reaches_the_client_that_queued_and_broadcasts_reach_all
     # the prompt handler rewrote the input; the message names the running node and its client
     assert notes == [{"node": "5", "text": "tamed", "client": "mine", "last": "5"}]
     assert [data for kind, data in frames if kind == "toy.all"] == [{"text": "tamed"}]
+    assert [data for kind, data in frames if kind == "toy.list"] == [["tamed", 1]]
     binary = [data for kind, data in frames if kind == "binary"]
     node = b"5"
     assert struct.pack(">II", 3, len(node)) + node + b"half way" in binary
@@ -267,3 +273,23 @@ def test_execution_module_takes_a_packs_patch_without_effect(pack_executor):
     assert execution.ExecutionBlocker(None).message is None
     with pytest.raises(NotImplementedError, match="own executor"):
         execution.PromptExecutor().execute({}, "p")
+
+
+def test_web_folders_of_a_one_file_pack_and_of_extension_web_dirs_and_the_io_folders(tmp_path):
+    base = tmp_path / "fresh"
+    custom = base / "custom_nodes"
+    (custom / "solo_web").mkdir(parents=True)
+    (custom / "solo.py").write_text('WEB_DIRECTORY = "solo_web"\nNODE_CLASS_MAPPINGS = {}\n')
+    named = custom / "impact_like"
+    (named / "js").mkdir(parents=True)
+    (named / "__init__.py").write_text(
+        "import os, nodes\n"
+        "nodes.EXTENSION_WEB_DIRS['Impact-Like'] = os.path.join(os.path.dirname(__file__), 'js')\n"
+        "NODE_CLASS_MAPPINGS = {}\n"
+        "WEB_DIRECTORY = './no_such_folder'\n")
+    registry = Registry()
+    load_custom_nodes(registry, custom, Dirs(base=base, extra_model_roots=[]))
+    assert not registry.problems, [p.message for p in registry.problems]
+    # a one-file pack's folder is relative to custom_nodes/; a missing WEB_DIRECTORY is ignored, as in ComfyUI
+    assert registry.web_dirs == {"solo": (custom / "solo_web").resolve(), "Impact-Like": (named / "js").resolve()}
+    assert all((base / name).is_dir() for name in ("input", "output", "temp"))  # packs list them at load
