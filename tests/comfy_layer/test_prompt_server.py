@@ -293,3 +293,17 @@ def test_web_folders_of_a_one_file_pack_and_of_extension_web_dirs_and_the_io_fol
     # a one-file pack's folder is relative to custom_nodes/; a missing WEB_DIRECTORY is ignored, as in ComfyUI
     assert registry.web_dirs == {"solo": (custom / "solo_web").resolve(), "Impact-Like": (named / "js").resolve()}
     assert all((base / name).is_dir() for name in ("input", "output", "temp"))  # packs list them at load
+
+
+async def test_with_a_token_pack_routes_need_it_and_extension_files_do_not(make_server, pack_executor):
+    from sdgraph.server import ServerConfig
+
+    harness = await make_server(ServerConfig(token="s3cret"), executor=pack_executor)
+    client = harness.client
+    assert (await client.get("/toy/echo")).status == 401
+    assert (await client.get("/extensions")).status == 401
+    assert (await client.get("/node_problems")).status == 401
+    assert (await client.get("/toy/echo", params={"token": "s3cret"})).status == 200
+    assert (await client.get("/extensions", headers={"Authorization": "Bearer s3cret"})).status == 200
+    resp = await client.get("/extensions/toy_server_pack/toy.js")  # code, like the editor's own files
+    assert resp.status == 200 and await resp.text() == EXTENSION_JS
