@@ -127,6 +127,7 @@ def test_a_packs_extension_runs_its_hooks_and_hears_its_messages(browser, pack_s
     problems = page.locator("#pack-problems")
     assert "toy_broken_pack" in problems.inner_text()
     assert "toy_missing_module_abc" in problems.locator('[data-pack="custom_nodes/toy_broken_pack"]').inner_text()
+    assert problems.locator('[data-extension="/extensions/toy_web_pack/needs_widgets.js"]').count() == 1
     errors = editor.errors
     context.close()
     assert not errors, f"uncaught errors in the page: {errors}"

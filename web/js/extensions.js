@@ -3,11 +3,13 @@
 import { app } from '../scripts/app.js';
 
 const nodeTypes = new Map(); // class name -> the stand-in class handed to beforeRegisterNodeDef
+const reported = new Set();  // a hook that fails for every node is told once
 
 function failed(where, error, report) {
-  app.failedExtensions.push({ url: where, error: String(error && error.message || error) });
+  const message = String(error && error.message || error);
+  app.failedExtensions.push({ url: where, error: message });
   console.error(`extension ${where}:`, error);
-  report(`Extension ${where} failed: ${error && error.message || error}`);
+  if (!reported.has(where)) { reported.add(where); report(`Extension ${where} failed: ${message}`); }
 }
 
 export async function loadExtensions(urls, report) {

@@ -316,11 +316,12 @@ async function start() {
   }
   const [extensions, problems] = await Promise.all([api.extensions().catch(() => []),
     api.nodeProblems().then(r => r.problems || []).catch(() => [])]);
-  await loadExtensions(extensions, extensionError);
-  await invoke('init', extensionError);
-  await invoke('addCustomNodeDefs', extensionError, defs);
-  await registerNodeDefs(defs, extensionError);
-  await invoke('registerCustomNodes', extensionError);
+  const quiet = () => {}; // failures while starting are listed once, with the packs' problems, not one by one
+  await loadExtensions(extensions, quiet);
+  await invoke('init', quiet);
+  await invoke('addCustomNodeDefs', quiet, defs);
+  await registerNodeDefs(defs, quiet);
+  await invoke('registerCustomNodes', quiet);
   graph = new Graph(defs);
   graph.onNodeAdded = node => nodeCreated(node, extensionError);
   app.graph = graph;
@@ -332,7 +333,6 @@ async function start() {
   });
   panel = new QueuePanel($('#queue-panel'), { load: data => data && loadWorkflow(data) });
   buildPalette($('#palette'), defs, (name, x, y) => editor.addNode(name, x === undefined ? null : editor.toWorld(x, y)));
-  showPackProblems($('#palette'), problems);
   let restored = false;
   try {
     const stored = JSON.parse(localStorage.getItem(STORE) || 'null');
@@ -361,7 +361,8 @@ async function start() {
   $('#canvas').addEventListener('pointermove', e => { pointer = [e.clientX, e.clientY]; });
   addEventListener('pagehide', save);
   connect(onEvent);
-  await invoke('setup', extensionError);
+  await invoke('setup', quiet);
+  showPackProblems($('#palette'), problems, app.failedExtensions);
   setStatus('Ready');
   document.body.classList.add('ready');
 }
