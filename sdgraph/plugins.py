@@ -115,6 +115,7 @@ def load_custom_nodes(registry: Registry, directory: Path, dirs: Dirs | None = N
             _load_path(registry, parent, path.stem, path)
         else:
             _load_path(registry, parent, path.name, path / "__init__.py", package_dir=path)
+    _add_layer_web_dirs(registry)
 
 
 def _parent_package(directory: Path) -> ModuleType:
@@ -159,6 +160,24 @@ def _load_path(registry: Registry, parent: ModuleType, name: str, file: Path,
         _import_failed(registry, pack, exc)
         return
     load_module_pack(registry, module, pack)
+    _add_web_dir(registry, name, module, package_dir or file.parent)
+
+
+def _add_web_dir(registry: Registry, name: str, module: ModuleType, module_dir: Path) -> None:
+    """A pack's WEB_DIRECTORY (relative to its folder; a one-file pack's is custom_nodes/ itself), if it is one."""
+    web_dir = getattr(module, "WEB_DIRECTORY", None)
+    if not isinstance(web_dir, (str, Path)):
+        return
+    path = (module_dir / web_dir).resolve()
+    if path.is_dir():  # a missing one is ignored, as ComfyUI ignores it
+        registry.web_dirs[name] = path
+
+
+def _add_layer_web_dirs(registry: Registry) -> None:
+    """Web folders packs put straight into ComfyUI's `nodes.EXTENSION_WEB_DIRS` (Impact Pack does)."""
+    for name, path in importlib.import_module(COMFY_LAYER).extension_web_dirs().items():
+        if name not in registry.web_dirs and Path(path).is_dir():
+            registry.web_dirs[name] = Path(path).resolve()
 
 
 def _check_requirements(registry: Registry, path: Path) -> None:

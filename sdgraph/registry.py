@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from sdgraph.comfy_compat import define_comfy, is_comfy_class
@@ -31,6 +32,7 @@ class Registry:
     aliases: dict[str, str] = field(default_factory=dict)
     problems: list[LoadProblem] = field(default_factory=list)
     packs: dict[str, list[str]] = field(default_factory=dict)
+    web_dirs: dict[str, Path] = field(default_factory=dict)  # a pack's browser extensions (its WEB_DIRECTORY)
 
     def get(self, class_type: str) -> NodeDef | None:
         found = self.nodes.get(class_type)

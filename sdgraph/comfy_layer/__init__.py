@@ -62,10 +62,27 @@ def activate(dirs: Dirs | None = None) -> None:
     """Make the names importable (idempotent) and answer for `dirs` from now on (None: keep the current ones)."""
     if dirs is not None:
         binding.bind_dirs(dirs)
+        _make_io_dirs(dirs)
     if FINDER not in sys.meta_path:
         sys.meta_path.insert(0, FINDER)
     _evict_foreign()
 
 
+def _make_io_dirs(dirs: Dirs) -> None:
+    """ComfyUI's input/, output/ and temp/ always exist, and packs list them while declaring their nodes."""
+    for directory in (dirs.input, dirs.output, dirs.temp):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # a read-only base: the pack that lists it reports its own error
+
+
 def active() -> bool:
     return FINDER in sys.meta_path
+
+
+def extension_web_dirs() -> dict[str, str]:
+    """What packs wrote into the compatibility `nodes.EXTENSION_WEB_DIRS` (empty until `nodes` is imported)."""
+    module = sys.modules.get("nodes")
+    found = getattr(module, "EXTENSION_WEB_DIRS", None) if module is not None and is_ours(module) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}

@@ -42,13 +42,18 @@ def context() -> NodeContext | None:
     return ctx
 
 
+def recent_context() -> NodeContext | None:
+    """The node call in progress, else the latest one seen (ComfyUI keeps "the current prompt" until the next)."""
+    return context() or _state["last_context"]
+
+
 def services() -> Services:
-    ctx = context() or _state["last_context"]
+    ctx = recent_context()
     return ctx.services if ctx is not None else Services(dirs=dirs())
 
 
 def interrupt_flag() -> InterruptFlag:
-    ctx = context() or _state["last_context"]
+    ctx = recent_context()
     return ctx.interrupt if ctx is not None else IDLE_INTERRUPT
 
 

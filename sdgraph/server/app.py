@@ -7,9 +7,10 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from sdgraph.execute import Executor
-from sdgraph.server import files, openapi, routes, static, system
+from sdgraph.server import extensions, files, openapi, routes, static, system
 from sdgraph.server.config import ServerConfig, default_web_dir
 from sdgraph.server.errors import error_middleware
+from sdgraph.server.plugin_face import attach_face, mount_plugin_routes
 from sdgraph.server.queue import PromptStore
 from sdgraph.server.security import add_security_headers, security_middleware
 from sdgraph.server.state import STATE, ServerState
@@ -44,11 +45,13 @@ def create_app(executor: Executor, config: ServerConfig | None = None, *,
 
     table: list[tuple[str, str, Handler]] = [
         ("GET", "/ws", hub.handle),
-        *routes.ROUTES, *system.ROUTES, *files.ROUTES, *openapi.ROUTES,
+        *routes.ROUTES, *system.ROUTES, *files.ROUTES, *openapi.ROUTES, *extensions.ROUTES,
     ]
     for method, path, handler in table:
         for prefix in ("", "/api"):
             _add(app, method, prefix + path, handler)
+    mount_plugin_routes(app)  # after the API (a plugin cannot shadow it), before the editor's catch-all
+    attach_face(app, hub, store)
     for method, path, handler in static.ROUTES:  # the editor last: its catch-all must not shadow the API
         _add(app, method, path, handler)
     return app

@@ -154,6 +154,15 @@ def build() -> dict[str, Any]:
                            "requestBody": _body("FreeRequest", required=False),
                            "responses": {"200": _json(OBJECT), **_errors(400)}}},
         "/features": {"get": {"summary": "server features", "responses": {"200": _json(ids)}}},
+        "/extensions": {"get": {"summary": "the browser extension files of the node packs (their WEB_DIRECTORY)",
+                                "responses": {"200": _json({"type": "array", "items": {"type": "string"}})}}},
+        "/extensions/{pack}/{path}": {"get": {
+            "summary": "a file of a pack's WEB_DIRECTORY (no token needed: code, like the editor's files)",
+            "parameters": [_path("pack"), _path("path")],
+            "responses": {"200": {"description": "the file"}, **_errors(404)}}},
+        "/node_problems": {"get": {"summary": "packs and nodes that failed to load, the missing module named",
+                                   "responses": {"200": _json({"type": "object", "required": ["problems"],
+                                                               "properties": {"problems": {"type": "array"}}})}}},
     }
     return {
         "openapi": "3.1.0",

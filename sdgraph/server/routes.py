@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from sdgraph import face_hooks
 from sdgraph.collector import collector_paused, drain
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.server.batch import post_prompt_batch
@@ -31,7 +32,7 @@ async def post_prompt(request: web.Request) -> web.Response:
 def _admit(state: ServerState, raw: bytes) -> tuple[dict[str, Any], int]:
     """Parse, prepare and queue one submission (in a worker thread); the reply and its status."""
     with collector_paused():
-        data = parse_json(raw)
+        data = face_hooks.filter_prompt(parse_json(raw))  # plugins' prompt handlers (wildcards, ...) first
         try:
             return _admit_parsed(state, data)
         finally:  # a large prompt is freed node by node, not in one long hold of the GIL

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mimetypes
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +47,25 @@ async def asset(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", "no such file") from None
     if not path.is_file():
         raise ApiError(404, "not_found", f"no route or file {request.path!r}")
+    return file_response(path)
+
+
+async def extension_file(request: web.Request) -> web.StreamResponse:
+    """A file of a pack's WEB_DIRECTORY, served as ComfyUI serves it: /extensions/<pack>/<path>. Without the
+    access token, as the editor's files: a browser resolves an extension's relative imports without it."""
+    root = state_of(request).registry.web_dirs.get(request.match_info["pack"])
+    if root is None:
+        raise ApiError(404, "not_found", "no pack serves browser extensions under that name")
+    try:
+        path = safe_join(root, request.match_info["path"])
+    except UnsafePath:
+        raise ApiError(404, "not_found", "no such file") from None
+    if not path.is_file():
+        raise ApiError(404, "not_found", "no such file")
+    return file_response(path)
+
+
+def file_response(path: Path) -> web.FileResponse:
     content_type = TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if content_type.startswith("text/") and "charset" not in content_type:
         content_type += "; charset=utf-8"
@@ -55,6 +75,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
 
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/", index),
+    ("GET", "/extensions/{pack}/{path:.+}", client_paths(extension_file)),
     # Only names with an extension: an API path (/free, /queue) never falls through to the editor's files.
     ("GET", r"/{path:.+\.[A-Za-z0-9]+}", client_paths(asset)),
 ]

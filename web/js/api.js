@@ -44,6 +44,8 @@ sessionStorage.setItem('sdgraph.clientId', clientId);
 
 export const api = {
   objectInfo: () => request('object_info'),
+  extensions: () => request('extensions'),           // packs' browser extension files
+  nodeProblems: () => request('node_problems'),      // {problems: [{pack, node, message, missing_module}]}
   queuePrompt: (prompt, workflow) => request('prompt', { method: 'POST',
     body: { prompt, client_id: clientId, extra_data: { extra_pnginfo: { workflow } } } }),
   // UI workflow -> {prompt}; a 400 carries `problems` (node_id, title, path, message)

@@ -106,6 +106,7 @@ export class Graph {
       }
     }
     this.nodes.set(nodeId, node);
+    this.onNodeAdded?.(node); // packs' extensions hear of each new node (nodeCreated)
     return node;
   }
 

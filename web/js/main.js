@@ -4,7 +4,10 @@ import { Graph, detectFormat, describeInputs, primaryNames } from './graph.js';
 import { Editor } from './canvas.js';
 import { pngText, webpText } from './png.js';
 import { QueuePanel } from './panel.js';
-import { toast, showMenu, closeMenu, closeOverlay, showHelp, showImage, buildPalette, searchPopup } from './ui.js';
+import { toast, showMenu, closeMenu, closeOverlay, showHelp, showImage, buildPalette, searchPopup, showPackProblems } from './ui.js';
+import { loadExtensions, invoke, invokeNow, registerNodeDefs, nodeCreated } from './extensions.js';
+import { app } from '../scripts/app.js';
+import { api as extensionApi } from '../scripts/api.js';
 
 const STORE = 'sdgraph.workflow';
 const $ = sel => document.querySelector(sel);
@@ -64,8 +67,11 @@ export async function loadWorkflow(data, { fit = true, name = 'the workflow' } =
   if (data.view && !fit) { editor.view = { ...data.view }; editor.applyView(); } else editor.fit();
   const unknown = [...new Set([...graph.nodes.values()].filter(n => !graph.defs[n.type]).map(n => n.type))];
   if (unknown.length) toast(`Unknown node types: ${unknown.join(', ')}.`, 'error');
+  for (const node of graph.nodes.values()) invokeNow('loadedGraphNode', extensionError, node);
   return true;
 }
+
+function extensionError(message) { toast(message, 'error', 8000); }
 
 function conversionFailed(name, e) {
   const problems = (e.data && e.data.problems) || [];
@@ -202,6 +208,8 @@ async function queue() {
 
 function onEvent(type, data) {
   const run = editor.run;
+  if (type !== 'open' && type !== 'close') extensionApi.dispatch(type === 'preview' ? 'b_preview' : type, data);
+  if (type === 'executed' && data.node != null) app.nodeOutputs[String(data.node)] = data.output;
   switch (type) {
     case 'open': setStatus('Connected'); break;
     case 'close': setStatus('Reconnecting to the server…'); break;
@@ -306,7 +314,19 @@ async function start() {
       await new Promise(r => setTimeout(r, Math.min(5000, 500 * 2 ** tries)));
     }
   }
+  const [extensions, problems] = await Promise.all([api.extensions().catch(() => []),
+    api.nodeProblems().then(r => r.problems || []).catch(() => [])]);
+  const quiet = () => {}; // failures while starting are listed once, with the packs' problems, not one by one
+  await loadExtensions(extensions, quiet);
+  await invoke('init', quiet);
+  await invoke('addCustomNodeDefs', quiet, defs);
+  await registerNodeDefs(defs, quiet);
+  await invoke('registerCustomNodes', quiet);
   graph = new Graph(defs);
+  graph.onNodeAdded = node => nodeCreated(node, extensionError);
+  app.graph = graph;
+  app.editor = { queue, graphToPrompt: async () => ({ output: graph.toApi(), workflow: await uiWorkflow() }),
+    loadGraphData: data => loadWorkflow(data) };
   editor = new Editor($('#canvas'), graph, {
     changed: save, toast, enlarge: showImage, viewUrl: api.viewUrl, pickUpload, nodeMenu,
     openSearch: (x, y) => { const at = editor.toWorld(x, y); searchPopup(defs, x, y, name => editor.addNode(name, at)); },
@@ -341,6 +361,8 @@ async function start() {
   $('#canvas').addEventListener('pointermove', e => { pointer = [e.clientX, e.clientY]; });
   addEventListener('pagehide', save);
   connect(onEvent);
+  await invoke('setup', quiet);
+  showPackProblems($('#palette'), problems, app.failedExtensions);
   setStatus('Ready');
   document.body.classList.add('ready');
 }

@@ -161,3 +161,28 @@ export function searchPopup(defs, x, y, pick) {
   render();
   input.focus();
 }
+
+// Packs that failed to load (the missing module named) and browser extensions that failed, at the foot of the
+// node list; one message says how many.
+export function showPackProblems(el, problems, extensions = []) {
+  el.querySelector('#pack-problems')?.remove();
+  if (!problems.length && !extensions.length) return;
+  const failed = problems.filter(p => p.missing_module || /failed to import/.test(p.message));
+  const items = problems.map(p => h('li', { class: 'pack-problem', 'data-pack': p.pack },
+    h('strong', { text: p.pack.replace(/^custom_nodes\//, '') }),
+    p.missing_module ? h('span', { class: 'missing', text: ` needs the module ${p.missing_module}` }) : null,
+    h('small', { text: p.node ? `${p.node}: ${p.message}` : p.message })));
+  const scripts = extensions.map(f => h('li', { class: 'pack-problem', 'data-extension': f.url },
+    h('strong', { text: f.url.replace(/^\/extensions\//, '') }), h('small', { text: f.error })));
+  el.append(h('details', { id: 'pack-problems', class: 'pack-problems', open: failed.length > 0 },
+    h('summary', { text: `Load problems (${problems.length + extensions.length})` }), h('ul', {}, items),
+    scripts.length ? h('p', { class: 'muted', text: 'Browser extensions that did not load or run:' }) : null,
+    scripts.length ? h('ul', {}, scripts) : null));
+  const parts = [];
+  if (failed.length) {
+    parts.push(`packs that failed to load: ${failed.map(p => p.missing_module
+      ? `${p.pack} (module ${p.missing_module} is missing)` : p.pack).join(', ')}`);
+  }
+  if (extensions.length) parts.push(`${extensions.length} browser extension problem(s)`);
+  if (parts.length) toast(`${parts.join('; ')} (see Load problems in the node list)`, 'error', 8000);
+}
