@@ -199,7 +199,7 @@ def sdgraph_counts(custom_nodes: Path, scratch: Path, stand_in: Path | None, ass
     listing = json.loads(done.stdout)
     results: dict[str, Any] = {name: {"loaded": 0, "problems": []} for name in pack_names(custom_nodes)}
     for info in listing["nodes"].values():
-        pack = str(info.get("python_module", ""))
+        pack = str(info.get("python_module", "")).replace("custom_nodes.", "custom_nodes/", 1)  # V3: ComfyUI's form
         if pack.startswith("custom_nodes/") and pack[13:] in results:
             results[pack[13:]]["loaded"] += 1
     for problem in listing["problems"]:
