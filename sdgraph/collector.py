@@ -62,20 +62,22 @@ def collector_paused() -> Iterator[None]:
         _release()
 
 
-@contextmanager
-def collector_resumed() -> Iterator[None]:
+class collector_resumed:  # noqa: N801 - used like the context-manager functions beside it
     """Inside pauses: give back all of this thread's holds for a while, so a node's own work runs with the
-    collector (unless another thread holds a pause meanwhile).
+    collector (unless another thread holds a pause meanwhile). A class, not a generator: it wraps every node call.
 
     Nothing is aged here: the executor freezes its own state while nodes run, and ageing would unfreeze it."""
-    holds = getattr(_local, "holds", 0)
-    if holds:
-        _release(holds, age=False)
-    try:
-        yield
-    finally:
-        if holds:
-            _acquire(holds)
+
+    __slots__ = ("holds",)
+
+    def __enter__(self) -> None:
+        self.holds = getattr(_local, "holds", 0)
+        if self.holds:
+            _release(self.holds, age=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.holds:
+            _acquire(self.holds)
 
 
 def drain(*mappings: MutableMapping[Any, Any] | None) -> None:

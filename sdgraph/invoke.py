@@ -58,8 +58,9 @@ def call_batches(node: PreparedNode, batches: list[dict[str, Any]], ctx: NodeCon
                  ) -> list[Any]:
     """Each call's raw result; a blocked call gives its blocker, an async one a Future."""
     results = []
+    linked = node.links  # blockers only ever come from other nodes
     for index, batch in enumerate(batches):
-        blocker = _blocker_in(batch, node.node.spec.input_is_list)
+        blocker = _blocker_in(batch, linked, node.node.spec.input_is_list) if linked else None
         if blocker is not None:
             results.append(on_block(node, blocker) if on_block is not None else blocker)
             continue
@@ -68,14 +69,15 @@ def call_batches(node: PreparedNode, batches: list[dict[str, Any]], ctx: NodeCon
             result = function(batch, ctx)
         finally:
             end_call_scope(token)
-        if asyncio.iscoroutine(result):
+        if type(result) is not tuple and asyncio.iscoroutine(result):
             result = start_async(result, node.node_id, index)
         results.append(result)
     return results
 
 
-def _blocker_in(batch: dict[str, Any], input_is_list: bool) -> ExecutionBlocker | None:
-    for value in batch.values():
+def _blocker_in(batch: dict[str, Any], linked: Any, input_is_list: bool) -> ExecutionBlocker | None:
+    for name in linked:
+        value = batch.get(name)
         if isinstance(value, ExecutionBlocker):
             return value
         if input_is_list and isinstance(value, list):

@@ -16,11 +16,10 @@ executor needs. Declarations are checked against `run`'s signature when the clas
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from sdgraph.context import NodeContext
 from sdgraph.paths import Dirs
@@ -185,16 +184,6 @@ class _CallContext:
         obj.__dict__["_ctx"] = ctx
 
 
-@contextlib.contextmanager
-def _called(node: Any, ctx: NodeContext) -> Iterator[None]:
-    node.ctx = ctx  # what an async run reads once its body runs elsewhere
-    token = _CALL.set((node, ctx))
-    try:
-        yield
-    finally:
-        _CALL.reset(token)
-
-
 class Node:
     """Base class of native nodes. Subclasses declare class attributes and implement `run`."""
 
@@ -266,13 +255,21 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
 
     def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
         node = ctx.instance(cls)
-        with _called(node, ctx):
+        node.ctx = ctx  # what an async run reads once its body runs elsewhere
+        token = _CALL.set((node, ctx))
+        try:
             return node.run(**inputs)
+        finally:
+            _CALL.reset(token)
 
     def lazy_check(inputs: dict[str, Any], ctx: NodeContext) -> Any:
         node = ctx.instance(cls)
-        with _called(node, ctx):
+        node.ctx = ctx
+        token = _CALL.set((node, ctx))
+        try:
             return node.check_lazy_status(**inputs)
+        finally:
+            _CALL.reset(token)
 
     overrides_lazy = cls.check_lazy_status is not Node.check_lazy_status
     overrides_fp = cls.fingerprint.__func__ is not Node.fingerprint.__func__  # type: ignore[attr-defined]

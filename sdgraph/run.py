@@ -68,7 +68,8 @@ class PromptRun:
         self._digests: dict[str, str] = {}
         self._order = {node_id: i for i, node_id in enumerate(prompt.report.order)}
         self._ranks: dict[str, tuple[int, ...]] = {}
-        self._input_flags: dict[str, _InputFlags] = {}
+        self._input_flags: dict[str, _InputFlags] = {}  # per class
+        self._node_flags: dict[str, _InputFlags] = {}  # per node id (the same objects)
         self._expanded: dict[str, tuple[list[Any], dict[str, Any] | None]] = {}
         self._awaiting: dict[str, _Awaiting] = {}
         self._new_nodes = 0
@@ -140,6 +141,12 @@ class PromptRun:
                 if name not in lazy and src not in values and not self._cached(src)]
 
     def _flags(self, node: PreparedNode) -> _InputFlags:
+        found = self._node_flags.get(node.node_id)
+        if found is None:
+            found = self._node_flags[node.node_id] = self._class_flags(node)
+        return found
+
+    def _class_flags(self, node: PreparedNode) -> _InputFlags:
         class_type = node.node.class_type
         found = self._input_flags.get(class_type)
         if found is None:
@@ -207,11 +214,11 @@ class PromptRun:
             if hit.ui:
                 self._executed(node_id, hit.ui)
             return schedule.done()
-        inputs, missing = self._inputs(node)
-        lazy = self._flags(node).lazy
-        if self._wait(schedule, node, [name for name in missing if name not in lazy]):
+        flags = self._flags(node)
+        inputs, missing = self._inputs(node, flags)
+        if missing and self._wait(schedule, node, [name for name in missing if name not in flags.lazy]):
             return None  # an eager source is gone from the cache since the node was scheduled
-        resource = self._flags(node).resource if self.executor.parallel else CPU
+        resource = flags.resource if self.executor.parallel else CPU
         if resource == CPU and self.executor.parallel and self._working():
             resource = CPU_SIDE  # a CPU node while the accelerator works: this thread stays free to dispatch
         if resource != CPU:  # on its resource's worker, while this thread goes on with nodes elsewhere
@@ -263,11 +270,11 @@ class PromptRun:
         else:
             self._finish(schedule, node, computed.outcome)
 
-    def _inputs(self, node: PreparedNode) -> tuple[dict[str, list[Any]], list[str]]:
+    def _inputs(self, node: PreparedNode, flags: _InputFlags) -> tuple[dict[str, list[Any]], list[str]]:
         """The node's linked inputs, and the names of those whose source has no value yet (given as None)."""
         inputs: dict[str, list[Any]] = {}
         missing = []
-        raw = self._flags(node).raw
+        raw = flags.raw
         known = self.values
         for name, (src, index) in node.links.items():
             values = known.get(src) or self._values_of(src)
