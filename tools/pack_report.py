@@ -44,7 +44,7 @@ _STAND_IN = (
     "__version__ = '0.0.0+stand-in'\n"
 )
 _STAND_IN_MODULES = ("", "transforms", "transforms/functional", "transforms/v2", "transforms/v2/functional",
-                     "io", "ops", "utils", "models", "datasets", "datasets/utils")
+                     "io", "ops", "ops/boxes", "utils", "models", "datasets", "datasets/utils")
 
 
 def write_stand_in(where: Path, name: str = "torchvision", subs: tuple[str, ...] = _STAND_IN_MODULES) -> Path:
