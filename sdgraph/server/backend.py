@@ -37,6 +37,10 @@ class WorkerBackend(Protocol):
         """Unload models / free memory between prompts, never under a running one."""
 
 
+class WorkerLost(RuntimeError):
+    """A remote worker (child process, actor) running a prompt is gone; the message says how."""
+
+
 # Builds the backend for a server: (executor, store, hub) -> backend. `create_app` takes one.
 BackendFactory = Callable[[Executor, PromptStore, Hub], WorkerBackend]
 
