@@ -56,10 +56,11 @@ async def test_two_workers_run_20_prompts_about_twice_as_fast(make: suite.Make) 
 async def test_affinity_loads_each_model_about_once_per_worker(make: suite.Make, tmp_path: Path) -> None:
     affine, per_model = await suite.affinity_loads(make, tmp_path / "affinity", "affinity")
     scattered, _ = await suite.affinity_loads(make, tmp_path / "random", "random")
+    in_order, _ = await suite.affinity_loads(make, tmp_path / "fifo", "fifo")
     print(f"subprocess: 40 prompts alternating 2 models: {affine} loads with affinity {per_model}, "
-          f"{scattered} routed at random")
+          f"{scattered} routed at random, {in_order} in plain queue order")
     assert all(1 <= n <= 3 for n in per_model.values()) and affine <= 5
-    assert scattered >= 12
+    assert scattered >= 12 and in_order >= 10
 
 
 async def test_a_rare_model_is_not_starved(make: suite.Make, tmp_path: Path) -> None:
