@@ -117,14 +117,17 @@ class WorkerPool:
             slot.channel.request_free(unload_models, free_memory)
 
     def describe(self) -> list[dict[str, Any]]:
-        pending = len(self.store.snapshot()[1])
+        """Each worker; `queue_depth` is what it runs plus the pending prompts whose models it holds (the queue
+        is shared: `pending` is all of it)."""
+        pending = self.store.snapshot()[1]
+        warm = self.router.warm_counts(pending[:256])  # the next ones up; parsing them all could be slow
         return [{
             "name": slot.name, "kind": slot.channel.kind, "alive": slot.channel.alive,
             "pid": slot.channel.hello.get("pid"), "device": slot.channel.hello.get("device"),
             "node": slot.channel.hello.get("node"),
             "state": "running" if slot.current is not None else "idle",
             "prompt_id": slot.current.prompt_id if slot.current is not None else None,
-            "queue_depth": (slot.current is not None) + pending,  # the queue is shared: what it may take next
+            "queue_depth": (slot.current is not None) + warm.get(slot.name, 0), "pending": len(pending),
             "completed": slot.completed, "restarts": max(0, slot.starts - 1), "lost": slot.lost,
             "loaded_models": sorted(set(self.router.workers[slot.name].held) | set(slot.loaded_models)),
         } for slot in self.slots]

@@ -77,7 +77,6 @@ class QueueItem:
     secrets: dict[str, Any] = field(default_factory=dict, repr=False)
     attempts: int = 0
     worker: str | None = None  # the worker holding the lease while it runs
-    queued_at: float = field(default_factory=time.monotonic)  # when it became pending (for fair routing)
 
     @property
     def prompt(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class RemoteRunner:
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
         self.current: str | None = None
+        self._early_interrupt: str | None = None  # an interrupt for the run about to start
         self._lock = threading.Lock()
         self._free = {"unload_models": False, "free_memory": False}
 
@@ -46,8 +47,11 @@ class RemoteRunner:
         return {"pid": os.getpid(), "device": device_of(self.executor)}
 
     def interrupt(self, prompt_id: str | None) -> bool:
+        """Interrupt the run of `prompt_id` (the current run when None). One that has not started yet here (the
+        server sent it just before) is interrupted as it starts."""
         with self._lock:
             if self.current is None or (prompt_id is not None and prompt_id != self.current):
+                self._early_interrupt = prompt_id
                 return False
             self.executor.interrupt()
             return True
@@ -63,6 +67,9 @@ class RemoteRunner:
         prompt_id = request["prompt_id"]
         with self._lock:
             self.current = prompt_id
+            if self._early_interrupt == prompt_id:
+                self.executor.interrupt()
+            self._early_interrupt = None
         done: dict[str, Any] = {}
         try:
             with collector_paused():

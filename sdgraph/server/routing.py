@@ -161,6 +161,16 @@ class Router:
                 self._skips[earlier.prompt_id] = self._skips.get(earlier.prompt_id, 0) + 1
         return item
 
+    def warm_counts(self, pending: list[QueueItem]) -> dict[str, int]:
+        """For each worker, the pending prompts whose models it holds."""
+        with self._lock:
+            counts = {name: 0 for name in self.workers}
+            for item in pending:
+                needed = self.models(item)
+                for worker in self.workers.values():
+                    counts[worker.name] += bool(needed) and needed <= worker.held
+            return counts
+
     # ---- what happened ----------------------------------------------------------------------------------
 
     def started(self, name: str, item: QueueItem) -> bool:
