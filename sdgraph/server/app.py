@@ -7,9 +7,9 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from sdgraph.execute import Executor
-from sdgraph.server.backend import BackendFactory
 from sdgraph.server import files, openapi, routes, static, system
 from sdgraph.server.config import ServerConfig, default_web_dir
+from sdgraph.server.backend import BackendFactory
 from sdgraph.server.errors import error_middleware
 from sdgraph.server.queue import PromptStore
 from sdgraph.server.security import add_security_headers, security_middleware
