@@ -9,7 +9,7 @@ For each backend, on a real server (aiohttp on loopback) over the pure-Python te
 - overhead per prompt: a trivial prompt (Number -> Show, a new value each time), submit to `execution_success`
   on the WebSocket, one at a time, median of 30, against the in-process worker's;
 - affinity: 40 prompts alternating two models that take 0.3 s to load, on 2 workers: the loads, and the hit rate
-  (prompts whose worker already held their models), routed by affinity and at random.
+  (prompts whose worker already held their models), routed by affinity, at random and in plain queue order.
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ async def overhead(kind: str, tmp: Path, runs: int = 30) -> float:
 async def affinity(kind: str, tmp: Path, policy: str) -> tuple[int, float]:
     base = tmp / f"{kind}-{policy}"
     client = await serve(kind, 2, base, policy)
-    prompts = [model_prompt("a.safetensors" if i % 2 == 0 else "b.safetensors", i, seconds=0.1) for i in range(40)]
+    prompts = [model_prompt("a.safetensors" if i % 2 == 0 else "b.safetensors", i, seconds=(0.05, 0.2, 0.1)[i % 3])
+               for i in range(40)]  # run times vary (as in the tests), so queue order is not affine by chance
     await run_all(client, prompts)
     router = _state(client).worker.router
     rate = router.hits / max(1, router.hits + router.misses)
@@ -134,16 +135,15 @@ async def main(kinds: list[str]) -> None:
                 connect("local", num_cpus=2)
             rows[kind] = {"throughput": await throughput(kind, tmp), "overhead": await overhead(kind, tmp)}
             if kind != "in-process":
-                rows[kind]["affinity"] = {p: await affinity(kind, tmp, p) for p in ("affinity", "random")}
+                rows[kind]["affinity"] = {p: await affinity(kind, tmp, p) for p in ("affinity", "random", "fifo")}
         base = rows["in-process"]["overhead"]
         print("backend      20x0.4 s: 1 worker  2 workers  ratio | overhead/prompt  vs in-process | "
-              "affinity: loads, hit rate  | random: loads, hit rate")
+              "loads, hit rate: affinity | random    | fifo")
         for kind, row in rows.items():
             tp = row["throughput"]
             two = f"{tp[2]:8.2f} s  {tp[1] / tp[2]:4.2f}x" if 2 in tp else "       -      - "
             aff = row.get("affinity")
-            affs = (f"{aff['affinity'][0]:3d}, {aff['affinity'][1]:4.0%}            | "
-                    f"{aff['random'][0]:3d}, {aff['random'][1]:4.0%}") if aff else "-"
+            affs = " | ".join(f"{aff[p][0]:3d}, {aff[p][1]:4.0%}" for p in ("affinity", "random", "fifo")) if aff else "-"
             print(f"{kind:11s}  {tp[1]:17.2f} s  {two} | {row['overhead'] * 1000:10.1f} ms  "
                   f"{row['overhead'] / base:8.2f}x    | {affs}")
 

@@ -23,6 +23,7 @@ from sdgraph.server import piecewise_json
 from sdgraph.server.queue import QueueItem
 
 POLICIES = ("affinity", "fifo", "random")
+MEMORY = 4096  # prompts whose models, skips, draws are remembered; past it, only those in the window are kept
 Models = frozenset[str]
 
 
@@ -106,6 +107,8 @@ class Router:
     def pick(self, name: str, window: list[QueueItem]) -> QueueItem | None:
         with self._lock:
             me = self.workers[name]
+            if len(self._models) > MEMORY:  # prompts deleted while pending never finish here
+                self._forget_all_but(window)
             if self._avoid and len(self.workers) > 1:
                 window = [item for item in window if self._avoid.get(item.prompt_id) != name]
                 if not window:
@@ -115,6 +118,12 @@ class Router:
             if self.policy == "random":
                 return self._random(name, window)
             return self._affinity(me, window)
+
+    def _forget_all_but(self, window: list[QueueItem]) -> None:
+        keep = {item.prompt_id for item in window}
+        for memory in (self._models, self._skips, self._assigned, self._avoid):
+            for prompt_id in [pid for pid in memory if pid not in keep]:
+                del memory[prompt_id]
 
     def _random(self, name: str, window: list[QueueItem]) -> QueueItem | None:
         for item in window:  # each prompt goes to a worker drawn at random when first seen

@@ -58,3 +58,14 @@ def test_a_prompt_nobody_holds_is_not_passed_over_forever(tmp_path) -> None:
         if chosen is rare:
             break
     assert taken == ["a0", "a1", "a2", "rare"]  # passed over 3 times, then taken
+
+
+def test_what_routing_remembers_is_bounded(tmp_path, monkeypatch) -> None:
+    from sdgraph.server import routing
+
+    monkeypatch.setattr(routing, "MEMORY", 20)
+    r = router(tmp_path)
+    for n in range(10):  # prompts seen in a window, then deleted while pending: they never finish
+        window = [item(f"g{n}-{i}", model_prompt("a.safetensors", i)) for i in range(8)]
+        r.pick("w1", window)
+    assert len(r._models) <= 20 + 8
