@@ -193,7 +193,7 @@ async def exit_inside_a_node(make: Make) -> None:
     assert sorted(await (await server.client.get("/history")).json()) == ["after", "always", "once"]
 
 
-async def segfault_leaves_the_server_answering(make: Make) -> None:
+async def segfault_leaves_the_server_answering(make: Make, how: str = "signal 11") -> None:
     server = await make(1)
     await server.submit(chain(1, middle="Segfault"), prompt_id="segv")
     answers = []
@@ -203,7 +203,7 @@ async def segfault_leaves_the_server_answering(make: Make) -> None:
         await asyncio.sleep(0.1)
     done = await server.wait_done("segv", timeout=90)
     error = done["status"]["messages"][-1][1]
-    assert error["exception_type"] == "sdgraph.WorkerLost" and "signal 11" in error["exception_message"], error
+    assert error["exception_type"] == "sdgraph.WorkerLost" and how in error["exception_message"], error
     assert set(answers) == {200}
     await server.submit(chain(2), prompt_id="next")
     assert (await server.wait_done("next", timeout=90))["outputs"] == {"3": {"text": ["2"]}}

@@ -100,6 +100,10 @@ async def test_os_exit_inside_a_node(make: suite.Make) -> None:
     await suite.exit_inside_a_node(make)
 
 
+async def test_a_segfaulting_node_leaves_the_server_answering(make: suite.Make) -> None:
+    await suite.segfault_leaves_the_server_answering(make, how="the actor died")
+
+
 async def test_system_stats_lists_every_actor(make: suite.Make) -> None:
     server = await make(2)
     workers = await suite.wait_workers(server, 2)
