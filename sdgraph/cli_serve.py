@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -65,6 +66,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="pending prompts accepted; past it a submission gets 429 (default 10000)")
     run.add_argument("--max-queue-mb", type=float, default=1024.0,
                      help="pending prompts' JSON, all together; past it a submission gets 429 (default 1024 MB)")
+    workers = parser.add_argument_group("workers")
+    workers.add_argument("--worker-processes", type=int, default=0, metavar="N",
+                         help="run prompts in N child processes (a crash kills only the child, which is restarted) "
+                              "instead of in the server's own process (default 0: in-process)")
+    workers.add_argument("--ray", default=None, metavar="ADDRESS",
+                         help="run prompts on Ray actors: 'local' starts a local Ray, an address joins a cluster "
+                              "(needs sdgraph[ray])")
+    workers.add_argument("--ray-workers", type=int, default=2, metavar="N", help="Ray actors (default 2)")
+    workers.add_argument("--routing", choices=("affinity", "fifo", "random"), default="affinity",
+                         help="which queued prompt a free worker takes (default affinity: one whose models it holds)")
     add_disk_cache_arguments(parser)
     add_batching_arguments(parser)
     add_limit_arguments(parser)
@@ -80,8 +91,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def serve(args: argparse.Namespace, executor: Any = None) -> int:
-    """Run until interrupted. `executor` replaces the one built from the flags (tests, embedding)."""
+def serve(args: argparse.Namespace, executor: Any = None, executor_factory: Any = None) -> int:
+    """Run until interrupted. `executor` replaces the one built from the flags (tests, embedding);
+    `executor_factory` (picklable) builds the executors of child processes or Ray actors in its place."""
     from sdgraph.runtime import RuntimeOptions, create_executor  # noqa: PLC0415
     from sdgraph.server import ServerConfig, create_app  # noqa: PLC0415
 
@@ -106,7 +118,14 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
         print(f"warning: node pack {problem.pack}: {problem.message}", file=sys.stderr)
     print(f"sdgraph: {len(executor.registry.nodes)} node classes; data in {executor.services.dirs.base}",
           flush=True)
-    app = create_app(executor, config, start_worker=False)
+    if executor_factory is None:
+        executor_factory = functools.partial(create_executor, options)
+    try:
+        backend = worker_backend(args, executor_factory)
+    except (ImportError, ValueError) as exc:
+        print(f"sdgraph: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(executor, config, start_worker=False, backend=backend)
     host = config.listen_hosts[0]
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
     shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
@@ -124,6 +143,26 @@ def serve(args: argparse.Namespace, executor: Any = None) -> int:
         print(f"sdgraph: cannot listen on {config.listen}:{config.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def worker_backend(args: argparse.Namespace, factory: Any) -> Any:
+    """The BackendFactory the flags ask for; None for the in-process worker."""
+    routing = getattr(args, "routing", "affinity")
+    if getattr(args, "ray", None):
+        if args.ray_workers < 1:
+            raise ValueError("--ray-workers must be at least 1")
+        try:
+            import ray  # noqa: F401, PLC0415
+        except ImportError:
+            raise ImportError("--ray needs Ray: pip install 'sdgraph[ray]'") from None
+        from sdgraph.server.ray_backend import ray_pool  # noqa: PLC0415
+
+        return ray_pool(args.ray_workers, factory, address=args.ray, policy=routing)
+    if getattr(args, "worker_processes", 0) > 0:
+        from sdgraph.server.pool import subprocess_pool  # noqa: PLC0415
+
+        return subprocess_pool(args.worker_processes, factory, policy=routing)
+    return None
 
 
 class CannotListen(Exception):

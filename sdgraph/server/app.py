@@ -9,6 +9,7 @@ from aiohttp import web
 from sdgraph.execute import Executor
 from sdgraph.server import extensions, files, openapi, routes, static, system
 from sdgraph.server.config import ServerConfig, default_web_dir
+from sdgraph.server.backend import BackendFactory
 from sdgraph.server.errors import error_middleware
 from sdgraph.server.plugin_face import attach_face, mount_plugin_routes
 from sdgraph.server.queue import PromptStore
@@ -20,17 +21,19 @@ from sdgraph.server.ws import Hub
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(executor: Executor, config: ServerConfig | None = None, *,
-               start_worker: bool = True) -> web.Application:
+def create_app(executor: Executor, config: ServerConfig | None = None, *, start_worker: bool = True,
+               backend: BackendFactory | None = None) -> web.Application:
     """The server over one executor. The worker starts with the app (or, with `start_worker=False`, when the
-    caller calls `start_worker(app)`: a server starts it once its socket listens) and stops with it."""
+    caller calls `start_worker(app)`: a server starts it once its socket listens) and stops with it.
+    `backend` builds another worker backend (sdgraph.server.backend) than the in-process worker; the executor
+    then still validates submissions and describes nodes."""
     config = config or ServerConfig()
     dirs = executor.services.dirs
     store = PromptStore(config.db_path or dirs.user / "server.sqlite3", max_history=config.max_history,
                         max_pending=config.max_queue, max_pending_bytes=config.max_queue_bytes)
     hub = Hub(lambda: {"status": {"exec_info": {"queue_remaining": store.remaining()}}})
     store.on_queued = hub.post_status
-    worker = Worker("0", executor, store, hub)
+    worker = backend(executor, store, hub) if backend is not None else Worker("0", executor, store, hub)
     state = ServerState(config, executor, store, hub, worker, config.web_dir or default_web_dir())
 
     app = web.Application(middlewares=[error_middleware, security_middleware(config)],

@@ -6,6 +6,10 @@ died: it is retried once, and after a second death it is failed with an error in
 that kills the process cannot stop everything queued behind it. Pending prompts are ordered by `number` (a
 `front` prompt gets a negative one), then by submission.
 
+A taken prompt is leased to the worker that took it (its name is in the row): a worker backend that loses a worker
+mid-prompt calls `lost`, which requeues the prompt once and fails it the next time, and a late `finish` from a
+worker that no longer holds the lease is ignored, so a prompt is never in the history twice.
+
 Pending prompts are held compactly, as the JSON text they are stored as; the worker prepares each again when it
 runs it. Credentials in `extra_data` are kept in a column of their own, never echoed, and cleared when the prompt
 finishes; the database files are readable by their owner only. Every method is thread-safe: the HTTP side and the
@@ -40,7 +44,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     result TEXT,
     finished INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
-    secrets TEXT
+    secrets TEXT,
+    worker TEXT
 );
 CREATE INDEX IF NOT EXISTS prompts_finished ON prompts(state, finished);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -48,7 +53,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 TRIM_EVERY = 16  # finished prompts between trims of the history to max_history
 MAX_ATTEMPTS = 2  # a prompt that was running when the process died twice is failed, not run a third time
-COLUMNS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("secrets", "TEXT"))  # added since the first schema
+# Added since the first schema; an older database file gets them when it is opened.
+COLUMNS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("secrets", "TEXT"), ("worker", "TEXT"))
+WINDOW = 64  # pending prompts a worker backend's `pick` chooses among (the oldest ones)
 
 # Keys that may carry credentials for API nodes; never echoed back by /queue or /history.
 SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -69,6 +76,7 @@ class QueueItem:
     client_id: str | None = None
     secrets: dict[str, Any] = field(default_factory=dict, repr=False)
     attempts: int = 0
+    worker: str | None = None  # the worker holding the lease while it runs
 
     @property
     def prompt(self) -> dict[str, Any]:
@@ -142,7 +150,7 @@ class PromptStore:
         self.seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM prompts").fetchone()[0]
         self._fail_repeated_crashes()
         with self._db:
-            self._db.execute("UPDATE prompts SET state='pending' WHERE state='running'")
+            self._db.execute("UPDATE prompts SET state='pending', worker=NULL WHERE state='running'")
         rows = self._db.execute(
             "SELECT prompt_id, number, seq, client_id, prompt, extra_data, outputs_to_execute, secrets, attempts "
             "FROM prompts WHERE state='pending'").fetchall()
@@ -248,11 +256,17 @@ class PromptStore:
                     raise StorageFull(f"cannot queue the prompt: the disk holding {self.path.name} is full") from exc
                 raise
 
-    def take(self, timeout: float | None = None) -> QueueItem | None:
-        """The next pending prompt, now running; None after `timeout` seconds or when closed."""
+    def take(self, timeout: float | None = None, *, worker: str | None = None,
+             pick: Callable[[list[QueueItem]], QueueItem | None] | None = None) -> QueueItem | None:
+        """The next pending prompt, now running (leased to `worker`); None after `timeout` seconds or when closed.
+
+        With `pick`, the prompt is the one it chooses among the WINDOW oldest pending ones (called under the
+        store's lock, so it must be quick); when it chooses none, the worker waits for the queue to change."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            item = self._next(deadline)
+            item = self._next(deadline) if pick is None else self._picked(deadline, pick)
+            if item is not None:
+                item.worker = worker
         if item is not None:
             self._mark_running(item)
         return item
@@ -279,10 +293,27 @@ class PromptStore:
         item.attempts += 1
         try:
             with self._db_lock, self._db:
-                self._db.execute("UPDATE prompts SET state='running', attempts=? WHERE prompt_id=?",
-                                 (item.attempts, item.prompt_id))
+                self._db.execute("UPDATE prompts SET state='running', attempts=?, worker=? WHERE prompt_id=?",
+                                 (item.attempts, item.worker, item.prompt_id))
         except sqlite3.Error:
             log.exception("could not record that prompt %s started", item.prompt_id)
+
+    def _picked(self, deadline: float | None,
+                pick: Callable[[list[QueueItem]], QueueItem | None]) -> QueueItem | None:
+        while True:
+            window = heapq.nsmallest(WINDOW, self._pending.values(), key=lambda item: (item.number, item.seq))
+            chosen = pick(window) if window else None
+            if chosen is not None and self._pending.pop(chosen.prompt_id, None) is chosen:
+                self._pending_bytes -= chosen.nbytes  # its heap entry is skipped later, as a deleted one is
+                self._running[chosen.prompt_id] = chosen
+                return chosen
+            if self._closed:
+                return None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            # A choice can depend on time (how long a prompt has waited): look again now and then.
+            self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
 
     def _next(self, deadline: float | None) -> QueueItem | None:
         while True:
@@ -300,11 +331,20 @@ class PromptStore:
                 return None
             self._changed.wait(remaining)
 
-    def finish(self, prompt_id: str, result: dict[str, Any]) -> None:
+    def finish(self, prompt_id: str, result: dict[str, Any], *, worker: str | None = None) -> bool:
         """Move a running prompt into the history with its outputs and status.
 
+        With `worker`, only while that worker holds the prompt's lease: otherwise nothing is written and False
+        is returned (a worker that was given up on must not add a second history entry).
         The prompt stops counting as running even when the write fails (the error is raised all the same), so
         the queue empties whatever happens to the history."""
+        if worker is not None:
+            with self._lock:
+                held = self._running.get(prompt_id)
+                if held is None or held.worker != worker:
+                    log.warning("worker %s finished prompt %s without holding its lease; ignored", worker,
+                                prompt_id)
+                    return False
         try:
             text = _dumps(result)
             with self._db_lock:
@@ -320,6 +360,34 @@ class PromptStore:
             with self._lock:
                 self._running.pop(prompt_id, None)
                 self._changed.notify_all()
+        return True
+
+    def lost(self, prompt_id: str, worker: str, reason: str) -> dict[str, Any] | None:
+        """The worker running this prompt is gone: requeue the prompt (None), or, once it has been tried
+        MAX_ATTEMPTS times, fail it and return its `execution_error` payload. A prompt whose lease the worker
+        no longer holds is left alone (None)."""
+        with self._lock:
+            item = self._running.get(prompt_id)
+            if item is None or item.worker != worker:
+                return None
+            retry = item.attempts < MAX_ATTEMPTS
+            if retry:
+                del self._running[prompt_id]
+                item.worker = None
+                self._pending[prompt_id] = item
+                self._pending_bytes += item.nbytes
+                heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
+                self._changed.notify_all()
+        if retry:
+            log.warning("worker %s was lost running prompt %s (%s); queued again", worker, prompt_id, reason)
+            with self._db_lock, self._db:
+                self._db.execute("UPDATE prompts SET state='pending', worker=NULL WHERE prompt_id=?", (prompt_id,))
+            return None
+        log.error("worker %s was lost running prompt %s (%s), attempt %d; failing it", worker, prompt_id, reason,
+                  item.attempts)
+        result = _lost_result(prompt_id, worker, reason, item.attempts)
+        self.finish(prompt_id, result, worker=worker)
+        return result["status"]["messages"][-1][1]
 
     def requeue(self, prompt_id: str) -> None:
         """Put a running prompt back at its place in the queue (used when shutting down mid-run): a clean stop
@@ -328,13 +396,14 @@ class PromptStore:
             item = self._running.pop(prompt_id, None)
             if item is not None:
                 item.attempts -= 1
+                item.worker = None
                 self._pending[prompt_id] = item
                 self._pending_bytes += item.nbytes
                 heapq.heappush(self._heap, (item.number, item.seq, prompt_id))
             self._changed.notify_all()
         if item is not None:
             with self._db_lock, self._db:
-                self._db.execute("UPDATE prompts SET state='pending', attempts=? WHERE prompt_id=?",
+                self._db.execute("UPDATE prompts SET state='pending', attempts=?, worker=NULL WHERE prompt_id=?",
                                  (item.attempts, prompt_id))
 
     def delete_pending(self, prompt_ids: list[str]) -> int:
@@ -462,6 +531,14 @@ def _crashed_result(prompt_id: str, attempts: int) -> dict[str, Any]:
     message = (f"the server stopped while running this prompt, {attempts} times (a node may have crashed the "
                f"process or run it out of memory); it is not retried again")
     error = error_payload(prompt_id, message=message, exception_type="sdgraph.PromptCrashedServer")
+    return {"outputs": {}, "meta": {},
+            "status": {"status_str": "error", "completed": False, "messages": [["execution_error", error]]}}
+
+
+def _lost_result(prompt_id: str, worker: str, reason: str, attempts: int) -> dict[str, Any]:
+    message = (f"the worker running this prompt was lost ({reason}; last on worker {worker}), {attempts} times; "
+               f"it is not retried again")
+    error = error_payload(prompt_id, message=message, exception_type="sdgraph.WorkerLost")
     return {"outputs": {}, "meta": {},
             "status": {"status_str": "error", "completed": False, "messages": [["execution_error", error]]}}
 

@@ -12,7 +12,7 @@ from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
 from sdgraph.server.config import ServerConfig
 from sdgraph.server.queue import PromptStore
-from sdgraph.server.worker import Worker
+from sdgraph.server.backend import WorkerBackend
 from sdgraph.server.ws import Hub
 
 
@@ -22,7 +22,7 @@ class ServerState:
     executor: Executor
     store: PromptStore
     hub: Hub
-    worker: Worker
+    worker: WorkerBackend  # the in-process Worker unless another backend was chosen
     web_dir: Path
 
     @property

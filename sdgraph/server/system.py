@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from sdgraph.paths import MODEL_EXTENSIONS, Dirs
+from sdgraph.server.backend import describe_workers
 from sdgraph.server.errors import ApiError, read_model
 from sdgraph.server.schemas import FreeRequest
 from sdgraph.server.state import state_of
@@ -130,6 +131,7 @@ async def system_stats(request: web.Request) -> web.Response:
             "argv": masked_argv(sys.argv, [state.config.token] if state.config.token else []),
         },
         "devices": devices,
+        "workers": describe_workers(state.worker),  # sdgraph's: every worker of the backend, with its models
     })
 
 

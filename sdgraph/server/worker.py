@@ -81,7 +81,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self._housekeeping()
-                item = self.store.take(timeout=POLL_SECONDS)
+                item = self.store.take(timeout=POLL_SECONDS, worker=self.name)
                 if item is None:
                     continue
                 self.current = item

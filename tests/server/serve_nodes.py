@@ -5,6 +5,7 @@ Used by the subprocess tests and `bench/server_load.py`, so neither waits for to
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.server.nodes import make_executor
 def main() -> int:
     args = add_serve_arguments(argparse.ArgumentParser(prog="serve_nodes")).parse_args()
     base = (args.base_dir or Path("user")).resolve()
-    return serve(args, executor=make_executor(base))
+    return serve(args, executor=make_executor(base), executor_factory=functools.partial(make_executor, base))
 
 
 if __name__ == "__main__":

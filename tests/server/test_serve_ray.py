@@ -1,0 +1,32 @@
+"""`sdgraph serve --ray local --ray-workers 2` in a real process: it starts its own local Ray, lists both actors,
+runs prompts on them, and stops cleanly. Skipped without ray (CI installs it)."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from tests.server.nodes import chain  # noqa: E402
+from tests.server.test_subprocess import Process, free_port, processes  # noqa: E402, F401 - the fixture
+
+
+def test_serve_on_a_local_ray(tmp_path: Path, processes: list[Process]) -> None:
+    server = Process(tmp_path / "base", free_port(), "--ray", "local", "--ray-workers", "2")
+    processes.append(server)
+    server.wait_ready(timeout=120)
+
+    def actors():
+        workers = server.call("GET", "/system_stats")[1]["workers"]
+        return len(workers) == 2 and all(w["alive"] for w in workers) and workers
+    workers = server.wait(actors, timeout=120)
+    assert {w["kind"] for w in workers} == {"ray"} and len({w["pid"] for w in workers}) == 2
+    for i in range(4):
+        assert server.call("POST", "/prompt", {"prompt": chain(i, middle="Slow", seconds=0.3, steps=3),
+                                               "prompt_id": f"r{i}"})[0] == 200
+    history = server.wait(lambda: (h := server.call("GET", "/history")[1]) and len(h) == 4 and h, timeout=60)
+    assert [history[f"r{i}"]["outputs"] for i in range(4)] == [{"3": {"text": [str(i)]}} for i in range(4)]
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(60) == 0
