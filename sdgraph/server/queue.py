@@ -276,14 +276,15 @@ class PromptStore:
         with self._lock:
             return heapq.nsmallest(limit, self._pending.values(), key=lambda item: (item.number, item.seq))
 
-    def claim(self, prompt_ids: list[str]) -> list[QueueItem]:
-        """Take these pending prompts out of turn, now running (to run with another: cross-prompt batching);
-        those no longer pending are left out."""
+    def claim(self, prompt_ids: list[str], *, worker: str | None = None) -> list[QueueItem]:
+        """Take these pending prompts out of turn, now running and leased to `worker` (to run with another:
+        cross-prompt batching); those no longer pending are left out."""
         with self._lock:
             items = [item for pid in prompt_ids if (item := self._pending.pop(pid, None)) is not None]
             for item in items:
                 self._pending_bytes -= item.nbytes
                 self._running[item.prompt_id] = item
+                item.worker = worker
         for item in items:
             self._mark_running(item)
         return items

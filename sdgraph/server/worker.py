@@ -128,7 +128,7 @@ class Worker:
                 chosen[candidate.prompt_id] = self._member(candidate, prepared)
                 if len(chosen) + 1 >= self.executor.batch_max:
                     break
-        return [first] + [chosen[taken.prompt_id] for taken in self.store.claim(list(chosen))]
+        return [first] + [chosen[taken.prompt_id] for taken in self.store.claim(list(chosen), worker=self.name)]
 
     def _member(self, item: QueueItem, prompt: Any) -> _Member:
         return _Member(prompt, item.prompt_id, self._listener(item.client_id), item.extra_data,

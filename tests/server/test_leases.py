@@ -103,3 +103,16 @@ def test_an_older_database_file_is_migrated(tmp_path: Path) -> None:
     assert (item.prompt_id, item.prompt["1"]["inputs"]["value"]) == ("old", 7)
     assert row(path, "old") == ("running", "w1", 1)
     store.close_db()
+
+
+def test_prompts_claimed_out_of_turn_for_a_batch_are_leased_to_the_worker_too(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    store = PromptStore(path)
+    for name, value in (("a", 1), ("b", 2), ("c", 3)):
+        store.put(name, chain(value), {}, ["3"])
+    assert store.take(0, worker="w1").prompt_id == "a"
+    assert [item.prompt_id for item in store.peek_pending(5)] == ["b", "c"]
+    claimed = store.claim(["c", "gone"], worker="w1")
+    assert [(item.prompt_id, item.worker, item.attempts) for item in claimed] == [("c", "w1", 1)]
+    assert row(path, "c") == ("running", "w1", 1) and row(path, "b")[0] == "pending"
+    assert store.finish("c", OK, worker="w1")
