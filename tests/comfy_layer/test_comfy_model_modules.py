@@ -134,11 +134,18 @@ def test_optimized_attention_is_scaled_dot_product_attention_in_comfyuis_layout(
 
 
 def test_manual_cast_layers_compute_in_the_inputs_precision():
-    layer = comfy.ops.manual_cast.Linear(4, 3).to(torch.float16)
+    torch.manual_seed(0)
+    layer = comfy.ops.manual_cast.Linear(4, 3)
+    conv = comfy.ops.manual_cast.Conv2d(2, 2, 3, padding=1)
+    for module in (layer, conv):  # the ops skip weight initialisation, as ComfyUI's do: the memory is whatever it was
+        with torch.no_grad():
+            for param in module.parameters():
+                param.normal_()
+    layer = layer.to(torch.float16)
     x = torch.randn(2, 4)
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight.float(), layer.bias.float()))
     assert layer(x).dtype == torch.float32
-    conv = comfy.ops.manual_cast.Conv2d(2, 2, 3, padding=1).to(torch.bfloat16)
+    conv = conv.to(torch.bfloat16)
     image = torch.randn(1, 2, 5, 5)
     torch.testing.assert_close(conv(image), F.conv2d(image, conv.weight.float(), conv.bias.float(), padding=1))
     assert issubclass(comfy.ops.disable_weight_init.Linear, torch.nn.Linear)
