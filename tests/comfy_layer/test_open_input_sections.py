@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -119,8 +120,6 @@ def toy(tmp_path):
     registry = Registry()
     load_custom_nodes(registry, dirs.custom_nodes, dirs)
     assert not registry.problems, [p.message + p.traceback for p in registry.problems]
-    import sys
-
     module = sys.modules["sdgraph_custom_nodes.toy_open_inputs"]
     module.Value.CALLS.clear()
     return Executor(registry, Services(dirs=dirs), OutputCache()), module
