@@ -106,8 +106,38 @@ class Intermediate:
         return {"ui": {"dtype": [str(made.dtype)]}}
 
 
+class ExpandToSwitch:
+    """Expands into a FirstGiven fed through undeclared inputs (a None first, then a value)."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0})}}
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "go"
+    CATEGORY = "test"
+
+    def go(self, value):
+        graph = {"n": {"class_type": "ToyNothing", "inputs": {}},
+                 "v": {"class_type": "ToyValue", "inputs": {"value": value}},
+                 "s": {"class_type": "ToyFirstGiven", "inputs": {"any_01": ["n", 0], "any_02": ["v", 0]}}}
+        return {"result": (["s", 0],), "expand": graph}
+
+
+class Show:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"forceInput": True})}}
+    RETURN_TYPES = ()
+    FUNCTION = "go"
+    CATEGORY = "test"
+    OUTPUT_NODE = True
+
+    def go(self, text):
+        return {"ui": {"text": [text]}}
+
+
 NODE_CLASS_MAPPINGS = {"ToyValue": Value, "ToyNothing": Nothing, "ToyFirstGiven": FirstGiven,
-                       "ToyHiddenWidgets": HiddenWidgets, "ToyIntermediate": Intermediate}
+                       "ToyHiddenWidgets": HiddenWidgets, "ToyIntermediate": Intermediate,
+                       "ToyExpandToSwitch": ExpandToSwitch, "ToyShow": Show}
 '''
 
 
@@ -137,6 +167,15 @@ def test_undeclared_inputs_of_a_section_claiming_every_name_reach_the_function_a
     assert result.outputs["3"]["names"] == ["any_01", "any_02", "note", "start"]
     assert result.outputs["3"]["first"] == [7]  # any_01 was linked to a None: the switch took any_02
     assert module.Value.CALLS == [7]  # the node behind the undeclared link ran
+
+
+def test_an_expanded_node_gets_its_undeclared_inputs_too(toy):
+    executor, module = toy
+    result = executor.run({"1": {"class_type": "ToyExpandToSwitch", "inputs": {"value": 4}},
+                           "2": {"class_type": "ToyShow", "inputs": {"text": ["1", 0]}}})
+    assert result.ok, result.error
+    assert result.outputs["2"]["text"] == ["4"]
+    assert module.Value.CALLS == [4]
 
 
 def test_undeclared_literals_of_a_hidden_section_claiming_every_name_are_passed_as_they_are(toy):
