@@ -120,7 +120,7 @@ def _sdgraph_child(base: Path, out: Path) -> None:
     from sdgraph.runtime import RuntimeOptions, create_executor  # noqa: PLC0415
 
     messages: list[tuple[str, dict[str, Any]]] = []
-    executor = create_executor(RuntimeOptions(base_dir=base, cpu=True, no_cache=True, sequential=True))
+    executor = create_executor(RuntimeOptions(base_dir=base, cpu=True))
     result = executor.run({**WORKFLOW, **SDGRAPH_ONLY}, listener=lambda e, d: messages.append((e, d)))
     states = _events(messages)
     for node in result.executed:
