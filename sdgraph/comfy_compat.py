@@ -57,7 +57,8 @@ def define_comfy(class_type: str, cls: type, display_name: str | None = None, pa
     return NodeDef(spec=spec, invoke=invoke, fingerprint=_fingerprinter(cls), validate=validate,
                    custom_validated=custom, pack=pack, cls=cls,
                    lazy_check=lazy_check if callable(getattr(cls, "check_lazy_status", None)) else None,
-                   is_async=inspect.iscoroutinefunction(getattr(cls, function_name)))
+                   is_async=inspect.iscoroutinefunction(getattr(cls, function_name)),
+                   extra_input=_extra_inputs(cls, declared, where))
 
 
 def _instance(cls: type, ctx: NodeContext | None) -> Any:
@@ -73,6 +74,37 @@ def _inputs(cls: type, declared: dict[str, Any], where: str) -> tuple[InputSpec,
         for name, entry in entries.items():
             specs.append(_input(cls, section, name, entry, where))
     return tuple(specs)
+
+
+_PROBE = "\x00sdgraph-undeclared-probe"
+
+
+def _extra_inputs(cls: type, declared: dict[str, Any], where: str) -> Any:
+    """For a section that claims every name (a dict whose `in` says yes to any): the spec of an undeclared input.
+
+    ComfyUI passes such inputs to the function (a link's value of any type, a literal as it is); the spec is
+    an optional socket of the type the section gives for the name (a hidden section's are any type).
+    """
+    open_sections = [section for section in ("required", "optional", "hidden")
+                     if isinstance(entries := declared.get(section), dict) and _claims_all(entries)]
+    if not open_sections:
+        return None
+
+    def extra(name: str) -> InputSpec | None:
+        section = open_sections[0]
+        entry = declared[section][name] if section != "hidden" else ("*",)
+        if not isinstance(entry, (tuple, list)) or not entry or not isinstance(entry[0], str):
+            entry = ("*",)
+        return _input(cls, "optional", name, (str(entry[0]) or "*", *entry[1:2]), where)
+
+    return extra
+
+
+def _claims_all(entries: dict[str, Any]) -> bool:
+    try:
+        return _PROBE in entries
+    except Exception:  # a section that cannot answer claims nothing
+        return False
 
 
 def _input(cls: type, section: str, name: str, entry: Any, where: str) -> InputSpec:

@@ -212,6 +212,15 @@ def _prepare(node_id: str, info: Mapping[str, Any], node_def: NodeDef, defs: dic
         elif spec.section == "required":
             raise ExpansionError(f"expanded node {node_id} ({node_def.class_type}): required input "
                                  f"{spec.name!r} is missing")
+    if node_def.extra_input is not None:  # inputs the spec does not list, for a node that takes them
+        for name in [name for name in inputs if name not in node_def.spec.inputs_by_name]:
+            value = inputs[name]
+            if node_def.extra_input(name) is None or value is None:
+                continue
+            if is_link(value):
+                links[name] = _checked_link(node_id, node_def, name, value, defs, existing)
+            else:
+                literals[name] = unwrap_literal(value)
     return PreparedNode(node_id, node_def, literals, links)
 
 

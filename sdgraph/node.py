@@ -75,6 +75,9 @@ class NodeDef:
     is_async: bool = False  # its function is `async def`: the run goes on with other nodes while it awaits
     resource: str | None = None  # declared: "accelerator", "io" or "cpu" (sdgraph.resources); None: inferred
     cobatch: bool = False  # its model calls may merge with other prompts' (a sampler; see sdgraph.cobatch)
+    # the spec of an input the prompt gives that `spec.inputs` does not list, or None to ignore it: ComfyUI packs
+    # whose INPUT_TYPES sections claim every name (rgthree's Any Switch, VHS's hidden section) take such inputs
+    extra_input: Callable[[str], InputSpec | None] | None = None
 
     @property
     def class_type(self) -> str:

@@ -196,9 +196,32 @@ def _check_node(defs: dict[str, NodeDef | None], workflow: Workflow, node_id: st
             continue
         if issue is not None:
             errors.append(issue)
+    if node_def.extra_input is not None:
+        errors.extend(_extra_inputs(defs, workflow, node_def, given, links, literals, node_links))
     if node_def.validate is not None and not errors:
         errors.extend(_custom_check(node_def, literals, dirs or Dirs()))
     return PreparedNode(node_id, node_def, literals, node_links), errors
+
+
+def _extra_inputs(defs: dict[str, NodeDef | None], workflow: Workflow, node_def: NodeDef, given: dict[str, Any],
+                  links: dict[str, Link], literals: dict[str, Any], node_links: dict[str, Link]
+                  ) -> list[dict[str, Any]]:
+    """Inputs the prompt gives that the spec does not list, for a node that takes them (NodeDef.extra_input):
+    links are checked like declared ones, literals are passed as they are (as ComfyUI does)."""
+    errors = []
+    declared = node_def.spec.inputs_by_name
+    for name in [name for name in given if name not in declared]:
+        spec = node_def.extra_input(name) if node_def.extra_input is not None else None
+        if spec is None:
+            continue
+        if name in links:
+            node_links[name] = links[name]
+            issue = _check_link(defs, workflow, spec, links[name])
+            if issue is not None:
+                errors.append(issue)
+        elif given[name] is not None:
+            literals[name] = unwrap_literal(given[name])
+    return errors
 
 
 def _custom_check(node_def: NodeDef, literals: dict[str, Any], dirs: Dirs) -> list[dict[str, Any]]:

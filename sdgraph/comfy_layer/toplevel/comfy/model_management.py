@@ -64,6 +64,12 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
+def intermediate_dtype() -> torch.dtype:
+    """The dtype node outputs between models are made in (newer ComfyUI API; packs such as KJNodes call it):
+    float32, the dtype of sdgraph's IMAGE, MASK and LATENT values."""
+    return torch.float32
+
+
 def _offload() -> torch.device:
     manager = _manager()
     return manager.offload_device if manager is not None else torch.device("cpu")
