@@ -20,8 +20,8 @@ from sdgraph.execute import RunResult, error_payload
 from sdgraph.server.backend import WorkerLost
 from sdgraph.server.queue import PromptStore, QueueItem
 from sdgraph.server.routing import Router
-from sdgraph.server.worker import history_entry
-from sdgraph.server.ws import Hub, preview_frame, text_frame
+from sdgraph.server.worker import history_entry, post_event
+from sdgraph.server.ws import Hub, text_frame
 
 log = logging.getLogger("sdgraph.server")
 
@@ -195,12 +195,7 @@ class WorkerPool:
                         item.prompt_id, message="the worker ended the run without a result"))
 
     def _post(self, event: str, data: dict[str, Any], sid: str | None) -> None:
-        if event == "preview":
-            frame = preview_frame(data.get("image"))
-            if frame is not None:
-                self.hub.post(frame, sid)
-            return
-        self.hub.post(text_frame(event, data), sid)
+        post_event(self.hub, event, data, sid)
 
     def _record(self, slot: Slot, item: QueueItem, entry: dict[str, Any]) -> None:
         interrupted = entry.get("status", {}).get("messages", [[None]])[-1][0] == "execution_interrupted"

@@ -13,7 +13,6 @@ Requests to free memory are carried out between runs; an interrupt reaches only 
 """
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
@@ -25,7 +24,7 @@ from sdgraph.collector import collector_paused
 from sdgraph.execute import Executor, RunResult, error_payload
 from sdgraph.server import piecewise_json
 from sdgraph.server.backend import device_of, resident_models
-from sdgraph.server.worker import _call_first, history_entry
+from sdgraph.server.worker import free_executor, history_entry
 
 log = logging.getLogger("sdgraph.server")
 
@@ -90,16 +89,7 @@ class RemoteRunner:
     def _housekeeping(self) -> None:
         with self._lock:
             request, self._free = self._free, {"unload_models": False, "free_memory": False}
-        if not (request["unload_models"] or request["free_memory"]):
-            return
-        models = self.executor.services.models
-        if models is not None:
-            _call_first(models, ("unload_all", "unload_models", "unload"))
-        if request["free_memory"]:
-            self.executor.cache.clear()
-            if models is not None:
-                _call_first(models, ("free_memory", "free", "empty_cache"))
-        gc.collect()
+        free_executor(self.executor, request)
 
 
 def _entry_json(result: RunResult) -> str:

@@ -151,12 +151,7 @@ class Worker:
     def _listener(self, sid: str | None) -> Callable[[str, dict[str, Any]], None]:
         def listener(event: str, data: dict[str, Any]) -> None:
             try:
-                if event == "preview":
-                    frame = preview_frame(data.get("image"))
-                    if frame is not None:
-                        self.hub.post(frame, sid)
-                    return
-                self.hub.post(text_frame(event, data), sid)
+                post_event(self.hub, event, data, sid)
             except Exception:  # noqa: BLE001 - presenting an event must never break the run
                 log.exception("worker %s: could not send %s", self.name, event)
         return listener
@@ -173,16 +168,31 @@ class Worker:
         with self._free_lock:
             request = dict(self._free_request)
             self._free_request = {"unload_models": False, "free_memory": False}
-        if not (request["unload_models"] or request["free_memory"]):
-            return
-        models = self.executor.services.models
+        free_executor(self.executor, request)
+
+
+def free_executor(executor: Executor, request: dict[str, bool]) -> None:
+    """Carry out a request to unload models and/or free memory (between prompts, never under a running one)."""
+    if not (request["unload_models"] or request["free_memory"]):
+        return
+    models = executor.services.models
+    if models is not None:
+        _call_first(models, ("unload_all", "unload_models", "unload"))
+    if request["free_memory"]:
+        executor.cache.clear()
         if models is not None:
-            _call_first(models, ("unload_all", "unload_models", "unload"))
-        if request["free_memory"]:
-            self.executor.cache.clear()
-            if models is not None:
-                _call_first(models, ("free_memory", "free", "empty_cache"))
-        gc.collect()
+            _call_first(models, ("free_memory", "free", "empty_cache"))
+    gc.collect()
+
+
+def post_event(hub: Hub, event: str, data: dict[str, Any], sid: str | None) -> None:
+    """An executor event as the WebSocket frame the protocol sends for it (a preview: a binary frame)."""
+    if event == "preview":
+        frame = preview_frame(data.get("image"))
+        if frame is not None:
+            hub.post(frame, sid)
+        return
+    hub.post(text_frame(event, data), sid)
 
 
 def _call_first(obj: Any, names: tuple[str, ...]) -> None:
