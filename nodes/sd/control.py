@@ -34,6 +34,9 @@ def control_residuals(hint: ControlHint | None, x: torch.Tensor, t: torch.Tensor
     for h in hint.chain() if hint is not None else []:
         if h.strength == 0 or not h.active_at(percent):
             continue
+        if h.image is None:
+            raise ValueError("a ControlNet in the conditioning was never given its hint image (ComfyUI's "
+                             "control_net.copy().set_cond_hint(...) was not called)")
         size = (x.shape[-2] * downscale, x.shape[-1] * downscale)
         if isinstance(h.controlnet, T2IAdapterModel):
             _add(sums, {"down_intrablock_additional_residuals": adapter_features(h, size, x.shape[0], manager)})

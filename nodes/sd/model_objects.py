@@ -455,6 +455,17 @@ class ControlNetModel(_SingleModule):
         """A copy (same weights) with one extra call argument set."""
         return dataclasses.replace(self, extra_args={**self.extra_args, key: value})
 
+    # ComfyUI's surface, for packs that apply ControlNets themselves:
+    #     c_net = control_net.copy().set_cond_hint(image.movedim(-1, 1), strength, (start, end))
+    #     c_net.set_previous_controlnet(previous); extras["control"] = c_net
+
+    def copy(self) -> "ControlHint":
+        """An application of this ControlNet, to be given its hint (`set_cond_hint`) and put in a conditioning."""
+        return ControlHint(self, None)
+
+    def get_models(self) -> list[Any]:
+        return []
+
 
 @dataclass
 class T2IAdapterModel(ControlNetModel):
@@ -470,7 +481,7 @@ class ControlHint:
     """A ControlNet applied to one conditioning entry; `previous` chains several ControlNets (all are summed)."""
 
     controlnet: ControlNetModel
-    image: torch.Tensor  # [B, H, W, C] float 0..1
+    image: torch.Tensor | None  # [B, H, W, C] float 0..1 (None only until a pack's set_cond_hint gives it)
     strength: float = 1.0
     start_percent: float = 0.0
     end_percent: float = 1.0
@@ -487,3 +498,40 @@ class ControlHint:
 
     def active_at(self, percent: float) -> bool:
         return self.start_percent <= percent <= self.end_percent
+
+    # ---- ComfyUI's ControlNet object surface (see ControlNetModel.copy) ---------------------------------------
+
+    def copy(self) -> "ControlHint":
+        return dataclasses.replace(self)
+
+    def set_cond_hint(self, cond_hint: torch.Tensor, strength: float = 1.0,
+                      timestep_percent_range: tuple[float, float] = (0.0, 1.0), vae: Any = None,
+                      extra_concat: Any = None) -> "ControlHint":
+        """ComfyUI's call: the hint as [B, C, H, W] in 0..1, its strength and the part of the steps it acts in.
+        `vae` and `extra_concat` serve ControlNets that encode their hint (none sdgraph loads)."""
+        if extra_concat:
+            raise NotImplementedError("ControlNet.set_cond_hint: extra_concat (inpainting ControlNets) is not "
+                                      "supported")
+        self.image = cond_hint.movedim(1, -1)
+        self.strength = float(strength)
+        self.start_percent, self.end_percent = (float(v) for v in timestep_percent_range)
+        return self
+
+    def set_previous_controlnet(self, controlnet: "ControlHint | None") -> "ControlHint":
+        self.previous = controlnet
+        return self
+
+    @property
+    def previous_controlnet(self) -> "ControlHint | None":
+        return self.previous
+
+    @property
+    def cond_hint_original(self) -> torch.Tensor | None:
+        return None if self.image is None else self.image.movedim(-1, 1)
+
+    @property
+    def timestep_percent_range(self) -> tuple[float, float]:
+        return (self.start_percent, self.end_percent)
+
+    def get_models(self) -> list[Any]:
+        return []
