@@ -90,6 +90,8 @@ def _blocker_in(batch: dict[str, Any], linked: Any, input_is_list: bool) -> Exec
 def gather(node: PreparedNode, raws: list[Any]) -> Outcome:
     """Merge each call's result into the node's slots and UI (or its expansions, if any call expanded)."""
     spec = node.node.spec
+    if len(raws) == 1 and type(raws[0]) is tuple and len(raws[0]) == len(spec.outputs) and not spec.has_list_output:
+        return Outcome(tuple([value] for value in raws[0]), None)  # the common case: one call gave its values
     slots: tuple[list[Any], ...] = tuple([] for _ in spec.outputs)
     ui: dict[str, Any] | None = None
     calls = []

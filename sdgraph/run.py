@@ -85,8 +85,11 @@ class PromptRun:
             self.result.cached = cached
             self._cached_ids = set(cached)
             self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": _now_ms()})
-            for node_id in self.prompt.outputs:
-                schedule.add(node_id)
+            if all(self._rank(node_id)[0] == 0 for node_id in plan):
+                schedule.follow(self._to_run(plan))  # no node starts early: the plan's order is the order
+            else:
+                for node_id in self.prompt.outputs:
+                    schedule.add(node_id)
             with engine_state_frozen():
                 self._drain(schedule)
         except Interrupted:
@@ -128,6 +131,18 @@ class PromptRun:
             first = -1 if elsewhere else 0  # started early, awaited while others run
             rank = self._ranks[node_id] = (first, self._order[node_id])
         return rank
+
+    def _to_run(self, plan: list[str]) -> list[str]:
+        """The nodes of the plan the outputs need, as `Schedule.add` would find them: not those only cached
+        nodes feed, nor the sources of lazy inputs."""
+        needed = set(self.prompt.outputs)
+        cached = self._cached_ids
+        for node_id in reversed(plan):
+            if node_id in needed and node_id not in cached:
+                node = self.nodes[node_id]
+                lazy = self._flags(node).lazy
+                needed.update(src for name, (src, _) in node.links.items() if name not in lazy and src not in cached)
+        return [node_id for node_id in plan if node_id in needed]
 
     def _needs(self, node_id: str) -> list[str]:
         """The sources a node waits for before it runs: none if its output is cached, else its unresolved,
@@ -214,7 +229,7 @@ class PromptRun:
             if hit.ui:
                 self._executed(node_id, hit.ui)
             return schedule.done()
-        flags = self._flags(node)
+        flags = self._node_flags.get(node_id) or self._flags(node)
         inputs, missing = self._inputs(node, flags)
         if missing and self._wait(schedule, node, [name for name in missing if name not in flags.lazy]):
             return None  # an eager source is gone from the cache since the node was scheduled
@@ -239,7 +254,7 @@ class PromptRun:
         node_id = node.node_id
         display = self.dynprompt.get_display_node_id(node_id) if self.dynprompt.display else node_id
         self.emit("executing", {"node": node_id, "display_node": display, "prompt_id": self.prompt_id})
-        began = time.perf_counter()
+        began = time.perf_counter() if self.disk is not None else None  # only the disk cache asks how long
         try:
             with collector_resumed():
                 ctx = self._context(node)
@@ -258,7 +273,8 @@ class PromptRun:
         except Exception as exc:
             raise self._node_error(node, exc) from exc
         finally:
-            self._spent[node_id] = self._spent.get(node_id, 0.0) + time.perf_counter() - began
+            if began is not None:
+                self._spent[node_id] = self._spent.get(node_id, 0.0) + time.perf_counter() - began
 
     def _act(self, schedule: Schedule, node: PreparedNode, computed: _Computed) -> None:
         """Go on from what the node's work gave: wait for inputs it asked for, for its async calls, or finish."""
@@ -311,15 +327,21 @@ class PromptRun:
         node_id = node.node_id
         self.values[node_id] = slots
         self.cache.put(self.keys[node_id], CachedOutput(slots, ui), node_id)
+        if self.disk is not None:
+            self._store_on_disk(node_id, slots, ui)
+        self.result.executed.append(node_id)
+        if ui and not shown:
+            self._executed(node_id, ui)
+
+    def _store_on_disk(self, node_id: str, slots: tuple[list[Any], ...], ui: dict[str, Any] | None) -> None:
+        """Outputs that took long enough to make are kept on disk; an expanded node's time counts for its parent."""
+        assert self.disk is not None
         spent = self._spent.pop(node_id, 0.0)
         parent = self.dynprompt.get_parent_node_id(node_id)
         if parent is not None:
             self._spent[parent] = self._spent.get(parent, 0.0) + spent
-        if self.disk is not None and spent >= self.disk.min_seconds and (disk_key := self._disk_key(node_id)):
+        if spent >= self.disk.min_seconds and (disk_key := self._disk_key(node_id)):
             self.disk.put(disk_key, slots, ui)
-        self.result.executed.append(node_id)
-        if ui and not shown:
-            self._executed(node_id, ui)
 
     # ---- expansion ----------------------------------------------------------------------------------------
 

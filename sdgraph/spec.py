@@ -110,6 +110,10 @@ class NodeSpec(BaseModel):
     def has_hidden(self) -> bool:
         return any(spec.section == "hidden" for spec in self.inputs)
 
+    @cached_property
+    def has_list_output(self) -> bool:
+        return any(spec.is_list for spec in self.outputs)
+
     def describe(self, dirs: Dirs | None = None) -> dict[str, Any]:
         """This node in the `/object_info` shape that editors and API clients read."""
         if self.described is not None:
