@@ -35,8 +35,11 @@ _SCALARS = frozenset({int, float, bool, type(None)})
 
 def sizeof(obj: Any, _depth: int = 0) -> int:
     """Bytes held by a value, counting array payloads (tensors, numpy) and containers; models report their own."""
-    if type(obj) in _SCALARS:
+    kind = type(obj)
+    if kind in _SCALARS:
         return 0
+    if kind is tuple or kind is list:  # the usual outputs: a tuple of slot lists; scalars in them cost nothing
+        return 0 if _depth > 4 else sum([sizeof(v, _depth + 1) for v in obj if type(v) not in _SCALARS])
     own = getattr(obj, "cache_nbytes", None)
     if callable(own):
         return int(own())

@@ -39,7 +39,7 @@ class InterruptFlag:
         return self._event.is_set() or (self.parent is not None and self.parent.is_set())
 
     def check(self) -> None:
-        if self.is_set():
+        if self._event.is_set() or (self.parent is not None and self.parent.is_set()):
             raise Interrupted("interrupted")
 
 

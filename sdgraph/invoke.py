@@ -43,8 +43,8 @@ def input_batches(node: PreparedNode, inputs: dict[str, list[Any]], ctx: NodeCon
         args = {name: [value] for name, value in args.items()}
         args.update(inputs)
         return [args]
-    if all(len(values) == 1 for values in inputs.values()):  # the common case: one call
-        args.update((name, values[0]) for name, values in inputs.items())
+    if all([len(values) == 1 for values in inputs.values()]):  # the common case: one call
+        args.update({name: values[0] for name, values in inputs.items()})
         return [args]
     count = max((len(values) for values in inputs.values()), default=1)
     if any(not values for values in inputs.values()):
@@ -91,7 +91,7 @@ def gather(node: PreparedNode, raws: list[Any]) -> Outcome:
     """Merge each call's result into the node's slots and UI (or its expansions, if any call expanded)."""
     spec = node.node.spec
     if len(raws) == 1 and type(raws[0]) is tuple and len(raws[0]) == len(spec.outputs) and not spec.has_list_output:
-        return Outcome(tuple([value] for value in raws[0]), None)  # the common case: one call gave its values
+        return Outcome(tuple([[value] for value in raws[0]]), None)  # the common case: one call gave its values
     slots: tuple[list[Any], ...] = tuple([] for _ in spec.outputs)
     ui: dict[str, Any] | None = None
     calls = []

@@ -258,7 +258,7 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
 
     def invoke(inputs: dict[str, Any], ctx: NodeContext) -> Any:
         node = ctx.instance(cls)
-        node.ctx = ctx  # what an async run reads once its body runs elsewhere
+        node.__dict__["_ctx"] = ctx  # `ctx` outside the call: what an async run reads once its body runs elsewhere
         token = _CALL.set((node, ctx))
         try:
             return node.run(**inputs)
@@ -267,7 +267,7 @@ def define(cls: type[Node], pack: str = "builtin") -> NodeDef:
 
     def lazy_check(inputs: dict[str, Any], ctx: NodeContext) -> Any:
         node = ctx.instance(cls)
-        node.ctx = ctx
+        node.__dict__["_ctx"] = ctx
         token = _CALL.set((node, ctx))
         try:
             return node.check_lazy_status(**inputs)

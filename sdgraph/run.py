@@ -85,8 +85,9 @@ class PromptRun:
             self.result.cached = cached
             self._cached_ids = set(cached)
             self.emit("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id, "timestamp": _now_ms()})
-            if all(self._rank(node_id)[0] == 0 for node_id in plan):
-                schedule.follow(self._to_run(plan))  # no node starts early: the plan's order is the order
+            to_run = self._to_run(plan)
+            if to_run is not None:
+                schedule.follow(to_run)
             else:
                 for node_id in self.prompt.outputs:
                     schedule.add(node_id)
@@ -127,22 +128,31 @@ class PromptRun:
         rank = self._ranks.get(node_id)
         if rank is None:
             node = self.nodes[node_id]
-            elsewhere = node.node.is_async or (self.executor.parallel and self._flags(node).resource != CPU)
-            first = -1 if elsewhere else 0  # started early, awaited while others run
+            first = -1 if self._starts_early(node, self._flags(node)) else 0
             rank = self._ranks[node_id] = (first, self._order[node_id])
         return rank
 
-    def _to_run(self, plan: list[str]) -> list[str]:
-        """The nodes of the plan the outputs need, as `Schedule.add` would find them: not those only cached
-        nodes feed, nor the sources of lazy inputs."""
+    def _to_run(self, plan: list[str]) -> list[str] | None:
+        """The nodes of the plan the outputs need, as `Schedule.add` would find them (not those only cached
+        nodes feed, nor the sources of lazy inputs), in the plan's order; None if that cannot be their order,
+        because some of them start early."""
         needed = set(self.prompt.outputs)
         cached = self._cached_ids
         for node_id in reversed(plan):
-            if node_id in needed and node_id not in cached:
-                node = self.nodes[node_id]
-                lazy = self._flags(node).lazy
-                needed.update(src for name, (src, _) in node.links.items() if name not in lazy and src not in cached)
+            if node_id not in needed:
+                continue
+            node = self.nodes[node_id]
+            flags = self._flags(node)
+            if self._starts_early(node, flags):
+                return None
+            if node_id not in cached:
+                lazy = flags.lazy
+                needed.update([src for name, (src, _) in node.links.items() if name not in lazy and src not in cached])
         return [node_id for node_id in plan if node_id in needed]
+
+    def _starts_early(self, node: PreparedNode, flags: _InputFlags) -> bool:
+        """Started before the nodes of lower rank and awaited while they run: async, or on another resource."""
+        return node.node.is_async or (self.executor.parallel and flags.resource != CPU)
 
     def _needs(self, node_id: str) -> list[str]:
         """The sources a node waits for before it runs: none if its output is cached, else its unresolved,
@@ -183,7 +193,7 @@ class PromptRun:
 
     def _hit(self, node_id: str) -> CachedOutput | None:
         """The node's cached output (from memory, or from disk into memory), or None."""
-        key = self._key(node_id)
+        key = self.keys.get(node_id) or self._key(node_id)
         hit = self.cache.get(key, node_id)
         if hit is None and self.disk is not None and (disk_key := self._disk_key(node_id)) is not None:
             found = self.disk.get(disk_key)
@@ -234,7 +244,7 @@ class PromptRun:
         if missing and self._wait(schedule, node, [name for name in missing if name not in flags.lazy]):
             return None  # an eager source is gone from the cache since the node was scheduled
         resource = flags.resource if self.executor.parallel else CPU
-        if resource == CPU and self.executor.parallel and self._working():
+        if resource == CPU and self._awaiting and self.executor.parallel and self._working():
             resource = CPU_SIDE  # a CPU node while the accelerator works: this thread stays free to dispatch
         if resource != CPU:  # on its resource's worker, while this thread goes on with nodes elsewhere
             future = self._submit(resource, node, inputs, missing)
@@ -265,7 +275,8 @@ class PromptRun:
                     if asked:
                         return _Computed(asked=asked)
                 raws = call_batches(node, batches, ctx, node.node.invoke, self._report_block)
-                if any(isinstance(raw, Future) for raw in raws):
+                plain = len(raws) == 1 and type(raws[0]) is tuple  # the common case: one call gave its values
+                if not plain and any(isinstance(raw, Future) for raw in raws):
                     return _Computed(raws=raws)
                 return _Computed(outcome=gather(node, raws))
         except (Interrupted, NodeError):
@@ -451,7 +462,7 @@ class PromptRun:
             fingerprint = float("nan")  # values no key can stand for (a tensor): never reused
         if node.node.spec.not_idempotent or always_changes(fingerprint):
             self._volatile.add(node.node_id)  # a fresh key each run (node_signature draws it): nothing to add
-        elif files := self._flags(node).model_files:
+        elif files := (self._node_flags.get(node.node_id) or self._flags(node)).model_files:
             fingerprint = [fingerprint, *self._file_stamps(node, files)]
         hidden = self._hidden_key(node) if node.node.spec.has_hidden else None
         return node_signature(node, fingerprint, self.keys, hidden)
