@@ -1,18 +1,25 @@
 """Engine overhead on graphs of trivial nodes: cold run, fully cached re-run, re-run after one leaf changed.
 
     python -m bench.engine_overhead [--sizes 1000 10000] [--repeats 5]
+    python -m bench.engine_overhead --against /path/to/other/checkout [--repeats 9]
 
 Each figure is the median over repeats (of process CPU time by default, since other work on a shared machine
 inflates wall time) of a whole `Executor.run` on a workflow dict (parsing, validation,
 planning, signatures, cache look-ups and the node calls), divided by the node count. The nodes do no work,
 so this is the engine's own cost.
+
+`--against` compares cold runs with another checkout of sdgraph (an older commit, say) side by side: one
+long-lived process per checkout, the two taking turns run by run (in alternating order), so both see the same
+machine load; it prints each checkout's median and the ratio.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -146,20 +153,72 @@ def measure(shape: Callable[[int], dict[str, Any]], n: int, repeats: int) -> dic
             "leaf_us": statistics.median(leaf) / nodes * 1e6}
 
 
+SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {"chain": chain, "fan-in": fan_in, "lattice": lattice}
+
+
+def serve_cold_runs() -> None:
+    """One side of `--against`: read `shape size` lines; for each, one cold run in a new executor; print its µs per node."""
+    reg = registry()
+    workflows: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in sys.stdin:
+        name, size = line.split()
+        wf = workflows.setdefault((name, int(size)), SHAPES[name](int(size)))
+        executor = Executor(reg, cache=OutputCache(max_entries=10 * len(wf)))
+        print(json.dumps(timed(lambda: executor.run(wf)) / len(wf) * 1e6), flush=True)
+
+
+def side_by_side(other: Path, sizes: list[int], repeats: int) -> None:
+    """Cold µs/node here and in `other`, the two processes taking turns; round 0 warms both up."""
+    trees = {"this": Path(__file__).resolve().parents[1], "other": other.resolve()}
+    # Both sides run this file's code (an older checkout's bench may lack --serve) on their own checkout's sdgraph.
+    serve = f"import runpy; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='bench')['serve_cold_runs']()"
+    workers = {name: subprocess.Popen([sys.executable, "-c", serve], cwd=root,
+                                      env={**os.environ, "PYTHONPATH": str(root)}, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True) for name, root in trees.items()}
+    runs: dict[tuple[str, str, int], list[float]] = {}
+    try:
+        for round_ in range(repeats + 1):
+            for name in SHAPES:
+                for size in sizes:
+                    for tree in (("this", "other") if round_ % 2 else ("other", "this")):
+                        worker = workers[tree]
+                        assert worker.stdin is not None and worker.stdout is not None
+                        worker.stdin.write(f"{name} {size}\n")
+                        worker.stdin.flush()
+                        value = json.loads(worker.stdout.readline())
+                        if round_:
+                            runs.setdefault((tree, name, size), []).append(value)
+    finally:
+        for worker in workers.values():
+            if worker.stdin is not None:
+                worker.stdin.close()
+            worker.wait()
+    print(f"cold µs/node, median of {repeats}, side by side with {trees['other']}")
+    print(f"{'graph':<8} {'size':>6} {'this':>8} {'other':>8} {'ratio':>6}")
+    for name in SHAPES:
+        for size in sizes:
+            mine, theirs = (statistics.median(runs[(tree, name, size)]) for tree in ("this", "other"))
+            print(f"{name:<8} {size:>6} {mine:>8.1f} {theirs:>8.1f} {mine / theirs:>6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--wall", action="store_true",
                         help="time with the wall clock instead of this process's CPU time (noisy on a busy machine)")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="compare cold runs with another checkout of sdgraph, side by side")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.perf_counter if args.wall else time.process_time
+    if args.against is not None:
+        return side_by_side(args.against, args.sizes, args.repeats)
     print(f"clock: {'wall' if args.wall else 'process CPU time'}; median of {args.repeats} repeats")
     print(f"{'graph':<8} {'nodes':>6} {'cold µs/node':>13} {'cached ms':>10} {'cached µs/node':>15} "
           f"{'1 leaf µs/node':>15}")
     rows: dict[tuple[str, int], dict[str, float]] = {}
-    for name, shape in (("chain", chain), ("fan-in", fan_in), ("lattice", lattice)):
+    for name, shape in SHAPES.items():
         for size in args.sizes:
             row = rows[(name, size)] = measure(shape, size, args.repeats)
             print(f"{name:<8} {row['nodes']:>6} {row['cold_us']:>13.1f} {row['cached_ms']:>10.2f} "
