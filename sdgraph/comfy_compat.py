@@ -40,7 +40,7 @@ def define_comfy(class_type: str, cls: type, display_name: str | None = None, pa
         outputs=_outputs(cls, where),
         output_node=bool(getattr(cls, "OUTPUT_NODE", False)),
         input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
-        python_module=pack,
+        python_module=NodeSpec.module_of(pack),
         deprecated=bool(getattr(cls, "DEPRECATED", False)),
         experimental=bool(getattr(cls, "EXPERIMENTAL", False)),
     )

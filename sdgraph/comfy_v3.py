@@ -204,7 +204,7 @@ def define_v3(cls: type, pack: str = "custom", class_type: str | None = None) ->
         description=str(info.get("description") or ""), category=str(info.get("category") or "sd"),
         inputs=tuple(inputs), outputs=_outputs(info), output_node=bool(info.get("output_node")),
         not_idempotent=bool(schema.not_idempotent), input_is_list=bool(schema.is_input_list),
-        python_module=str(info.get("python_module") or pack), deprecated=bool(info.get("deprecated")),
+        python_module=str(info.get("python_module") or NodeSpec.module_of(pack)), deprecated=bool(info.get("deprecated")),
         experimental=bool(info.get("experimental")), described=lambda dirs: cls.GET_NODE_INFO_V1())
     call = _Caller(cls, tree, hidden, len(spec.outputs))
     is_async = inspect.iscoroutinefunction(getattr(cls, "execute", None))

@@ -247,7 +247,7 @@ def spec_of(cls: type[Node], pack: str = "builtin") -> NodeSpec:
         not_idempotent=cls.not_idempotent,
         input_is_list=cls.input_is_list,
         aliases=tuple(cls.aliases),
-        python_module=pack,
+        python_module=NodeSpec.module_of(pack),
     )
 
 

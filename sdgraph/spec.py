@@ -102,6 +102,12 @@ class NodeSpec(BaseModel):
     # a node style that describes itself (ComfyUI's V3 classes) gives its own `/object_info` entry
     described: Callable[[Dirs | None], dict[str, Any]] | None = Field(default=None, exclude=True)
 
+    @staticmethod
+    def module_of(pack: str) -> str:
+        """What `/object_info` gives as a pack's `python_module`: ComfyUI's dotted `custom_nodes.<folder>` for a
+        custom_nodes/ pack (the frontend reads the pack's name from it), else the pack's own name."""
+        return pack.replace("/", ".", 1) if pack.startswith("custom_nodes/") else pack
+
     @cached_property
     def inputs_by_name(self) -> dict[str, InputSpec]:
         return {spec.name: spec for spec in self.inputs}

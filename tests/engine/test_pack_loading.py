@@ -56,6 +56,7 @@ def test_nested_relative_imports_init_and_display_names(tmp_path):
     node = registry.get("DeepEcho")
     assert node is not None and node.pack == "custom_nodes/deep_pack"
     assert node.spec.display_name == "Deep echo (test)"
+    assert node.spec.describe()["python_module"] == "custom_nodes.deep_pack"  # ComfyUI's form, V1 and V3 alike
     assert node.invoke({"text": "a"}, None) == ("a!",)
     pack = sys.modules["sdgraph_custom_nodes.deep_pack"]
     assert pack.INIT_RAN and sys.modules["sdgraph_custom_nodes"].deep_pack is pack
