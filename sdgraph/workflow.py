@@ -63,6 +63,14 @@ class PromptNode(BaseModel):
     def literals(self) -> dict[str, Any]:
         return {name: unwrap_literal(v) for name, v in self.inputs.items() if not is_link(v)}
 
+    def to_api(self) -> dict[str, Any]:
+        """The node as the API format writes it; `_meta` only if it was given or holds something, so a prompt
+        embedded in a saved file is the prompt as submitted."""
+        data = self.model_dump(by_alias=True, exclude_defaults=False)
+        if not self.meta and "meta" not in self.model_fields_set:
+            del data["_meta"]
+        return data
+
 
 class ApiWorkflow(RootModel[dict[str, PromptNode]]):
     """The API format as a JSON Schema-exportable model."""
@@ -80,7 +88,7 @@ class Workflow:
         self.origin = origin  # converted from a UI file: API id -> {ui_id, title, path} the user sees there
 
     def to_api(self) -> dict[str, Any]:
-        return {node_id: node.model_dump(by_alias=True, exclude_defaults=False) for node_id, node in self.nodes.items()}
+        return {node_id: node.to_api() for node_id, node in self.nodes.items()}
 
     def to_file(self) -> dict[str, Any]:
         if self.layout is None:

@@ -71,3 +71,10 @@ def test_comfy_convention_combos_are_described_as_their_class_wrote_them(registr
     node = registry.get("ComfyChoice")
     assert registry.describe()["ComfyChoice"]["input"]["required"]["pick"] == [["a", "b"]]
     assert node.spec.inputs_by_name["pick"].default == "a"
+
+
+def test_the_api_prompt_is_written_back_as_given_with_or_without_meta():
+    given = {"1": {"class_type": "A", "inputs": {"x": 1}},
+             "2": {"class_type": "B", "inputs": {"y": ["1", 0]}, "_meta": {}},
+             "3": {"class_type": "C", "inputs": {}, "_meta": {"title": "three"}}}
+    assert parse_workflow(json.loads(json.dumps(given))).to_api() == given
