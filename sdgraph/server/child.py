@@ -12,6 +12,7 @@ import faulthandler
 import logging
 import multiprocessing
 import queue
+import shutil
 import threading
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterator
@@ -98,6 +99,8 @@ class SubprocessChannel:
         for conn in (self._control, self._events):
             if conn is not None:
                 conn.close()
+        if self.hello.get("spool_dir"):  # a child that died could not remove its spool; it is on this machine
+            shutil.rmtree(self.hello["spool_dir"], ignore_errors=True)
 
     def _send(self, message: Message) -> None:
         with self._send_lock:
@@ -127,8 +130,11 @@ def child_main(factory: ExecutorFactory, control: Connection, events: Connection
     runs: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_read_control, args=(control, runner, runs), daemon=True).start()
     events.send(("ready", runner.hello()))
-    while (request := runs.get()) is not None:
-        runner.run(request, events.send)
+    try:
+        while (request := runs.get()) is not None:
+            runner.run(request, events.send)
+    finally:
+        runner.close()
 
 
 def _read_control(control: Connection, runner: RemoteRunner, runs: queue.Queue[dict[str, Any] | None]) -> None:
