@@ -26,7 +26,7 @@ from typing import Any
 
 from sdgraph.output_names import counted, next_counter_of
 from sdgraph.paths import Dirs, UnsafePath, safe_join
-from sdgraph.server.spool import file_records
+from sdgraph.server.spool import KINDS, file_records
 
 log = logging.getLogger("sdgraph.server")
 
@@ -99,6 +99,8 @@ class OutputStore:
 
     def _open(self, key: Key) -> _Incoming | None:
         _, kind, subfolder, filename = key
+        if kind not in KINDS:  # never the input directory
+            raise UnsafePath(f"a worker's file must be an output or temp file, not {kind!r}")
         if filename != Path(filename).name or filename.startswith("."):
             raise UnsafePath(f"file name {filename!r} is not a plain name")
         folder = safe_join(self.dirs.of_type(kind), subfolder)

@@ -99,15 +99,16 @@ def test_a_name_without_a_counter_is_kept(tmp_path: Path) -> None:
     assert (dirs.temp / "latest.txt").read_bytes() == b"second"  # as its node would have done in-process
 
 
-@pytest.mark.parametrize("subfolder, filename", [("../outside", "x_00001_.png"), ("", "../x_00001_.png"),
-                                                 ("", ".sdgraph-incoming-x"), ("/etc", "x_00001_.png")])
-def test_a_file_that_would_leave_the_directory_is_refused(tmp_path: Path, subfolder: str, filename: str,
+@pytest.mark.parametrize("kind, subfolder, filename", [
+    ("output", "../outside", "x_00001_.png"), ("output", "", "../x_00001_.png"), ("temp", "/etc", "x_00001_.png"),
+    ("output", "", ".sdgraph-incoming-x"), ("input", "", "x_00001_.png")])
+def test_a_file_that_would_leave_the_directory_is_refused(tmp_path: Path, kind: str, subfolder: str, filename: str,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     dirs = Dirs(base=tmp_path / "server")
     store = OutputStore(dirs)
     with caplog.at_level(logging.ERROR, "sdgraph.server"):
-        store.receive({"spool": "w", "type": "output", "subfolder": subfolder, "filename": filename}, b"x", False)
-        store.receive({"spool": "w", "type": "output", "subfolder": subfolder, "filename": filename}, b"y", True)
+        store.receive({"spool": "w", "type": kind, "subfolder": subfolder, "filename": filename}, b"x", False)
+        store.receive({"spool": "w", "type": kind, "subfolder": subfolder, "filename": filename}, b"y", True)
     assert "could not store" in caplog.text
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     assert store.stored == 0
