@@ -106,11 +106,13 @@ def model_prompt(ckpt: str, seed: int, seconds: float = 0.1, steps: int = 2) -> 
                                                        "steps": steps}}}
 
 
-def save_prompt(value: int, prefix: str = "sdgraph", count: int = 1, exit_after: bool = False) -> dict[str, Any]:
+def save_prompt(value: int, prefix: str = "sdgraph", count: int = 1, exit_after: bool = False,
+                pad_bytes: int = 0) -> dict[str, Any]:
     """Number -> SaveText -> [ExitOnce: the process dies after the save, the first time] -> Show."""
     prompt: dict[str, Any] = {
         "1": {"class_type": "Number", "inputs": {"value": value}},
-        "2": {"class_type": "SaveText", "inputs": {"value": ["1", 0], "filename_prefix": prefix, "count": count}}}
+        "2": {"class_type": "SaveText", "inputs": {"value": ["1", 0], "filename_prefix": prefix, "count": count,
+                                                   "pad_bytes": pad_bytes}}}
     source = ["2", 0]
     if exit_after:
         prompt["3"] = {"class_type": "ExitOnce", "inputs": {"value": source, "delay": 0.3}}
