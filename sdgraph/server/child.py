@@ -12,7 +12,6 @@ import faulthandler
 import logging
 import multiprocessing
 import queue
-import shutil
 import threading
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterator
 from sdgraph.execute import Executor
 from sdgraph.server.backend import WorkerLost
 from sdgraph.server.remote import Message, RemoteRunner
+from sdgraph.server.spool import remove_left
 
 log = logging.getLogger("sdgraph.server")
 
@@ -99,8 +99,7 @@ class SubprocessChannel:
         for conn in (self._control, self._events):
             if conn is not None:
                 conn.close()
-        if self.hello.get("spool_dir"):  # a child that died could not remove its spool; it is on this machine
-            shutil.rmtree(self.hello["spool_dir"], ignore_errors=True)
+        remove_left(self.hello)  # a child that died could not remove its spool; it is on this machine
 
     def _send(self, message: Message) -> None:
         with self._send_lock:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from sdgraph.server.backend import WorkerLost
 from sdgraph.server.queue import PromptStore
 from sdgraph.server.remote import Message, RemoteRunner
+from sdgraph.server.spool import remove_left
 from sdgraph.server.ws import Hub
 
 log = logging.getLogger("sdgraph.server")
@@ -186,6 +187,8 @@ class RayChannel:
                 ray.kill(self.actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        if self.hello.get("node") == ray.get_runtime_context().get_node_id():
+            remove_left(self.hello)  # a dead actor's spool, on this machine (elsewhere it stays, emptied)
 
 
 def _first_line(exc: BaseException) -> str:

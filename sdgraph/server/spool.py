@@ -90,6 +90,12 @@ class Spool:
             f.truncate(0)  # the server holds it now; the name stays taken here
 
 
+def remove_left(hello: dict[str, Any]) -> None:
+    """Remove the spool a dead worker on this machine left (its `hello` names it)."""
+    if hello.get("spool_dir"):
+        shutil.rmtree(hello["spool_dir"], ignore_errors=True)
+
+
 def _key(kind: str, path: Path) -> str:
     return f"{kind}:{path}"
 
