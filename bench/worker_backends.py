@@ -7,7 +7,8 @@ For each backend, on a real server (aiohttp on loopback) over the pure-Python te
 (tests/server/worker_nodes.py: nodes that sleep, so the 2 cores are not the bottleneck):
 - throughput: 20 prompts of 0.4 s of sleeping, on 1 and on 2 workers, and the ratio;
 - overhead per prompt: a trivial prompt (Number -> Show, a new value each time), submit to `execution_success`
-  on the WebSocket, one at a time, median of 30, against the in-process worker's;
+  on the WebSocket, one at a time, median of 30, against the in-process worker's; and the same for a prompt saving
+  a 2 MiB file (a large PNG), which a remote worker sends to the server's storage;
 - affinity: 40 prompts alternating two models that take 0.3 s to load, on 2 workers: the loads, and the hit rate
   (prompts whose worker already held their models), routed by affinity, at random and in plain queue order.
 """
@@ -34,7 +35,9 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from sdgraph.server import ServerConfig, create_app  # noqa: E402
 from tests.server.nodes import chain  # noqa: E402
-from tests.server.worker_nodes import add_models, loads, make_executor, model_prompt  # noqa: E402
+from tests.server.worker_nodes import add_models, loads, make_executor, model_prompt, save_prompt  # noqa: E402
+
+SAVED_BYTES = 2 * 1024 * 1024
 
 
 def backend_for(kind: str, count: int, base: Path, policy: str) -> Any:
@@ -91,14 +94,22 @@ async def throughput(kind: str, tmp: Path) -> dict[int, float]:
     return seconds
 
 
-async def overhead(kind: str, tmp: Path, runs: int = 30) -> float:
-    client = await serve(kind, 1, tmp / f"{kind}-overhead")
+def trivial(i: int) -> dict[str, Any]:
+    return chain(i + 1000)
+
+
+def saving(i: int) -> dict[str, Any]:
+    return save_prompt(i + 1000, pad_bytes=SAVED_BYTES)
+
+
+async def overhead(kind: str, tmp: Path, make: Any = trivial, runs: int = 30) -> float:
+    client = await serve(kind, 1, tmp / f"{kind}-overhead-{make.__name__}")
     ws = await client.ws_connect("/ws", params={"clientId": "bench"})
     await ws.receive(timeout=10)
     times = []
     for i in range(runs + 3):
         start = time.perf_counter()
-        resp = await client.post("/prompt", json={"prompt": chain(i + 1000), "client_id": "bench"})
+        resp = await client.post("/prompt", json={"prompt": make(i), "client_id": "bench"})
         prompt_id = (await resp.json())["prompt_id"]
         while True:
             msg = await ws.receive(timeout=60)
@@ -133,19 +144,21 @@ async def main(kinds: list[str]) -> None:
                 from sdgraph.server.ray_backend import connect
 
                 connect("local", num_cpus=2)
-            rows[kind] = {"throughput": await throughput(kind, tmp), "overhead": await overhead(kind, tmp)}
+            rows[kind] = {"throughput": await throughput(kind, tmp), "overhead": await overhead(kind, tmp),
+                          "saving": await overhead(kind, tmp, saving)}
             if kind != "in-process":
                 rows[kind]["affinity"] = {p: await affinity(kind, tmp, p) for p in ("affinity", "random", "fifo")}
-        base = rows["in-process"]["overhead"]
+        base, saved = rows["in-process"]["overhead"], rows["in-process"]["saving"]
         print("backend      20x0.4 s: 1 worker  2 workers  ratio | overhead/prompt  vs in-process | "
-              "loads, hit rate: affinity | random    | fifo")
+              "saving 2 MiB  vs in-process | loads, hit rate: affinity | random    | fifo")
         for kind, row in rows.items():
             tp = row["throughput"]
             two = f"{tp[2]:8.2f} s  {tp[1] / tp[2]:4.2f}x" if 2 in tp else "       -      - "
             aff = row.get("affinity")
             affs = " | ".join(f"{aff[p][0]:3d}, {aff[p][1]:4.0%}" for p in ("affinity", "random", "fifo")) if aff else "-"
             print(f"{kind:11s}  {tp[1]:17.2f} s  {two} | {row['overhead'] * 1000:10.1f} ms  "
-                  f"{row['overhead'] / base:8.2f}x    | {affs}")
+                  f"{row['overhead'] / base:8.2f}x    | {row['saving'] * 1000:8.1f} ms  {row['saving'] / saved:8.2f}x    "
+                  f"| {affs}")
 
 
 if __name__ == "__main__":

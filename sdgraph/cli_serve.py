@@ -74,6 +74,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                          help="run prompts on Ray actors: 'local' starts a local Ray, an address joins a cluster "
                               "(needs sdgraph[ray])")
     workers.add_argument("--ray-workers", type=int, default=2, metavar="N", help="Ray actors (default 2)")
+    workers.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                         help="GPUs each Ray actor asks for; a fraction shares a GPU (default: 1 where the cluster "
+                              "has GPUs, else 0)")
     workers.add_argument("--routing", choices=("affinity", "fifo", "random"), default="affinity",
                          help="which queued prompt a free worker takes (default affinity: one whose models it holds)")
     add_disk_cache_arguments(parser)
@@ -155,9 +158,11 @@ def worker_backend(args: argparse.Namespace, factory: Any) -> Any:
             import ray  # noqa: F401, PLC0415
         except ImportError:
             raise ImportError("--ray needs Ray: pip install 'sdgraph[ray]'") from None
-        from sdgraph.server.ray_backend import ray_pool  # noqa: PLC0415
+        from sdgraph.server.ray_backend import actor_options, ray_pool  # noqa: PLC0415
 
-        return ray_pool(args.ray_workers, factory, address=args.ray, policy=routing)
+        gpus = getattr(args, "ray_gpus", None)
+        options = None if gpus is None else actor_options(gpus)
+        return ray_pool(args.ray_workers, factory, address=args.ray, policy=routing, options=options)
     if getattr(args, "worker_processes", 0) > 0:
         from sdgraph.server.pool import subprocess_pool  # noqa: PLC0415
 

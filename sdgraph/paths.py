@@ -24,10 +24,15 @@ def default_base() -> Path:
 
 @dataclass
 class Dirs:
-    """The directory layout: `base/{models,input,output,temp,custom_nodes,user}` plus the shipped models."""
+    """The directory layout: `base/{models,input,output,temp,custom_nodes,user}` plus the shipped models.
+
+    `spool`, when set (a remote worker's, `sdgraph.server.spool`), is where nodes write their outputs instead:
+    `output` and `temp` answer under it, while `of_type` (the files clients name) still answers under base.
+    """
 
     base: Path = field(default_factory=default_base)
     extra_model_roots: list[Path] = field(default_factory=lambda: [PACKAGE_DATA / "models"])
+    spool: Path | None = None
 
     @property
     def models(self) -> Path:
@@ -39,11 +44,13 @@ class Dirs:
 
     @property
     def output(self) -> Path:
-        return self.base / "output"
+        """Where nodes write outputs."""
+        return (self.spool or self.base) / "output"
 
     @property
     def temp(self) -> Path:
-        return self.base / "temp"
+        """Where nodes write temporary pictures (previews)."""
+        return (self.spool or self.base) / "temp"
 
     @property
     def custom_nodes(self) -> Path:
@@ -57,7 +64,7 @@ class Dirs:
         """The directory for a client-facing file type: output, input or temp."""
         if kind not in ("output", "input", "temp"):
             raise UnsafePath(f"unknown directory type {kind!r}; expected output, input or temp")
-        return getattr(self, kind)
+        return self.base / kind
 
     def model_roots(self, folder: str) -> list[Path]:
         """Directories searched for models of one kind (checkpoints, loras, ...), user's first; a ComfyUI folder

@@ -75,6 +75,13 @@ def activate_comfy_layer(dirs: Dirs | None) -> None:
     importlib.import_module(COMFY_LAYER).activate(dirs)
 
 
+def rebind_comfy_layer(dirs: Dirs) -> None:
+    """Point ComfyUI's module names at a changed layout, where packs have made them live (else nothing)."""
+    layer = sys.modules.get(COMFY_LAYER)
+    if layer is not None and layer.active():
+        layer.activate(dirs)
+
+
 def load_entry_points(registry: Registry, *, builtin: bool, dirs: Dirs | None = None) -> None:
     """Load the packs declared under the entry-point group: sdgraph's own, or everyone else's."""
     chosen = [ep for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name)

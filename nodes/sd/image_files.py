@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from sdgraph.limits import Limits, check_count, check_memory, refusal
+from sdgraph.output_names import next_counter, output_folder, write_new
 from sdgraph.paths import Dirs, safe_join
 from sdgraph.uiformat.pictures import comfy_metadata
 
@@ -31,9 +32,10 @@ def input_images(dirs: Dirs) -> list[str]:
 def output_images(dirs: Dirs) -> list[str]:
     """Image files at the top of the output directory, newest first, by their annotated names (`pic.png [output]`,
     what LoadImageOutput takes)."""
-    if not dirs.output.is_dir():
+    folder = dirs.of_type("output")
+    if not folder.is_dir():
         return []
-    files = [p for p in dirs.output.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     return [f"{p.name} [output]" for p in sorted(files, key=lambda p: (-p.stat().st_mtime, p.name))]
 
 
@@ -146,28 +148,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * image.float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
-def output_folder(root: Path, prefix: str) -> tuple[Path, str, str]:
-    """(folder, subfolder, stem) of a filename prefix such as `sub/name` under root, the folder created;
-    refused when it would leave root."""
-    folder_part, _, stem = prefix.replace("\\", "/").rpartition("/")
-    folder = safe_join(root, folder_part) if folder_part else root.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder, folder_part, stem
-
-
-def write_new(folder: Path, stem: str, suffix: str, counter: int, write: Callable[[BinaryIO], None]) -> tuple[str, int]:
-    """Write `<stem>_<counter:05>_<suffix>` with `write(file)`, counting up from `counter` past names that exist
-    (never overwriting); returns the name and the counter it took."""
-    while True:
-        name = f"{stem}_{counter:05}_{suffix}"
-        try:
-            with (folder / name).open("xb") as f:
-                write(f)
-            return name, counter
-        except FileExistsError:
-            counter += 1
-
-
 def save_pngs(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata: PngInfo | None,
               compress_level: int = 4) -> list[dict[str, str]]:
     """Write each image as `<prefix>_<counter:05>_.png` under root, never overwriting; return UI records."""
@@ -211,10 +191,3 @@ def save_apng(images: torch.Tensor, root: Path, prefix: str, kind: str, metadata
                                                  save_all=True, duration=int(1000.0 / fps),
                                                  append_images=frames[1:]))
     return [{"filename": name, "subfolder": folder_part, "type": kind}]
-
-
-def next_counter(folder: Path, stem: str, suffix: str = ".png") -> int:
-    """One more than the largest counter of the `<stem>_<counter>_<suffix>` files in folder (1 when none)."""
-    pattern = re.compile(re.escape(stem) + r"_(\d+)_?" + re.escape(suffix) + "$")
-    used = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
-    return max(used, default=0) + 1

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 from sdgraph.execute import Executor
 from sdgraph.server.backend import WorkerLost
 from sdgraph.server.remote import Message, RemoteRunner
+from sdgraph.server.spool import remove_left
 
 log = logging.getLogger("sdgraph.server")
 
@@ -98,6 +99,7 @@ class SubprocessChannel:
         for conn in (self._control, self._events):
             if conn is not None:
                 conn.close()
+        remove_left(self.hello)  # a child that died could not remove its spool; it is on this machine
 
     def _send(self, message: Message) -> None:
         with self._send_lock:
@@ -127,8 +129,11 @@ def child_main(factory: ExecutorFactory, control: Connection, events: Connection
     runs: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_read_control, args=(control, runner, runs), daemon=True).start()
     events.send(("ready", runner.hello()))
-    while (request := runs.get()) is not None:
-        runner.run(request, events.send)
+    try:
+        while (request := runs.get()) is not None:
+            runner.run(request, events.send)
+    finally:
+        runner.close()
 
 
 def _read_control(control: Connection, runner: RemoteRunner, runs: queue.Queue[dict[str, Any] | None]) -> None:

@@ -3,7 +3,9 @@
 Each worker's thread takes a prompt from the store under its own lease (routed by `sdgraph.server.routing`),
 sends it to its executor through a channel (`sdgraph.server.child.SubprocessChannel`,
 `sdgraph.server.ray_backend.RayChannel`) and posts what streams back to the submitting WebSocket client, in
-order; the history entry is written before the run's closing `executing: null` goes out, as in-process. When the
+order; the files its save nodes wrote arrive before the event naming them and are stored in the server's output and
+temp directories (`sdgraph.server.outputs`), under the names the events and the history then carry; the history
+entry is written before the run's closing `executing: null` goes out, as in-process. When the
 channel reports the worker lost, the store requeues the prompt once or fails it (`PromptStore.lost`), and a new
 worker is started in its place; the other workers go on.
 """
@@ -18,6 +20,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from sdgraph.execute import RunResult, error_payload
 from sdgraph.server.backend import WorkerLost
+from sdgraph.server.outputs import OutputStore
 from sdgraph.server.queue import PromptStore, QueueItem
 from sdgraph.server.routing import Router
 from sdgraph.server.worker import history_entry, post_event
@@ -66,10 +69,12 @@ class Slot:
 
 
 class WorkerPool:
-    def __init__(self, channels: list[Channel], store: PromptStore, hub: Hub, router: Router) -> None:
+    def __init__(self, channels: list[Channel], store: PromptStore, hub: Hub, router: Router,
+                 outputs: OutputStore) -> None:
         self.store = store
         self.hub = hub
         self.router = router
+        self.outputs = outputs
         self.slots = [Slot(channel) for channel in channels]
         for slot in self.slots:
             router.add(slot.name)
@@ -171,6 +176,7 @@ class WorkerPool:
         except WorkerLost as exc:
             slot.lost += 1
             slot.channel.kill()
+            self.outputs.abandon(slot.channel.hello.get("spool"))
             self.router.lost(slot.name, item.prompt_id)
             self._lost(slot, item, str(exc))
         finally:
@@ -181,12 +187,18 @@ class WorkerPool:
     def _run(self, slot: Slot, item: QueueItem) -> None:
         request = {"prompt_id": item.prompt_id, "prompt_json": item.prompt_json, "extra_data": item.extra_data}
         recorded = False
+        spool = slot.channel.hello.get("spool")
         for message in slot.channel.run(request):
             kind = message[0]
-            if kind == "event":
-                self._post(message[1], message[2], item.client_id)
+            if kind == "file":
+                self.outputs.receive(message[1], message[2], message[3])
+            elif kind == "event":
+                data = message[2]
+                if message[1] == "executed":
+                    data = {**data, "output": self.outputs.resolve(spool, data.get("output"))}
+                self._post(message[1], data, item.client_id)
             elif kind == "record":
-                self._record(slot, item, json.loads(message[1]))
+                self._record(slot, item, self.outputs.resolve_entry(spool, json.loads(message[1])))
                 recorded = True
             elif kind == "done":
                 slot.loaded_models = list(message[1].get("loaded_models") or [])
@@ -243,6 +255,6 @@ def subprocess_pool(count: int, factory: Callable[[], Any], policy: str = "affin
     def build(executor: Any, store: PromptStore, hub: Hub) -> WorkerPool:
         channels = [SubprocessChannel(f"p{i}", factory) for i in range(count)]
         router = Router(lambda prompt: prompt_models(prompt, executor.registry), policy=policy)
-        return WorkerPool(channels, store, hub, router)
+        return WorkerPool(channels, store, hub, router, OutputStore(executor.services.dirs))
 
     return build

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from sdgraph.server.backend import WorkerLost
 from sdgraph.server.queue import PromptStore
 from sdgraph.server.remote import Message, RemoteRunner
+from sdgraph.server.spool import remove_left
 from sdgraph.server.ws import Hub
 
 log = logging.getLogger("sdgraph.server")
@@ -40,7 +41,21 @@ def connect(address: str = "local", num_cpus: int = 2) -> None:
     if address == "local":
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     else:
+        _token_auth_like_ray_start()
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+
+
+def _token_auth_like_ray_start() -> None:
+    """`ray start` (2.60) turns token authentication on when RAY_AUTH_MODE is unset and a token is at hand
+    (~/.ray/auth_token, RAY_AUTH_TOKEN), but a driver joining it does not, and then retries unauthenticated for
+    a minute: join as `ray start` started, with Ray's own rule (a Ray without it keeps its defaults)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 class ExecutorActor:
@@ -75,6 +90,9 @@ class ExecutorActor:
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self.runner.request_free(unload_models, free_memory)
 
+    def close(self) -> None:
+        self.runner.close()
+
 
 _ACTOR: Any = None
 
@@ -88,13 +106,17 @@ def _actor_class() -> Any:
     return _ACTOR
 
 
-def actor_options() -> dict[str, Any]:
-    """A GPU per actor where the cluster has GPUs, else a CPU."""
-    import ray  # noqa: PLC0415
+def actor_options(gpus: float | None = None) -> dict[str, Any]:
+    """What each actor asks Ray for: `gpus` GPUs (a fraction shares one: 0.5 puts two actors on a GPU) and a CPU;
+    by default one GPU where the cluster has GPUs, else none. Ray sets the actor's CUDA_VISIBLE_DEVICES to the
+    GPUs it was given, so its model manager's `cuda` device is one of them."""
+    if gpus is None:
+        import ray  # noqa: PLC0415
 
-    if ray.cluster_resources().get("GPU", 0) >= 1:
-        return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": 1}
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    if gpus < 0:
+        raise ValueError("--ray-gpus must not be negative")
+    return {"num_gpus": gpus, "num_cpus": 1} if gpus > 0 else {"num_cpus": 1}
 
 
 class RayChannel:
@@ -147,6 +169,13 @@ class RayChannel:
             self.actor.free.remote(unload_models, free_memory)
 
     def stop(self, timeout: float = 10.0) -> None:
+        import ray  # noqa: PLC0415
+
+        if self.alive:  # its spool is on its own node: only the actor can remove it
+            try:
+                ray.get(self.actor.close.remote(), timeout=min(timeout, 5.0))
+            except Exception:  # noqa: BLE001 - dying or gone
+                pass
         self.kill()
 
     def kill(self) -> None:
@@ -158,6 +187,8 @@ class RayChannel:
                 ray.kill(self.actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        if self.hello.get("node") == ray.get_runtime_context().get_node_id():
+            remove_left(self.hello)  # a dead actor's spool, on this machine (elsewhere it stays, emptied)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -168,6 +199,7 @@ def _first_line(exc: BaseException) -> str:
 def ray_pool(count: int, factory: Callable[[], Any], address: str = "local", policy: str = "affinity",
              options: dict[str, Any] | None = None) -> Callable[[Any, PromptStore, Hub], Any]:
     """A BackendFactory for `create_app`: `count` actors, each with an executor from `factory`."""
+    from sdgraph.server.outputs import OutputStore  # noqa: PLC0415
     from sdgraph.server.pool import WorkerPool  # noqa: PLC0415
     from sdgraph.server.routing import Router, prompt_models  # noqa: PLC0415
 
@@ -175,6 +207,6 @@ def ray_pool(count: int, factory: Callable[[], Any], address: str = "local", pol
         connect(address)
         channels = [RayChannel(f"ray{i}", factory, options) for i in range(count)]
         router = Router(lambda prompt: prompt_models(prompt, executor.registry), policy=policy)
-        return WorkerPool(channels, store, hub, router)
+        return WorkerPool(channels, store, hub, router, OutputStore(executor.services.dirs))
 
     return build

@@ -4,6 +4,8 @@ A run is a request `{"prompt_id", "prompt_json", "extra_data"}`; what comes back
 plain, picklable messages:
 - `("event", type, data)`: an execution event as the WebSocket sends it (`preview` data carries
   `(format, bytes)` instead of an image object);
+- `("file", meta, chunk, last)`: a file the run's nodes saved (`sdgraph.server.spool`), sent before the
+  `executed` event or the record that names it;
 - `("record", entry_json)`: the history entry (`worker.history_entry`) as JSON text, sent before the run's
   closing `executing: null`, so the server records it first, as the in-process worker does;
 - `("done", {"status", "seconds", "loaded_models"})`: the end of the run; with `"error"` (and no record before
@@ -24,6 +26,7 @@ from sdgraph.collector import collector_paused
 from sdgraph.execute import Executor, RunResult, error_payload
 from sdgraph.server import piecewise_json
 from sdgraph.server.backend import device_of, resident_models
+from sdgraph.server.spool import Spool
 from sdgraph.server.worker import free_executor, history_entry
 
 log = logging.getLogger("sdgraph.server")
@@ -37,13 +40,15 @@ class RemoteRunner:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        self.spool = Spool()
+        self.spool.attach(executor)
         self.current: str | None = None
         self._early_interrupt: str | None = None  # an interrupt for the run about to start
         self._lock = threading.Lock()
         self._free = {"unload_models": False, "free_memory": False}
 
     def hello(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": device_of(self.executor)}
+        return {"pid": os.getpid(), "device": device_of(self.executor), **self.spool.describe()}
 
     def interrupt(self, prompt_id: str | None) -> bool:
         """Interrupt the run of `prompt_id` (the current run when None). One that has not started yet here (the
@@ -73,9 +78,9 @@ class RemoteRunner:
         try:
             with collector_paused():
                 prompt = self.executor.prepare(piecewise_json.loads(request["prompt_json"]))
-                result = self.executor.execute(prompt, prompt_id=prompt_id, listener=_listener(send),
+                result = self.executor.execute(prompt, prompt_id=prompt_id, listener=self._listener(send),
                                                extra_data=request.get("extra_data") or {},
-                                               record=lambda r: send(("record", _entry_json(r))))
+                                               record=lambda r: self._record(r, send))
                 prompt.release()
             done = {"status": result.status, "seconds": result.seconds}
         except Exception as exc:  # noqa: BLE001 - outside the executor's care: the server ends the prompt
@@ -85,6 +90,26 @@ class RemoteRunner:
             with self._lock:
                 self.current = None
         send(("done", {**done, "loaded_models": resident_models(self.executor)}))
+
+    def close(self) -> None:
+        self.spool.remove()
+
+    def _record(self, result: RunResult, send: Send) -> None:
+        entry = _entry_json(result)
+        self.spool.ship(send)  # every node is done: whatever they wrote goes, named in the entry or not
+        send(("record", entry))
+
+    def _listener(self, send: Send) -> Callable[[str, dict[str, Any]], None]:
+        forward = _event_sender(send)
+
+        def listener(event: str, data: dict[str, Any]) -> None:
+            if event == "executed":
+                try:
+                    self.spool.ship(send, data.get("output"))
+                except OSError:
+                    log.exception("could not send the files of node %s", data.get("node"))
+            forward(event, data)
+        return listener
 
     def _housekeeping(self) -> None:
         with self._lock:
@@ -98,7 +123,7 @@ def _entry_json(result: RunResult) -> str:
     return json.dumps(history_entry(result), default=str)
 
 
-def _listener(send: Send) -> Callable[[str, dict[str, Any]], None]:
+def _event_sender(send: Send) -> Callable[[str, dict[str, Any]], None]:
     def listener(event: str, data: dict[str, Any]) -> None:
         try:
             if event == "preview":

@@ -92,3 +92,16 @@ def test_rebinding_follows_the_latest_layout(fp, tmp_path):
     activate(other)
     assert folder_paths.get_folder_paths("checkpoints") == [str(other.models / "checkpoints")]
     assert folder_paths.get_temp_directory() == str(other.temp)
+
+
+def test_a_remote_worker_s_spool_takes_the_saves(fp):
+    from sdgraph.plugins import rebind_comfy_layer
+
+    folder_paths, dirs, tmp = fp
+    dirs.spool = tmp / "spool"
+    rebind_comfy_layer(dirs)
+    assert folder_paths.get_output_directory() == str(tmp / "spool" / "output")
+    assert folder_paths.get_temp_directory() == str(tmp / "spool" / "temp")
+    folder, *_ = folder_paths.get_save_image_path("runs/ComfyUI", folder_paths.get_output_directory())
+    assert folder == str(tmp / "spool" / "output" / "runs")
+    assert dirs.of_type("output") == dirs.base / "output"  # what clients name is still under base

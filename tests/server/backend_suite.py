@@ -13,9 +13,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType
 
-from tests.server.conftest import TERMINAL, Harness, for_prompt, receive_until_done
+from tests.server.conftest import TERMINAL, Harness, for_prompt, receive_until_done, receive_until_executing
 from tests.server.nodes import chain
-from tests.server.worker_nodes import loads, model_prompt
+from tests.server.worker_nodes import loads, model_prompt, save_prompt
 
 Make = Callable[..., Awaitable[Harness]]
 
@@ -208,3 +208,57 @@ async def segfault_leaves_the_server_answering(make: Make, how: str = "signal 11
     await server.submit(chain(2), prompt_id="next")
     assert (await server.wait_done("next", timeout=90))["outputs"] == {"3": {"text": ["2"]}}
 
+
+
+def stored_files(root: Path) -> dict[str, bytes]:
+    """The files under a directory, by their path relative to it."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+async def view(server: Harness, record: dict[str, str]) -> bytes:
+    resp = await server.client.get("/view", params=record)
+    assert resp.status == 200, (record, resp.status)
+    return await resp.read()
+
+
+async def outputs_reach_the_server(make: Make, tmp_path: Path) -> None:
+    """A worker whose output directory is its own: the files arrive in the server's, counted after the files
+    there, on /view by the time `executed` names them, and in the history; a cached rerun names the same ones."""
+    home, private = tmp_path / "server", tmp_path / "worker"
+    (home / "output" / "runs").mkdir(parents=True)
+    (home / "output" / "runs" / "pic_00003_.txt").write_bytes(b"older")
+    server = await make(1, base=home, worker_base=private)
+    ws = await server.ws("saver")
+    await server.submit(save_prompt(41, prefix="runs/pic", count=2), client_id="saver", prompt_id="save")
+    frames = await receive_until_executing(ws, "save", "4", timeout=60)
+    executed = next(d for t, d in frames if t == "executed" and d["node"] == "2")
+    assert [await view(server, r) for r in executed["output"]["images"]] == [b"value 41 #0", b"value 41 #1"]
+    done = await server.wait_done("save", timeout=60)
+    expected = [{"filename": f"pic_0000{n}_.txt", "subfolder": "runs", "type": "output"} for n in (4, 5)]
+    assert done["outputs"]["2"]["images"] == expected == executed["output"]["images"]
+    assert stored_files(home / "output") == {"runs/pic_00003_.txt": b"older", "runs/pic_00004_.txt": b"value 41 #0",
+                                             "runs/pic_00005_.txt": b"value 41 #1"}
+    assert not (private / "output").exists() or not stored_files(private / "output")
+    await server.submit(save_prompt(41, prefix="runs/pic", count=2), prompt_id="again")  # the worker's cache
+    assert (await server.wait_done("again", timeout=60))["outputs"]["2"]["images"] == expected
+    await server.submit(save_prompt(42, prefix="runs/pic"), prompt_id="next")
+    assert (await server.wait_done("next", timeout=60))["outputs"]["2"]["images"] == [
+        {"filename": "pic_00006_.txt", "subfolder": "runs", "type": "output"}]
+    assert len(stored_files(home / "output")) == 4
+    await ws.close()
+
+
+async def a_retry_writes_the_same_files(make: Make, tmp_path: Path) -> None:
+    """The worker dies after its save node's file reached the server: the retry stores no second copy."""
+    home, private = tmp_path / "server", tmp_path / "worker"
+    server = await make(2, base=home, worker_base=private)
+    await server.submit(save_prompt(7, exit_after=True), prompt_id="retry")
+    done = await server.wait_done("retry", timeout=90)
+    assert done["status"]["status_str"] == "success", done["status"]
+    assert (private / "exited-retry").exists()  # the first attempt died, after saving
+    record = {"filename": "sdgraph_00001_.txt", "subfolder": "", "type": "output"}
+    assert done["outputs"]["2"]["images"] == [record]
+    assert stored_files(home / "output") == {"sdgraph_00001_.txt": b"value 7 #0"}  # no _00002_, no partial file
+    outputs = server.state.worker.outputs
+    assert (outputs.stored, outputs.reused) == (1, 1)  # the first attempt's file arrived; the retry's was the same
+    assert await view(server, record) == b"value 7 #0"

@@ -11,6 +11,7 @@ from typing import Any
 from sdgraph.context import Services
 from sdgraph.execute import Executor
 from sdgraph.node import Float, Input, Int, Node, NodeOutput, Output, String
+from sdgraph.output_names import next_counter, output_folder, write_new
 from sdgraph.paths import Dirs
 from sdgraph.registry import Registry
 from tests.engine.toy_nodes import Unserialisable
@@ -142,7 +143,28 @@ class Previewer(Node):
         return (value,)
 
 
-NODES = [Number, Add, Show, Slow, Spin, Gate, Fail, OutOfMemory, Exit, HardExit, Unserialisable, Previewer]
+class SaveText(Node):
+    """Saves `count` small files `<prefix>_<counter:05>_.txt` in the output directory, by SaveImage's rules (never
+    overwriting, counting up), `pad_bytes` zeros after the text, and passes its value on."""
+
+    output_node = True
+    inputs = [Input("value", "INT"), String("filename_prefix", "sdgraph"), Int("count", 1, min=1, max=8),
+              Int("pad_bytes", 0, min=0, max=64 * 1024 * 1024)]
+    outputs = [Output("INT")]
+
+    def run(self, value: int, filename_prefix: str, count: int, pad_bytes: int = 0) -> NodeOutput:
+        folder, subfolder, stem = output_folder(self.ctx.dirs.output, filename_prefix)
+        counter = next_counter(folder, stem, ".txt")
+        records = []
+        for i in range(count):
+            name, counter = write_new(folder, stem, ".txt", counter, lambda f: f.write(f"value {value} #{i}".encode() + bytes(pad_bytes)))
+            records.append({"filename": name, "subfolder": subfolder, "type": "output"})
+            counter += 1
+        return NodeOutput((value,), {"images": records})
+
+
+NODES = [Number, Add, Show, Slow, Spin, Gate, Fail, OutOfMemory, Exit, HardExit, Unserialisable, Previewer,
+         SaveText]
 
 
 def make_executor(base: Path, models: Any = None) -> Executor:

@@ -23,12 +23,15 @@ async def make(tmp_path: Path) -> AsyncIterator[suite.Make]:
     clients: list[TestClient] = []
     made = 0
 
-    async def factory(count: int, *, policy: str = "affinity", base: Path | None = None) -> Harness:
+    async def factory(count: int, *, policy: str = "affinity", base: Path | None = None,
+                      worker_base: Path | None = None) -> Harness:
         nonlocal made
         made += 1
         base = base or tmp_path / f"base{made}"
-        add_models(base, "a.safetensors", "b.safetensors")
-        backend = subprocess_pool(count, functools.partial(make_executor, base), policy=policy)
+        worker_base = worker_base or base  # another: the workers' disk is not the server's
+        for each in {base, worker_base}:
+            add_models(each, "a.safetensors", "b.safetensors")
+        backend = subprocess_pool(count, functools.partial(make_executor, worker_base), policy=policy)
         app = create_app(make_executor(base), ServerConfig(probe_torch=False), backend=backend)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
@@ -103,3 +106,11 @@ async def test_system_stats_lists_the_child_workers(make: suite.Make) -> None:
     assert [w["name"] for w in workers] == ["p0", "p1"]
     assert all(w["kind"] == "subprocess" and w["pid"] != os.getpid() for w in workers)
     assert all(w["state"] == "idle" and w["queue_depth"] == 0 for w in workers)
+
+
+async def test_saved_files_reach_the_server_s_storage(make: suite.Make, tmp_path: Path) -> None:
+    await suite.outputs_reach_the_server(make, tmp_path)
+
+
+async def test_a_retried_prompt_writes_the_same_files(make: suite.Make, tmp_path: Path) -> None:
+    await suite.a_retry_writes_the_same_files(make, tmp_path)

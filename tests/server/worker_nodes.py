@@ -1,5 +1,6 @@
 """Test nodes for the worker backends (no torch): a model loader that takes a while, a node that uses the model
-and sleeps (so two workers are not bound by the 2 cores), nodes that end their process, and prompts made of them.
+and sleeps (so two workers are not bound by the 2 cores), nodes that end their process, and prompts made of them
+(with SaveText, of tests.server.nodes).
 
 Every real load appends "<pid> <name>" to <base>/loads.log, so a test counts the loads of each worker process.
 """
@@ -103,6 +104,21 @@ def model_prompt(ckpt: str, seed: int, seconds: float = 0.1, steps: int = 2) -> 
     return {"1": {"class_type": "ToyLoad", "inputs": {"ckpt_name": ckpt}},
             "2": {"class_type": "UseModel", "inputs": {"model": ["1", 0], "seed": seed, "seconds": seconds,
                                                        "steps": steps}}}
+
+
+def save_prompt(value: int, prefix: str = "sdgraph", count: int = 1, exit_after: bool = False,
+                pad_bytes: int = 0) -> dict[str, Any]:
+    """Number -> SaveText -> [ExitOnce: the process dies after the save, the first time] -> Show."""
+    prompt: dict[str, Any] = {
+        "1": {"class_type": "Number", "inputs": {"value": value}},
+        "2": {"class_type": "SaveText", "inputs": {"value": ["1", 0], "filename_prefix": prefix, "count": count,
+                                                   "pad_bytes": pad_bytes}}}
+    source = ["2", 0]
+    if exit_after:
+        prompt["3"] = {"class_type": "ExitOnce", "inputs": {"value": source, "delay": 0.3}}
+        source = ["3", 0]
+    prompt["4"] = {"class_type": "Show", "inputs": {"value": source}}
+    return prompt
 
 
 def loads(base: Path) -> list[tuple[int, str]]:
