@@ -7,7 +7,7 @@ from the parent's spawn. The child runs `sdgraph.cli.main(["run", ...])`, exactl
 only wraps three of the engine's calls with clocks (building the executor, executing, each node's work) to split
 the time into phases:
 
-    python     interpreter start and site imports, up to the child's first line
+    python     interpreter start and site imports, up to the child's first line (CPU: the child's own)
     import     `import sdgraph.cli`
     registry   node registration and the plugin scan (`create_executor`)
     prepare    reading, validating and planning the workflow
@@ -16,13 +16,14 @@ the time into phases:
     sample     KSampler
     decode     VAEDecode
     save       SaveImage
-    picture    spawn to the saved picture (the figure that matters)
+    picture    spawn to the saved picture (the figure that matters; CPU: the child's up to then)
     exit       after the picture until the process has ended; total: spawn to exit
 
 Models: the tiny default model (the workflow as shipped), and an SD1.5-size single-file checkpoint: random fp16
 weights (2.1 GB) in the original key layout, written to a temporary directory and deleted afterwards, run at
 256x256 with 2 steps (as `bench.load` runs it). Its page cache is warmed first, so the process is cold, not the
-disk. `--base DIR` times another checkout too (e.g. `git worktree add --detach DIR main`), the two alternating
+disk. Each phase is given in wall seconds and in the process's CPU seconds (all threads), which a machine shared
+with other work disturbs less. `--base DIR` times another checkout too (e.g. `git worktree add --detach DIR main`), the two alternating
 run by run; the figures are medians.
 """
 from __future__ import annotations
@@ -54,10 +55,11 @@ PHASES = ["python", "import", "registry", "prepare", "load", "encode", "sample",
 
 def child(spawned: float, first_line: float, argv: list[str]) -> None:
     marks = {"spawned": spawned, "first_line": first_line, "imported": 0.0, "registry": 0.0, "execute": 0.0}
-    events: list[tuple[float, float, str]] = []  # each node's work: start, end, node id
+    cpu = {"first_line": time.process_time()}  # the process's CPU seconds at the same marks
+    events: list[tuple[float, float, str, float, float]] = []  # each node's work: start, end, node id, CPU both
     import sdgraph.cli as cli  # noqa: E402 (the import is the phase being timed)
 
-    marks["imported"] = time.time()
+    marks["imported"], cpu["imported"] = time.time(), time.process_time()
     from sdgraph.execute import Executor
     from sdgraph.run import PromptRun
 
@@ -65,36 +67,41 @@ def child(spawned: float, first_line: float, argv: list[str]) -> None:
 
     def timed_executor(*args, **kwargs):
         made = make_executor(*args, **kwargs)
-        marks["registry"] = time.time()
+        marks["registry"], cpu["registry"] = time.time(), time.process_time()
         return made
 
     def timed_execute(self, *args, **kwargs):
-        marks["execute"] = time.time()
+        marks["execute"], cpu["execute"] = time.time(), time.process_time()
         return execute(self, *args, **kwargs)
 
     def timed_compute(self, node, *args, **kwargs):
-        began = time.time()
+        began, cpu_began = time.time(), time.process_time()
         try:
             return compute(self, node, *args, **kwargs)
         finally:
-            events.append((began, time.time(), str(node.node_id)))
+            events.append((began, time.time(), str(node.node_id), cpu_began, time.process_time()))
 
     cli.create_executor, Executor.execute, PromptRun._compute = timed_executor, timed_execute, timed_compute
     code = cli.main(argv)
     classes = {k: v["class_type"] for k, v in json.loads(open(argv[1]).read()).items()}
-    print(CHILD_MARK + json.dumps({"code": code, "marks": marks, "events": events, "classes": classes}), flush=True)
+    print(CHILD_MARK + json.dumps({"code": code, "marks": marks, "cpu": cpu, "events": events, "classes": classes}), flush=True)
 
 
 def phases(report: dict, exited: float) -> dict[str, float]:
-    """Seconds per phase from a child's report; `exited` is the parent's clock when the process ended."""
-    m, classes = report["marks"], report["classes"]
+    """Seconds per phase from a child's report, wall clock and (`cpu_` + phase) the process's CPU time;
+    `exited` is the parent's clock when the process ended."""
+    m, c, classes = report["marks"], report["cpu"], report["classes"]
     out = {"python": m["first_line"] - m["spawned"], "import": m["imported"] - m["first_line"],
-           "registry": m["registry"] - m["imported"], "prepare": m["execute"] - m["registry"]}
+           "registry": m["registry"] - m["imported"], "prepare": m["execute"] - m["registry"],
+           "cpu_python": c["first_line"], "cpu_import": c["imported"] - c["first_line"],
+           "cpu_registry": c["registry"] - c["imported"], "cpu_prepare": c["execute"] - c["registry"]}
     for phase, cls in PHASE_NODES.items():
-        spans = [(b, e) for b, e, n in report["events"] if classes.get(n) == cls]
-        out[phase] = max(e for _, e in spans) - min(b for b, _ in spans) if spans else float("nan")
-    saved = [e for _, e, n in report["events"] if classes.get(n) == "SaveImage"]
-    out["picture"] = min(saved) - m["spawned"] if saved else float("nan")
+        spans = [e for e in report["events"] if classes.get(e[2]) == cls]
+        out[phase] = max(e[1] for e in spans) - min(e[0] for e in spans) if spans else float("nan")
+        out["cpu_" + phase] = max(e[4] for e in spans) - min(e[3] for e in spans) if spans else float("nan")
+    saved = [e for e in report["events"] if classes.get(e[2]) == "SaveImage"]
+    out["picture"] = min(e[1] for e in saved) - m["spawned"] if saved else float("nan")
+    out["cpu_picture"] = min(e[4] for e in saved) if saved else float("nan")
     out["total"] = exited - m["spawned"]
     out["exit"] = out["total"] - out["picture"]
     return out
@@ -175,18 +182,26 @@ def cold_run(checkout, extra: list[str], model_file=None, lock=None) -> dict[str
 def median_phases(rows: list[dict[str, float]]) -> dict[str, float]:
     import statistics
 
-    return {p: statistics.median(r[p] for r in rows) for p in PHASES}
+    return {p: statistics.median(r[p] for r in rows) for p in rows[0]}
 
 
 def print_table(model: str, figures: dict[str, dict[str, float]], runs: int) -> None:
+    """Wall seconds and CPU seconds per phase, a column pair per checkout; with two, their ratios."""
     names = list(figures)
-    print(f"\n{model} (median of {runs} fresh processes, seconds)")
-    print("| phase | " + " | ".join(names) + (" | ratio |" if len(names) == 2 else " |"))
-    print("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
+    print(f"\n{model} (median of {runs} fresh processes; wall s / CPU s)")
+    ratio = len(names) == 2
+    print("| phase | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if ratio else " |"))
+    print("|---" * (len(names) + 1 + ratio) + "|")
     for p in PHASES:
-        cells = [f"{figures[n][p]:.2f}" for n in names]
-        ratio = [f"{figures[names[0]][p] / figures[names[1]][p]:.2f}"] if len(names) == 2 and figures[names[1]][p] else []
-        print(f"| {p} | " + " | ".join(cells + ratio) + " |")
+        cells = [f"{figures[n][p]:.2f} / {figures[n].get('cpu_' + p, float('nan')):.2f}" for n in names]
+        if ratio:
+            a, b = figures[names[0]], figures[names[1]]
+            cells.append(f"{_ratio(a[p], b[p])} / {_ratio(a.get('cpu_' + p), b.get('cpu_' + p))}")
+        print(f"| {p} | " + " | ".join(cells) + " |")
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b and b == b and a == a else "-"
 
 
 def main() -> None:

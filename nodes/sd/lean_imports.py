@@ -18,6 +18,7 @@ import importlib.machinery
 import sys
 import threading
 import types
+import weakref
 from typing import Any, Sequence
 
 DEFERRED = frozenset({
@@ -25,6 +26,7 @@ DEFERRED = frozenset({
     "diffusers.models.controlnets", "transformers.models",
 })
 _completing = threading.RLock()
+_started: weakref.WeakSet[types.ModuleType] = weakref.WeakSet()
 
 
 class DeferredPackage(types.ModuleType):
@@ -33,26 +35,29 @@ class DeferredPackage(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)  # import machinery probing (__path__, __wrapped__ ...): no reason to run
-        if not complete(self):
+        complete(self)
+        if type(self) is DeferredPackage:  # its `__init__` is running in this thread and has not set it yet
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         return getattr(self, name)
 
     def __dir__(self) -> list[str]:
         complete(self)
-        return super().__dir__()
+        if type(self) is DeferredPackage:  # asked while its `__init__` runs
+            return sorted(self.__dict__)
+        return type(self).__dir__(self)  # the completed module's own (a lazy module lists its lazy names)
 
 
-def complete(module: types.ModuleType) -> bool:
-    """Run the package's own `__init__` in it, once; False when it had run already."""
+def complete(module: types.ModuleType) -> None:
+    """Run the package's own `__init__` in it, once; other threads wait until it has run."""
     with _completing:
-        if not isinstance(module, DeferredPackage):
-            return False
+        if not isinstance(module, DeferredPackage) or module in _started:
+            return
+        _started.add(module)
         loader = module.__spec__.loader.real  # type: ignore[union-attr]
-        module.__class__ = types.ModuleType  # from here on an ordinary module: look-ups no longer come here
         module.__loader__ = module.__spec__.loader = loader  # type: ignore[union-attr]
         exec(loader.get_code(module.__name__), module.__dict__)
+        module.__class__ = types.ModuleType  # an ordinary module from here on
         _adopt_replacement(module)
-        return True
 
 
 def _adopt_replacement(module: types.ModuleType) -> None:
@@ -61,7 +66,8 @@ def _adopt_replacement(module: types.ModuleType) -> None:
     if replacement is None or replacement is module:
         return
     module.__class__ = type(replacement)
-    module.__dict__.update(replacement.__dict__)
+    own = module.__dict__
+    own.update({k: v for k, v in replacement.__dict__.items() if not (k.startswith("__") and k in own)})
     sys.modules[module.__name__] = module
 
 
@@ -76,9 +82,14 @@ class _DeferringLoader(importlib.abc.Loader):
         pass  # the package's code runs in `complete`
 
 
-class _DeferringFinder(importlib.abc.MetaPathFinder):
+class DeferringFinder(importlib.abc.MetaPathFinder):
+    """Finds the packages named in `names` as `DeferredPackage`s, and nothing else."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
     def find_spec(self, name: str, path: Sequence[str] | None, target: Any = None) -> Any:
-        if name not in DEFERRED:
+        if name not in self.names:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.submodule_search_locations is None or not hasattr(spec.loader, "get_code"):
@@ -87,7 +98,7 @@ class _DeferringFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
-_FINDER = _DeferringFinder()
+_FINDER = DeferringFinder(DEFERRED)
 
 
 def install() -> None:
