@@ -166,7 +166,8 @@ def _hf_weights(sd: WeightFile, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def _text_model(config: dict[str, Any]) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
 
     params = {k: v for k, v in config.items() if k not in ("kind", "class")}
     cls = CLIPTextModelWithProjection if config.get("kind") == "clip_g" else CLIPTextModel

@@ -186,7 +186,8 @@ def vision_config(weights: StateDict, family: str) -> dict[str, Any]:
 
 def build_clip_vision(weights: StateDict, what: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A CLIPVisionModelWithProjection holding `weights` (Hugging Face names) and its config."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers.models.clip.configuration_clip import CLIPVisionConfig
+    from transformers.models.clip.modeling_clip import CLIPVisionModelWithProjection
 
     from sdgraph.nodes.sd.empty_init import assign_weights, empty_weights
 

@@ -175,7 +175,7 @@ def _require(sd: StateDict, name: str, *keys: str) -> None:
 def build_controlnet(config: dict[str, Any], weights: StateDict, name: str) -> torch.nn.Module:
     """A diffusers ControlNetModel holding exactly `weights`: built without initialising (on the meta device),
     so a 1.2 B-parameter SDXL ControlNet costs no random initialisation and no second copy."""
-    from diffusers import ControlNetModel
+    from diffusers.models.controlnets.controlnet import ControlNetModel
 
     with torch.device("meta"):
         module = ControlNetModel.from_config(config)  # drops a config.json's `_class_name` and such

@@ -7,8 +7,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from kornia.filters import canny
-from kornia.morphology import dilation, erosion
 from PIL import Image
 
 from sdgraph.limits import check_memory
@@ -95,10 +93,14 @@ def _separable(op: Callable[..., torch.Tensor], x: torch.Tensor, size: int) -> t
 
 
 def erode(x: torch.Tensor, size: int) -> torch.Tensor:
+    from kornia.morphology import erosion  # kornia on first use: listing nodes need not import it
+
     return _separable(erosion, x, size)
 
 
 def dilate(x: torch.Tensor, size: int) -> torch.Tensor:
+    from kornia.morphology import dilation
+
     return _separable(dilation, x, size)
 
 
@@ -158,6 +160,8 @@ class Canny(Node):
             raise ValueError(f"Canny.image: edges need grey, RGB or RGBA images, these have {image.shape[-1]} "
                              "channels")
         check_memory(self.ctx.limits, "Canny.image", "the gradient windows", (*image.shape[:3], 9))
+        from kornia.filters import canny
+
         _, edges = canny(image[..., :3].movedim(-1, 1).float(), low_threshold, high_threshold)
         return (edges.expand(-1, 3, -1, -1).movedim(1, -1).contiguous().to(image.dtype),)
 

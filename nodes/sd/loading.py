@@ -5,7 +5,10 @@
   The file is mapped, not read whole (`weight_file`); the models are built without random weights
   (`empty_init`) and take each tensor, cast to its role's dtype as it is read, as their own parameter.
 - diffusers-format folders (`model_index.json` with unet/ vae/ text_encoder/ [text_encoder_2/] scheduler/
-  [tokenizer/]): loaded with `from_pretrained` from the local folder only.
+  [tokenizer/]): a part stored as one `.safetensors` file is built without random weights too and takes the
+  file's tensors, cast as `from_pretrained` casts them; other parts (sharded, `.bin`, old key names) load with
+  `from_pretrained` from the local folder only.
+- diffusers and transformers are imported module by module, on first use (`lean_imports`).
 - The CLIP tokenizer ships with sdgraph (`sdgraph/data/clip_tokenizer/`) and serves every text encoder.
 
 Every loader goes through `ModelManager.load`, so a file is read once while it is unchanged.
@@ -52,7 +55,7 @@ def read_state_dict(path: Path) -> StateDict:
 
 @lru_cache(maxsize=4)
 def shipped_tokenizer(folder: str = str(TOKENIZER_DIR)) -> Any:
-    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
@@ -81,7 +84,8 @@ def load_checkpoint(path: Path, manager: Any) -> tuple[DiffusionModel, ClipModel
 
 
 def _load_single_file(path: Path, manager: Any) -> tuple[DiffusionModel, ClipModel, VaeModel]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
     sd = open_weights(path)
@@ -114,11 +118,16 @@ def _single_file_text_encoder(sd: WeightFile, layout: CheckpointLayout, index: i
 
 
 def _text_model(cfg: dict[str, Any]) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
 
     params = {k: v for k, v in cfg.items() if k not in ("kind", "class")}
-    cls = CLIPTextModelWithProjection if cfg.get("class") == "CLIPTextModelWithProjection" else CLIPTextModel
-    return cls(CLIPTextConfig(**params))
+    return _text_class(cfg.get("class", "CLIPTextModel"))(CLIPTextConfig(**params))
+
+
+def _text_class(name: str) -> type:
+    from transformers.models.clip.modeling_clip import CLIPTextModel, CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection if name == "CLIPTextModelWithProjection" else CLIPTextModel
 
 
 def _assemble(manager: Any, name: str, layout: CheckpointLayout, unet: torch.nn.Module, vae: torch.nn.Module,
@@ -153,13 +162,13 @@ def _vae_object(manager: Any, vae: torch.nn.Module, name: str, cfg: dict[str, An
 
 
 def _load_diffusers_folder(path: Path, manager: Any) -> tuple[DiffusionModel, ClipModel, VaeModel]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
     if not (path / "model_index.json").is_file():
         raise UnsupportedCheckpoint(f"{path.name}: a checkpoint folder needs a model_index.json")
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True,
-                                                torch_dtype=manager.dtype_for_role("unet"))
-    vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True, torch_dtype=manager.dtype_for_role("vae"))
+    unet = diffusers_part(UNet2DConditionModel, path / "unet", manager.dtype_for_role("unet"))
+    vae = diffusers_part(AutoencoderKL, path / "vae", manager.dtype_for_role("vae"))
     names = ["text_encoder"] + (["text_encoder_2"] if (path / "text_encoder_2").is_dir() else [])
     encoders = [_pretrained_text_encoder(path / n, manager.dtype_for_role("text_encoder")) for n in names]
     layout = _folder_layout(path, unet, vae, encoders)
@@ -167,11 +176,45 @@ def _load_diffusers_folder(path: Path, manager: Any) -> tuple[DiffusionModel, Cl
     return _assemble(manager, path.name, layout, unet, vae, encoders, tokenizer)
 
 
+def diffusers_part(cls: Any, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers model folder, as `cls.from_pretrained(folder, torch_dtype=dtype)` gives it: built on the meta
+    device when its weights are one `.safetensors` file that fills it, else by `from_pretrained` itself."""
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if weights.is_file():
+        with empty_weights():
+            model = cls.from_config(cls.load_config(folder))
+        try:
+            assign_weights(model, open_weights(weights).cast(dtype), f"{folder.parent.name}/{folder.name}")
+        except UnsupportedCheckpoint:
+            pass  # old key names or missing weights: from_pretrained converts or reports them
+        else:
+            model.register_to_config(_name_or_path=folder)
+            return model.eval()
+    return cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+
+
 def _pretrained_text_encoder(folder: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    """A transformers text-encoder folder, as `from_pretrained(folder, dtype=dtype)` gives it (built on the meta
+    device when its weights are one `model.safetensors`)."""
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
 
     arch = json.loads((folder / "config.json").read_text()).get("architectures") or ["CLIPTextModel"]
-    cls = CLIPTextModelWithProjection if arch[0] == "CLIPTextModelWithProjection" else CLIPTextModel
+    cls = _text_class(arch[0])
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        config = CLIPTextConfig.from_pretrained(folder, local_files_only=True)
+        with empty_weights():
+            model = cls(config)
+        tensors: Any = open_weights(weights).cast(dtype)
+        if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+            tensors = {k.removeprefix("text_model."): tensors[k] for k in tensors}
+        try:
+            assign_weights(model, tensors, f"{folder.parent.name}/{folder.name}")
+        except UnsupportedCheckpoint:
+            pass
+        else:
+            model.config.dtype, model.config.name_or_path = dtype, str(folder)
+            return model.eval()
     return cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
 
 
@@ -198,11 +241,11 @@ def load_vae(path: Path, manager: Any) -> VaeModel:
 
 
 def _load_vae_uncached(path: Path, manager: Any) -> VaeModel:
-    from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     if path.is_dir():
-        vae = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=manager.dtype_for_role("vae"))
+        vae = diffusers_part(AutoencoderKL, path, manager.dtype_for_role("vae"))
         return _vae_object(manager, vae, path.name, dict(vae.config))
     sd = open_weights(path)
     prefix = next((p for p in ("first_stage_model.", "vae.") if any(k.startswith(p) for k in sd)), "")
@@ -226,7 +269,7 @@ def load_controlnet(path: Path, manager: Any) -> ControlNetModel:
 
 
 def _load_controlnet_uncached(path: Path, manager: Any) -> ControlNetModel:
-    from diffusers import ControlNetModel as DiffusersControlNet
+    from diffusers.models.controlnets.controlnet import ControlNetModel as DiffusersControlNet
 
     from sdgraph.nodes.sd.controlnet_layout import build_controlnet, detect_layout, read_controlnet
     from sdgraph.nodes.sd.t2i_adapter import is_t2i_adapter
@@ -253,7 +296,7 @@ def _load_controlnet_uncached(path: Path, manager: Any) -> ControlNetModel:
 
 def _t2i_adapter(path: Path, sd: StateDict | None, manager: Any) -> ControlNetModel:
     """A T2I-Adapter from a diffusers folder (`sd` None) or a single file's tensors (either layout)."""
-    from diffusers import T2IAdapter
+    from diffusers.models.adapter import T2IAdapter
 
     from sdgraph.nodes.sd.model_objects import T2IAdapterModel
     from sdgraph.nodes.sd.t2i_adapter import build_t2i_adapter, read_t2i_adapter

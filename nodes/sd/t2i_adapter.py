@@ -84,7 +84,7 @@ def _diffusers_config(sd: StateDict, name: str) -> dict[str, Any]:
 
 def build_t2i_adapter(config: dict[str, Any], weights: StateDict, name: str) -> torch.nn.Module:
     """A diffusers T2IAdapter holding exactly `weights` (strict: every weight used, none missing)."""
-    from diffusers import T2IAdapter
+    from diffusers.models.adapter import T2IAdapter
 
     with torch.device("meta"):
         module = T2IAdapter.from_config(config)

@@ -36,7 +36,7 @@ from sdgraph.nodes.sd.checkpoint_layout import (
     TIME_IDS, UNET_PREFIX, UnsupportedCheckpoint, family_defaults, guess_prediction_type, infer_unet_config,
 )
 from sdgraph.nodes.sd.empty_init import assign_weights, empty_weights
-from sdgraph.nodes.sd.loading import scheduler_schedule
+from sdgraph.nodes.sd.loading import diffusers_part, scheduler_schedule
 from sdgraph.nodes.sd.model_objects import DiffusionModel, LatentFormat
 from sdgraph.nodes.sd.weight_file import WeightFile, open_weights
 
@@ -60,7 +60,7 @@ def load_unet(path: Path, manager: Any, weight_dtype: str = "default") -> Diffus
 
 
 def _load_uncached(path: Path, manager: Any, stored: torch.dtype | None) -> DiffusionModel:
-    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     if path.is_dir():
@@ -76,13 +76,12 @@ def _load_uncached(path: Path, manager: Any, stored: torch.dtype | None) -> Diff
 
 
 def _load_folder(path: Path, manager: Any, stored: torch.dtype | None) -> DiffusionModel:
-    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 
     config_file = path / "config.json"
     if json.loads(config_file.read_text()).get("_class_name") != "UNet2DConditionModel":
         raise UnsupportedCheckpoint(f"{path.name}: its config.json is not a diffusers UNet2DConditionModel's")
-    unet = UNet2DConditionModel.from_pretrained(path, local_files_only=True,
-                                                torch_dtype=manager.dtype_for_role("unet"))
+    unet = diffusers_part(UNet2DConditionModel, path, manager.dtype_for_role("unet"))
     sd = ldm_names.unet_to_ldm(unet.state_dict(), dict(unet.config))
     family = unet_family(sd, path.name)
     prediction = guess_prediction_type(sd, family, dict(unet.config), path.name)

@@ -244,3 +244,57 @@ def test_assigned_tensors_are_the_parameters():
     assign_weights(module, {"weight": weight, "bias": bias}, "lin")
     assert module.weight.data_ptr() == weight.data_ptr() and isinstance(module.weight, torch.nn.Parameter)
     assert module.weight.requires_grad
+
+
+# ---- diffusers folders ----------------------------------------------------------------------------------------
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "sdgraph" / "data" / "models" / "checkpoints" / "sdgraph-tiny"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_folder_parts_are_what_from_pretrained_gives(dtype):
+    """The default model's parts built on the meta device: the same tensors, dtypes, configs and outputs."""
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from transformers.models.clip.modeling_clip import CLIPTextModel
+
+    from sdgraph.nodes.sd.loading import _pretrained_text_encoder, diffusers_part
+
+    for cls, part in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+        old = cls.from_pretrained(DEFAULT_MODEL / part, local_files_only=True, torch_dtype=dtype)
+        new = diffusers_part(cls, DEFAULT_MODEL / part, dtype)
+        _same_tensors(old, new)
+        assert dict(old.config) == dict(new.config) and not new.training
+    old = CLIPTextModel.from_pretrained(DEFAULT_MODEL / "text_encoder", local_files_only=True, dtype=dtype)
+    new = _pretrained_text_encoder(DEFAULT_MODEL / "text_encoder", dtype)
+    _same_tensors(old, new)
+    assert old.config.to_dict() == new.config.to_dict() and not new.training
+    ids = torch.tensor([[49406, 320, 1000, 49407] + [49407] * 73])
+    with torch.no_grad():
+        assert torch.equal(old(ids).last_hidden_state, new(ids).last_hidden_state)
+
+
+def test_a_folder_part_the_meta_path_cannot_fill_loads_with_from_pretrained(tmp_path):
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+    from sdgraph.nodes.sd.loading import diffusers_part
+
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text((DEFAULT_MODEL / "vae" / "config.json").read_text())
+    weights = load_file(str(DEFAULT_MODEL / "vae" / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v for k, v in weights.items() if k != "decoder.conv_out.bias"},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    vae = diffusers_part(AutoencoderKL, folder, torch.float32)  # from_pretrained fills the missing one itself
+    assert not any(t.is_meta for t in vae.state_dict().values())
+    assert torch.equal(vae.encoder.conv_in.weight, weights["encoder.conv_in.weight"].float())
+
+
+def _same_tensors(old: torch.nn.Module, new: torch.nn.Module) -> None:
+    a, b = old.state_dict(), new.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    buffers_old, buffers_new = dict(old.named_buffers()), dict(new.named_buffers())
+    assert buffers_old.keys() == buffers_new.keys()
+    assert all(torch.equal(buffers_old[k], buffers_new[k]) for k in buffers_old)
