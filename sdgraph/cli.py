@@ -11,6 +11,7 @@ from sdgraph.execute import Executor, RunResult
 from sdgraph.disk_cache import add_disk_cache_arguments, disk_cache_options
 from sdgraph.limits import RAM_BUDGET_HELP, add_limit_arguments, gigabytes, limits_from_args
 from sdgraph.overrides import OverrideError, apply_override
+from sdgraph.pack_output import document_stdout
 from sdgraph.prepare import PreparedPrompt
 from sdgraph.runtime import RuntimeOptions, create_executor
 from sdgraph.uiformat import ConversionError, api_to_ui, name_node_errors
@@ -27,7 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_INVALID
-    return int(args.handler(args) or 0)
+    # a document on stdout (JSON) is the command's alone: plugin prints, from any thread, go to stderr
+    with document_stdout(_prints_document(args)) as args.out:
+        return int(args.handler(args) or 0)
+
+
+def _prints_document(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False)) or args.command == "convert" or bool(getattr(args, "name", None))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +132,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, WorkflowFormatError) as exc:
         return _input_error(args, exc)
     out = api_to_ui(workflow.to_api(), registry) if args.ui else workflow.to_api()
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2), file=args.out)
     return 0
 
 
@@ -137,7 +144,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _input_error(args, exc)
     prompt = _prepare(executor, workflow)
     if args.json:
-        print(json.dumps(prompt.as_dict(), indent=2, default=str))
+        print(json.dumps(prompt.as_dict(), indent=2, default=str), file=args.out)
     elif prompt.ok:
         print(f"{args.workflow}: valid; output nodes {', '.join(prompt.outputs)}")
         _print_node_errors(prompt)
@@ -155,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prompt = _prepare(executor, workflow)
     if not prompt.ok:
         if args.json:
-            print(json.dumps({"status": "invalid", **prompt.as_dict()}, indent=2, default=str))
+            print(json.dumps({"status": "invalid", **prompt.as_dict()}, indent=2, default=str), file=args.out)
         else:
             _print_invalid(prompt)
         return EXIT_INVALID
@@ -169,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _name_run_error(result, workflow)
     files = written_files(executor, result)
     if args.json:
-        print(json.dumps(_json_result(result, files), indent=2, default=str))
+        print(json.dumps(_json_result(result, files), indent=2, default=str), file=args.out)
     else:
         _print_result(result, files)
     return 0 if result.ok else EXIT_FAILED
@@ -190,11 +197,11 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         if node is None:
             print(f"no node named {args.name!r}", file=sys.stderr)
             return EXIT_INVALID
-        print(json.dumps(node.spec.describe(dirs), indent=2, default=str))
+        print(json.dumps(node.spec.describe(dirs), indent=2, default=str), file=args.out)
         return 0
     if args.json:
         print(json.dumps({"nodes": registry.describe(dirs), "problems": [p.as_dict() for p in registry.problems]},
-                         indent=2, default=str))
+                         indent=2, default=str), file=args.out)
         return 0
     for pack, names in sorted(registry.packs.items()):
         print(f"{pack}:")
@@ -311,7 +318,7 @@ def _input_error(args: argparse.Namespace, exc: Exception) -> int:
         error: dict[str, Any] = {"type": "invalid_prompt", "message": str(exc)}
         if isinstance(exc, ConversionError):
             error["problems"] = exc.problems
-        print(json.dumps({"status": "invalid", "error": error}))
+        print(json.dumps({"status": "invalid", "error": error}), file=args.out)
     else:
         print(f"error: {exc}", file=sys.stderr)
     return EXIT_INVALID

@@ -110,9 +110,12 @@ def test_requirements_txt_is_reported_never_installed(tmp_path):
 def test_plugin_prints_never_corrupt_nodes_json(tmp_path):
     custom = tmp_path / "custom_nodes"
     write(custom / "chatty" / "__init__.py", textwrap.dedent("""
-        import os
+        import os, threading, time
         print("### chatty pack loading ###")
         os.write(1, b"raw bytes on fd 1\\n")
+        # a thread the pack leaves running prints once loading is over (Impact Pack loads its wildcards so);
+        # the interpreter waits for it at exit, after the document was printed
+        threading.Thread(target=lambda: (time.sleep(0.5), print("late thread line"))).start()
     """) + ECHO_NODE.format(name="Chatty", text="", suffix="") + "\nNODE_CLASS_MAPPINGS = {'Chatty': Chatty}\n")
     write(custom / "broken.py", "print('about to fail')\nimport not_here_either_xyz\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -124,3 +127,4 @@ def test_plugin_prints_never_corrupt_nodes_json(tmp_path):
     assert [p["missing_module"] for p in out["problems"]] == ["not_here_either_xyz"]
     assert "### chatty pack loading ###" in done.stderr and "raw bytes on fd 1" in done.stderr
     assert "about to fail" in done.stderr
+    assert "late thread line" in done.stderr
