@@ -8,9 +8,11 @@ An evaluation command, not a test. For each pack (a `.py` file or a package fold
 - sdgraph: the nodes `sdgraph nodes --json --base-dir ...` lists for the pack, and every problem it records.
 
 Each side imports its own copy of the directory (packs write config files into themselves). ComfyUI imports
-torchvision, which cannot be installed here, so both sides get the same import-time torchvision stand-in (its
-classes raise when used): packs that only import it at load time load on both, like for like. `--no-stand-in`
-leaves it out of sdgraph's side. ComfyUI's side also gets one for spandrel (a requirement of ComfyUI itself).
+torchvision; where this Python has none (the system Python here: PyPI's torchvision breaks its torch), both
+sides get the same import-time torchvision stand-in (its classes raise when used), so packs that only import it
+at load time load on both, like for like. `--no-stand-in` leaves it out of sdgraph's side. ComfyUI's side gets
+one for spandrel (a requirement of ComfyUI itself) where that is missing too. Where the real module is
+installed, no stand-in is made (the report's first line says which were).
 `--assume server,execution,comfy_api` projects what is left once those modules exist (see _PERMISSIVE).
 
     python -m tools.pack_report /path/to/custom_nodes --comfyui /tmp/comfyui [--json out.json]
@@ -18,6 +20,7 @@ leaves it out of sdgraph's side. ComfyUI's side also gets one for spandrel (a re
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -45,6 +48,15 @@ _STAND_IN = (
 )
 _STAND_IN_MODULES = ("", "transforms", "transforms/functional", "transforms/v2", "transforms/v2/functional",
                      "io", "ops", "ops/boxes", "utils", "models", "datasets", "datasets/utils")
+
+
+def missing(name: str) -> bool:
+    """True when this Python cannot import `name` (a stand-in is then put in its place)."""
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - a torchvision that fails to import beside this torch counts as missing
+        return True
+    return False
 
 
 def write_stand_in(where: Path, name: str = "torchvision", subs: tuple[str, ...] = _STAND_IN_MODULES) -> Path:
@@ -119,8 +131,11 @@ def _reference_child(comfyui: Path, base: Path, stand_in: Path, out: Path) -> No
 
     # ComfyUI's own requirement spandrel cannot be installed here either (it pins torchvision); only ComfyUI's
     # side gets a stand-in for it, since sdgraph's upscale models never import it
-    write_stand_in(stand_in.parent / "reference-stand-in", "spandrel", ("",))
-    sys.path[:0] = [str(stand_in), str(stand_in.parent / "reference-stand-in"), str(comfyui)]
+    reference_stand_in = stand_in.parent / "reference-stand-in"
+    reference_stand_in.mkdir(exist_ok=True)
+    if missing("spandrel"):
+        write_stand_in(reference_stand_in, "spandrel", ("",))
+    sys.path[:0] = [str(stand_in), str(reference_stand_in), str(comfyui)]
     sys.argv = [sys.argv[0], "--cpu", "--base-directory", str(base)]
     import comfy.options  # noqa: PLC0415
 
@@ -255,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
-        stand_in = write_stand_in(scratch / "stand-in")
+        stand_in = scratch / "stand-in"
+        stand_in.mkdir()
+        if missing("torchvision"):
+            write_stand_in(stand_in)
+            print("stand-in: torchvision (not importable in this Python), on both sides")
         reference = reference_counts(args.comfyui, args.custom_nodes.resolve(), scratch, stand_in)
         assume = [name for name in args.assume.split(",") if name]
         ours = sdgraph_counts(args.custom_nodes.resolve(), scratch, None if args.no_stand_in else stand_in, assume)
