@@ -12,6 +12,7 @@ from sdgraph.comfy_layer import binding
 from sdgraph.nodes.sd.preview import jpeg_preview, latent_to_rgb, previews_enabled
 
 import comfy.utils
+from comfy.taesd.taesd import TAESD  # noqa: F401 - packs import it from here; sdgraph has no TAESD model
 
 MAX_PREVIEW_RESOLUTION = 512
 
@@ -36,6 +37,20 @@ class Latent2RGBPreviewer(LatentPreviewer):
         from PIL import Image  # noqa: PLC0415
 
         return Image.fromarray(latent_to_rgb(x0, self.sdxl).numpy(), "RGB")
+
+
+class TAESDPreviewerImpl(LatentPreviewer):
+    """A preview from a decoder object (`decode(latent) -> [B, C, H, W]` in -1..1, as a TAESD gives)."""
+
+    def __init__(self, taesd: Any) -> None:
+        self.taesd = taesd
+
+    def decode_latent_to_preview(self, x0: torch.Tensor) -> Any:
+        from PIL import Image  # noqa: PLC0415
+
+        decoded = self.taesd.decode(x0[:1])[0].movedim(0, -1)
+        pixels = ((decoded + 1.0) * 127.5).clamp(0, 255).to(device="cpu", dtype=torch.uint8)
+        return Image.fromarray(pixels.numpy(), "RGB")
 
 
 def get_previewer(device: Any, latent_format: Any) -> LatentPreviewer | None:
