@@ -9,7 +9,7 @@ import inspect
 from typing import Any
 
 from sdgraph.context import NodeContext, node_context_bound
-from sdgraph.node import NodeDeclarationError, NodeDef, _words
+from sdgraph.node import NodeDeclarationError, NodeDef
 from sdgraph.spec import InputSpec, NodeSpec, OutputSpec
 from sdgraph.types import COMBO
 
@@ -33,7 +33,7 @@ def define_comfy(class_type: str, cls: type, display_name: str | None = None, pa
         raise NodeDeclarationError(f"{where}: FUNCTION must name a method of the class (got {function_name!r})")
     spec = NodeSpec(
         class_type=class_type,
-        display_name=display_name or _words(class_type),
+        display_name=display_name or class_type,  # ComfyUI shows the class name when a pack gives none
         description=str(getattr(cls, "DESCRIPTION", "") or ""),
         category=str(getattr(cls, "CATEGORY", "custom")),
         inputs=_inputs(cls, declared, where),
@@ -118,10 +118,8 @@ def _input(cls: type, section: str, name: str, entry: Any, where: str) -> InputS
     head = entry[0]
     opts = dict(entry[1]) if len(entry) > 1 and isinstance(entry[1], dict) else {}
     fields: dict[str, Any] = {key: opts.pop(key) for key in ("default", "min", "max", "step", "tooltip") if key in opts}
-    extra = {
-        "multiline": bool(opts.pop("multiline", False)),
-        "force_input": bool(opts.pop("forceInput", False)),
-    }
+    # kept in `opts` as stated: ComfyUI describes an input with the options the class wrote, False ones included
+    extra = {"multiline": bool(opts.get("multiline", False)), "force_input": bool(opts.get("forceInput", False))}
     if isinstance(head, (list, tuple)):
         choices = tuple(head)
         if "default" not in fields:  # a client picks the first choice; the description stays as the class wrote it
