@@ -174,9 +174,11 @@ def _reference_child(comfyui: Path, base: Path, stand_in: Path, out: Path) -> No
         ok = loop.run_until_complete(nodes.load_custom_node(str(path), base_names))
         module = sys.modules.get(str(path).replace(".", "_x_") if path.is_dir() else str(path.with_suffix("")))
         mappings = getattr(module, "NODE_CLASS_MAPPINGS", None) if module is not None else None
-        declared = len(mappings) if isinstance(mappings, dict) else len(set(nodes.NODE_CLASS_MAPPINGS) - before)
+        names = sorted(mappings) if isinstance(mappings, dict) else sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
+        declared = len(names)
         errors = [w for w in warnings if w.startswith("Cannot import") or "comfy_entrypoint" in w or "Skip" in w]
-        results[name] = {"declared": declared if ok else 0, "error": None if ok else (errors or warnings or ["?"])[-1]}
+        results[name] = {"declared": declared if ok else 0, "error": None if ok else (errors or warnings or ["?"])[-1],
+                         "names": names if ok else []}
     out.write_text(json.dumps(results, indent=1))
 
 
@@ -212,11 +214,12 @@ def sdgraph_counts(custom_nodes: Path, scratch: Path, stand_in: Path | None, ass
     if done.returncode != 0:
         raise SystemExit(f"sdgraph nodes failed (exit {done.returncode}):\n" + done.stderr[-3000:])
     listing = json.loads(done.stdout)
-    results: dict[str, Any] = {name: {"loaded": 0, "problems": []} for name in pack_names(custom_nodes)}
+    results: dict[str, Any] = {name: {"loaded": 0, "problems": [], "names": []} for name in pack_names(custom_nodes)}
     for info in listing["nodes"].values():
         pack = str(info.get("python_module", "")).replace("custom_nodes.", "custom_nodes/", 1)  # V3: ComfyUI's form
         if pack.startswith("custom_nodes/") and pack[13:] in results:
             results[pack[13:]]["loaded"] += 1
+            results[pack[13:]]["names"].append(info.get("name"))
     for problem in listing["problems"]:
         pack = str(problem.get("pack", ""))
         if pack.startswith("custom_nodes/") and pack[13:] in results:
@@ -246,6 +249,9 @@ def table(reference: dict[str, Any], ours: dict[str, Any]) -> list[str]:
         if ref["error"]:
             why = f"ComfyUI: {ref['error']}" + (f" | sdgraph: {why}" if why else "")
         lines.append(f"{name[:34]:34} {ref['declared']:7d} {got['loaded']:7d}  {why.splitlines()[0][:160] if why else ''}")
+        absent = sorted(set(ref.get("names", [])) - set(got.get("names", [])))
+        if absent and got["loaded"]:
+            lines.append(f"{'':34} not in sdgraph: {', '.join(absent[:12])}" + (" ..." if len(absent) > 12 else ""))
     share = 100.0 * total_ours / total_ref if total_ref else 0.0
     lines.append(f"{'total':34} {total_ref:7d} {total_ours:7d}  {share:.1f}% of ComfyUI's")
     return lines
