@@ -6,7 +6,7 @@ mask and INT constant, rgthree's Context and Any Switch, Inspire's ColorMapToMas
 SaveImage and by VideoHelperSuite's VHS_VideoCombine (a GIF through PIL, a lossless FFV1 mkv through ffmpeg).
 
 Each side runs in a child process on its own copy of the packs and its own base directory, with the same
-import-time torchvision stand-in (tools/pack_report.py). The parent prints per node what each side did, then
+import-time torchvision stand-in where torchvision cannot be imported (tools/pack_report.py). The parent prints per node what each side did, then
 compares the UI outputs, the saved images' pixels and the videos' decoded frames.
 
     python -m tools.pack_workflow /tmp/lead/packs/custom_nodes --comfyui /tmp/comfyui --scratch /tmp/pack-workflow
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pack_report import write_stand_in  # noqa: E402
+from pack_report import missing, write_stand_in  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKS = ("ComfyUI_essentials", "ComfyUI-KJNodes", "rgthree-comfy", "ComfyUI-Inspire-Pack", "ComfyUI-VideoHelperSuite")
@@ -116,12 +116,13 @@ def _events(messages: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return nodes
 
 
-def _sdgraph_child(base: Path, out: Path) -> None:
+def _sdgraph_child(base: Path, out: Path, workflow: dict[str, Any] | None = None) -> None:
     from sdgraph.runtime import RuntimeOptions, create_executor  # noqa: PLC0415
 
     messages: list[tuple[str, dict[str, Any]]] = []
     executor = create_executor(RuntimeOptions(base_dir=base, cpu=True))
-    result = executor.run({**WORKFLOW, **SDGRAPH_ONLY}, listener=lambda e, d: messages.append((e, d)))
+    prompt = {**WORKFLOW, **SDGRAPH_ONLY} if workflow is None else workflow
+    result = executor.run(prompt, listener=lambda e, d: messages.append((e, d)))
     states = _events(messages)
     for node in result.executed:
         states.setdefault(str(node), {"state": "ran"})
@@ -144,10 +145,14 @@ class _Server:
         self.messages.append((event, data))
 
 
-def _comfyui_child(comfyui: Path, base: Path, stand_in: Path, out: Path) -> None:
+def _comfyui_child(comfyui: Path, base: Path, stand_in: Path, out: Path,
+                   workflow: dict[str, Any] | None = None) -> None:
     import asyncio  # noqa: PLC0415
 
-    write_stand_in(stand_in.parent / "reference-stand-in", "spandrel", ("",))
+    workflow = WORKFLOW if workflow is None else workflow
+    (stand_in.parent / "reference-stand-in").mkdir(exist_ok=True)
+    if missing("spandrel"):
+        write_stand_in(stand_in.parent / "reference-stand-in", "spandrel", ("",))
     sys.path[:0] = [str(stand_in), str(stand_in.parent / "reference-stand-in"), str(comfyui)]
     sys.argv = [sys.argv[0], "--cpu", "--base-directory", str(base)]
     import comfy.options  # noqa: PLC0415
@@ -168,9 +173,9 @@ def _comfyui_child(comfyui: Path, base: Path, stand_in: Path, out: Path) -> None
     import nodes  # noqa: PLC0415
 
     loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=True))
-    missing = sorted({n["class_type"] for n in WORKFLOW.values()} - set(nodes.NODE_CLASS_MAPPINGS))
+    absent = sorted({n["class_type"] for n in workflow.values()} - set(nodes.NODE_CLASS_MAPPINGS))
     # as the server does: the prompt validation converted (FLOAT widgets to float, say) is the one that runs
-    prompt = json.loads(json.dumps(WORKFLOW))
+    prompt = json.loads(json.dumps(workflow))
     valid = loop.run_until_complete(execution.validate_prompt("pw", prompt, None))
     sink = _Server()
     executor = execution.PromptExecutor(sink, cache_type=execution.CacheType.CLASSIC)
@@ -178,14 +183,14 @@ def _comfyui_child(comfyui: Path, base: Path, stand_in: Path, out: Path) -> None
     states = _events(sink.messages)
     errors = [d.get("exception_message") for e, d in sink.messages if e == "execution_error"]
     out.write_text(json.dumps({"status": "success" if executor.success else "error", "nodes": states,
-                               "ui": executor.history_result.get("outputs", {}), "missing": missing,
+                               "ui": executor.history_result.get("outputs", {}), "missing": absent,
                                "valid": [valid[0], str(valid[1])[:300]], "error": (errors or [None])[0]},
                               indent=1, default=str))
 
 
-def _run_child(args: list[str], env: dict[str, str], log: Path) -> None:
+def _run_child(args: list[str], env: dict[str, str], log: Path, script: Path | None = None) -> None:
     with open(log, "w") as sink:
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], stdout=sink,
+        done = subprocess.run([sys.executable, str(script or Path(__file__).resolve()), *args], stdout=sink,
                               stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed (exit {done.returncode}):\n" + log.read_text()[-3000:])
@@ -334,11 +339,11 @@ def meaning_checks(base_ours: Path, base_ref: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--sdgraph-child":
-        _sdgraph_child(Path(argv[1]), Path(argv[2]))
+    if argv and argv[0] == "--sdgraph-child":  # [workflow.json]: another tool's workflow (tools/impact_workflow.py)
+        _sdgraph_child(Path(argv[1]), Path(argv[2]), *(json.loads(Path(a).read_text()) for a in argv[3:4]))
         return 0
     if argv and argv[0] == "--comfyui-child":
-        _comfyui_child(*(Path(a) for a in argv[1:5]))
+        _comfyui_child(*(Path(a) for a in argv[1:5]), *(json.loads(Path(a).read_text()) for a in argv[5:6]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("custom_nodes", type=Path, nargs="?", default=Path("/tmp/lead/packs/custom_nodes"))
@@ -347,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     scratch = args.scratch.resolve()
     shutil.rmtree(scratch, ignore_errors=True)
-    stand_in = write_stand_in(scratch / "stand-in")
+    stand_in = scratch / "stand-in"
+    stand_in.mkdir(parents=True)
+    if missing("torchvision"):  # as in tools/pack_report.py: only where this Python has none
+        write_stand_in(stand_in)
     base_ours, base_ref = scratch / "sdgraph-base", scratch / "comfyui-base"
     _prepare_base(base_ours, args.custom_nodes.resolve())
     _prepare_base(base_ref, args.custom_nodes.resolve())
