@@ -16,6 +16,35 @@ installed, no stand-in is made (the report's first line says which were).
 `--assume server,execution,comfy_api` projects what is left once those modules exist (see _PERMISSIVE).
 
     python -m tools.pack_report /path/to/custom_nodes --comfyui /tmp/comfyui [--json out.json]
+
+Impact Pack (its subpack imports ultralytics, which needs a real torchvision) is measured in a venv of its own,
+never the system Python (x86_64, Python 3.11; torch 2.14.1 and torchvision 0.29.1 lie on this disk; ~7 GB):
+
+    python3 -m venv /tmp/impactvenv && V=/tmp/impactvenv/bin
+    $V/pip install torch==2.14.1 torchvision==0.29.1
+    printf 'torch==2.14.1\ntorchvision==0.29.1\n' > /tmp/pins.txt     # keep that torch through what follows
+    # sdgraph's requirements (pyproject.toml), ComfyUI's (for its loader), Impact's and its subpack's
+    $V/pip install -c /tmp/pins.txt diffusers transformers networkx pydantic aiohttp safetensors pillow tqdm \
+        torchsde kornia pytest pytest-asyncio hypothesis \
+        einops tokenizers sentencepiece pyyaml scipy psutil alembic SQLAlchemy av pydantic-settings yarl spandrel \
+        segment-anything scikit-image piexif opencv-python-headless GitPython dill matplotlib 'ultralytics!=8.2.87'
+    $V/pip install --no-deps -e .                                    # from the sdgraph checkout
+    # the packs: Impact Pack's snapshot (2024-10-24) loads its subpack from impact_subpack/, as its install.py
+    # clones it; the subpack of that time is commit bd4dedc. Today's subpack is a pack of its own.
+    I=/work/.mirror/ltdrdata+ComfyUI-Impact-Pack/repo S=/work/.mirror/ltdrdata+ComfyUI-Impact-Subpack/repo
+    mkdir -p /tmp/cn_impact/ComfyUI-Impact-Pack/impact_subpack /tmp/cn_subpack/ComfyUI-Impact-Subpack
+    git --git-dir=$I archive HEAD | tar -x -C /tmp/cn_impact/ComfyUI-Impact-Pack
+    git --git-dir=$S archive bd4dedc | tar -x -C /tmp/cn_impact/ComfyUI-Impact-Pack/impact_subpack
+    git --git-dir=$S archive HEAD | tar -x -C /tmp/cn_subpack/ComfyUI-Impact-Subpack
+    $V/python -m tools.pack_report /tmp/cn_impact --comfyui /tmp/comfyui    # and /tmp/cn_subpack
+    $V/python -m tools.impact_workflow /tmp/cn_impact --comfyui /tmp/comfyui # its nodes run in both engines
+
+Measured so (2026-12-03, ComfyUI a125cd84): Impact Pack 187 of 187 (its 186 and the bundled subpack's
+UltralyticsDetectorProvider), today's Impact Subpack 1 of 1, the same names on both sides, no stand-in. Only
+in both packs together does the subpack's node clash: sdgraph keeps the first pack's and reports the clash
+(ComfyUI lets the later one replace it silently). The numpy<2 of Impact's requirements.txt is reported, not
+needed. ComfyUI's tree in that snapshot lacks one blob (a tokenizer.json of an LLM text encoder): export it
+file by file (`git ls-tree -r HEAD` and `git cat-file blob`), skipping that one.
 """
 from __future__ import annotations
 
