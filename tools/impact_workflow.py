@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pack_report import missing, write_stand_in  # noqa: E402
-from pack_workflow import _frames, _run_child, _strip_ui, compare_files  # noqa: E402
+from pack_workflow import _frames, _strip_ui, compare_files, fresh_scratch, prepare_base, run_both  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PACK = "ComfyUI-Impact-Pack"
 SOURCE = "iw_source.png"
 WILDCARD = "a {red|green|blue} {cat|dog|bird} on a {hill|boat}"
@@ -74,13 +71,6 @@ def make_source(path: Path) -> None:
     draw.ellipse((46, 10, 71, 31), fill=(255, 255, 255))
     draw.rectangle((50, 42, 61, 53), fill=(255, 255, 255))
     image.save(path)
-
-
-def _prepare_base(base: Path, custom_nodes: Path) -> None:
-    shutil.copytree(custom_nodes / PACK, base / "custom_nodes" / PACK, symlinks=True)
-    for sub in ("input", "output", "temp", "models"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    make_source(base / "input" / SOURCE)
 
 
 def _files(ui: dict[str, Any]) -> dict[str, list[str]]:
@@ -158,24 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/impact-workflow"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     scratch = args.scratch.resolve()
-    shutil.rmtree(scratch, ignore_errors=True)
-    stand_in = scratch / "stand-in"
-    stand_in.mkdir(parents=True)
-    if missing("torchvision"):
-        write_stand_in(stand_in)
+    stand_in = fresh_scratch(scratch)
     base_ours, base_ref = scratch / "sdgraph-base", scratch / "comfyui-base"
-    _prepare_base(base_ours, args.custom_nodes.resolve())
-    _prepare_base(base_ref, args.custom_nodes.resolve())
+    for base in (base_ours, base_ref):
+        prepare_base(base, args.custom_nodes.resolve(), (PACK,), make_source, SOURCE)
     workflow = scratch / "workflow.json"
     workflow.write_text(json.dumps(WORKFLOW))
-    child = Path(__file__).resolve().parent / "pack_workflow.py"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stand_in), str(ROOT)])}
-    _run_child(["--sdgraph-child", str(base_ours), str(scratch / "sdgraph.json"), str(workflow)], env,
-               scratch / "sdgraph.log", child)
-    _run_child(["--comfyui-child", str(args.comfyui), str(base_ref), str(stand_in), str(scratch / "comfyui.json"),
-                str(workflow)], {**os.environ, "PYTHONPATH": ""}, scratch / "comfyui.log", child)
-    ours = json.loads((scratch / "sdgraph.json").read_text())
-    ref = json.loads((scratch / "comfyui.json").read_text())
+    ours, ref = run_both(args.comfyui, scratch, stand_in, workflow)
     print("\n".join(report(ours, ref, base_ours, base_ref)))
     print("\nwhat the outputs must show (sdgraph's):")
     print("\n".join(meaning_checks(ours, base_ours)))

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pack_report import missing, write_stand_in  # noqa: E402
@@ -88,12 +88,14 @@ def make_source(path: Path) -> None:
     image.save(path)
 
 
-def _prepare_base(base: Path, custom_nodes: Path) -> None:
-    for pack in PACKS:
+def prepare_base(base: Path, custom_nodes: Path, packs: tuple[str, ...] = PACKS,
+                 source: Callable[[Path], None] = make_source, name: str = SOURCE) -> None:
+    """A side's base directory: its own copy of the packs, ComfyUI's folders, the source picture in input/."""
+    for pack in packs:
         shutil.copytree(custom_nodes / pack, base / "custom_nodes" / pack, symlinks=True)
     for sub in ("input", "output", "temp", "models"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    make_source(base / "input" / SOURCE)
+    source(base / "input" / name)
 
 
 # ---- the two sides, each in a child process -----------------------------------------------------------------
@@ -188,9 +190,32 @@ def _comfyui_child(comfyui: Path, base: Path, stand_in: Path, out: Path,
                               indent=1, default=str))
 
 
-def _run_child(args: list[str], env: dict[str, str], log: Path, script: Path | None = None) -> None:
+def fresh_scratch(scratch: Path) -> Path:
+    """An empty scratch directory; returns its stand-in folder (a torchvision stand-in only where this Python
+    cannot import torchvision, as in tools/pack_report.py)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    stand_in = scratch / "stand-in"
+    stand_in.mkdir(parents=True)
+    if missing("torchvision"):
+        write_stand_in(stand_in)
+    return stand_in
+
+
+def run_both(comfyui: Path, scratch: Path, stand_in: Path, workflow: Path | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each side's child on its base directory (scratch/sdgraph-base, scratch/comfyui-base): what each did."""
+    extra = [str(workflow)] if workflow is not None else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stand_in), str(ROOT)])}
+    _run_child(["--sdgraph-child", str(scratch / "sdgraph-base"), str(scratch / "sdgraph.json"), *extra], env,
+               scratch / "sdgraph.log")
+    _run_child(["--comfyui-child", str(comfyui), str(scratch / "comfyui-base"), str(stand_in),
+                str(scratch / "comfyui.json"), *extra], {**os.environ, "PYTHONPATH": ""}, scratch / "comfyui.log")
+    return json.loads((scratch / "sdgraph.json").read_text()), json.loads((scratch / "comfyui.json").read_text())
+
+
+def _run_child(args: list[str], env: dict[str, str], log: Path) -> None:
     with open(log, "w") as sink:
-        done = subprocess.run([sys.executable, str(script or Path(__file__).resolve()), *args], stdout=sink,
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], stdout=sink,
                               stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed (exit {done.returncode}):\n" + log.read_text()[-3000:])
@@ -351,20 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/pack-workflow"))
     args = parser.parse_args(argv)
     scratch = args.scratch.resolve()
-    shutil.rmtree(scratch, ignore_errors=True)
-    stand_in = scratch / "stand-in"
-    stand_in.mkdir(parents=True)
-    if missing("torchvision"):  # as in tools/pack_report.py: only where this Python has none
-        write_stand_in(stand_in)
+    stand_in = fresh_scratch(scratch)
     base_ours, base_ref = scratch / "sdgraph-base", scratch / "comfyui-base"
-    _prepare_base(base_ours, args.custom_nodes.resolve())
-    _prepare_base(base_ref, args.custom_nodes.resolve())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stand_in), str(ROOT)])}
-    _run_child(["--sdgraph-child", str(base_ours), str(scratch / "sdgraph.json")], env, scratch / "sdgraph.log")
-    _run_child(["--comfyui-child", str(args.comfyui), str(base_ref), str(stand_in), str(scratch / "comfyui.json")],
-               {**os.environ, "PYTHONPATH": ""}, scratch / "comfyui.log")
-    ours = json.loads((scratch / "sdgraph.json").read_text())
-    ref = json.loads((scratch / "comfyui.json").read_text())
+    prepare_base(base_ours, args.custom_nodes.resolve())
+    prepare_base(base_ref, args.custom_nodes.resolve())
+    ours, ref = run_both(args.comfyui, scratch, stand_in)
     print("\n".join(report(ours, ref, base_ours, base_ref)))
     print("\nwhat the outputs must show:")
     print("\n".join(meaning_checks(base_ours, base_ref)))

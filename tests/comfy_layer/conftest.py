@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +17,18 @@ from sdgraph.plugins import load_custom_nodes
 from sdgraph.registry import Registry
 
 V3_PACKS = Path(__file__).resolve().parent / "v3_packs"
+
+
+def load_pack(base: Path, name: str, source: str) -> tuple[Registry, Dirs]:
+    """A pack written by a test (`source` is its __init__.py) in base/custom_nodes/name, loaded without problems."""
+    pack = base / "custom_nodes" / name
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(textwrap.dedent(source))
+    dirs = Dirs(base=base, extra_model_roots=[])
+    registry = Registry()
+    load_custom_nodes(registry, dirs.custom_nodes, dirs)
+    assert not registry.problems, [p.message + p.traceback for p in registry.problems]
+    return registry, dirs
 
 
 class V3Run:

@@ -2,7 +2,6 @@
 the named stand-ins: a pack written against them loads, and they compute what ComfyUI's do (no models here)."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ import torch.nn.functional as F
 from sdgraph.cache import OutputCache
 from sdgraph.context import Services
 from sdgraph.execute import Executor
-from sdgraph.paths import Dirs
-from sdgraph.plugins import load_custom_nodes
-from sdgraph.registry import Registry
+from tests.comfy_layer.conftest import load_pack
 from sdgraph.comfy_layer import activate
 
 activate(None)
@@ -70,14 +67,7 @@ NODE_CLASS_MAPPINGS = {"MaskCombine": MaskCombine, "PreviewTwice": PreviewTwice,
 
 @pytest.fixture
 def pack_executor(tmp_path):
-    base = tmp_path / "home"
-    pack = base / "custom_nodes" / "model_modules_pack"
-    pack.mkdir(parents=True)
-    (pack / "__init__.py").write_text(textwrap.dedent(PACK))
-    dirs = Dirs(base=base, extra_model_roots=[])
-    registry = Registry()
-    load_custom_nodes(registry, dirs.custom_nodes, dirs)
-    assert not registry.problems, [p.message + p.traceback for p in registry.problems]
+    registry, dirs = load_pack(tmp_path / "home", "model_modules_pack", PACK)
     return Executor(registry, Services(dirs=dirs), OutputCache())
 
 

@@ -8,16 +8,13 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import pytest
 
 from sdgraph.cache import OutputCache
 from sdgraph.context import Services
 from sdgraph.execute import Executor
-from sdgraph.paths import Dirs
-from sdgraph.plugins import load_custom_nodes
-from sdgraph.registry import Registry
+from tests.comfy_layer.conftest import load_pack
 
 PACK = '''
 import torch
@@ -143,13 +140,7 @@ NODE_CLASS_MAPPINGS = {"ToyValue": Value, "ToyNothing": Nothing, "ToyFirstGiven"
 
 @pytest.fixture
 def toy(tmp_path):
-    pack = tmp_path / "custom_nodes" / "toy_open_inputs"
-    pack.mkdir(parents=True)
-    (pack / "__init__.py").write_text(textwrap.dedent(PACK))
-    dirs = Dirs(base=tmp_path, extra_model_roots=[])
-    registry = Registry()
-    load_custom_nodes(registry, dirs.custom_nodes, dirs)
-    assert not registry.problems, [p.message + p.traceback for p in registry.problems]
+    registry, dirs = load_pack(tmp_path, "toy_open_inputs", PACK)
     module = sys.modules["sdgraph_custom_nodes.toy_open_inputs"]
     module.Value.CALLS.clear()
     return Executor(registry, Services(dirs=dirs), OutputCache()), module

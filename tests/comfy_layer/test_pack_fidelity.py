@@ -3,14 +3,12 @@ latent_preview's TAESD names, and a V1 class described as ComfyUI describes it (
 when the pack gives none, `custom_nodes.<folder>` as python_module, options the class wrote False kept)."""
 from __future__ import annotations
 
-import textwrap
+import sys
 
 import pytest
 import torch
 
-from sdgraph.paths import Dirs
-from sdgraph.plugins import load_custom_nodes
-from sdgraph.registry import Registry
+from tests.comfy_layer.conftest import load_pack
 
 PACK = '''
 from latent_preview import TAESD, TAESDPreviewerImpl, Latent2RGBPreviewer
@@ -51,15 +49,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {"NamedNode": "A named node"}
 
 @pytest.fixture
 def loaded(tmp_path):
-    pack = tmp_path / "custom_nodes" / "fidelity_pack"
-    pack.mkdir(parents=True)
-    (pack / "__init__.py").write_text(textwrap.dedent(PACK))
-    dirs = Dirs(base=tmp_path, extra_model_roots=[])
-    registry = Registry()
-    load_custom_nodes(registry, dirs.custom_nodes, dirs)
-    assert not registry.problems, [p.message + p.traceback for p in registry.problems]
-    import sys
-
+    registry, dirs = load_pack(tmp_path, "fidelity_pack", PACK)
     return registry, dirs, sys.modules["sdgraph_custom_nodes.fidelity_pack"]
 
 
