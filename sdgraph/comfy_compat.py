@@ -149,9 +149,11 @@ def _outputs(cls: type, where: str) -> tuple[OutputSpec, ...]:
     tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None) or ()
     outputs = []
     for i, type_ in enumerate(types):
-        type_name = COMBO if isinstance(type_, (list, tuple)) else str(type_)
+        choices = tuple(type_) if isinstance(type_, (list, tuple)) else None
+        type_name = COMBO if choices is not None else str(type_)
         outputs.append(OutputSpec(
             type=type_name,
+            choices=choices,
             name=str(names[i]) if i < len(names) else type_name,
             is_list=bool(is_list[i]) if i < len(is_list) else False,
             tooltip=tooltips[i] if i < len(tooltips) else None,

@@ -79,6 +79,11 @@ class OutputSpec(BaseModel):
     name: str
     is_list: bool = False
     tooltip: str | None = None
+    # a COMBO output declared by its list of values (a ComfyUI class's RETURN_TYPES); described as that list
+    choices: tuple[Any, ...] | None = None
+
+    def describe(self) -> Any:
+        return list(self.choices) if self.choices is not None else self.type
 
 
 class NodeSpec(BaseModel):
@@ -132,7 +137,7 @@ class NodeSpec(BaseModel):
         info: dict[str, Any] = {
             "input": {key: value for key, value in sections.items() if value or key == "required"},
             "input_order": {key: value for key, value in order.items() if value or key == "required"},
-            "output": [out.type for out in self.outputs],
+            "output": [out.describe() for out in self.outputs],
             "output_is_list": [out.is_list for out in self.outputs],
             "output_name": [out.name for out in self.outputs],
             "name": self.class_type,

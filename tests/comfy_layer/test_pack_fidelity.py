@@ -1,6 +1,7 @@
 """Gaps Impact Pack showed (tools/pack_report.py, /object_info beside ComfyUI's), each with a small pack written here:
 latent_preview's TAESD names, and a V1 class described as ComfyUI describes it (the class name as display name
-when the pack gives none, `custom_nodes.<folder>` as python_module, options the class wrote False kept)."""
+when the pack gives none, `custom_nodes.<folder>` as python_module, options the class wrote False kept, a combo
+output as its list of values)."""
 from __future__ import annotations
 
 import sys
@@ -8,6 +9,9 @@ import sys
 import pytest
 import torch
 
+from sdgraph.cache import OutputCache
+from sdgraph.context import Services
+from sdgraph.execute import Executor
 from tests.comfy_layer.conftest import load_pack
 
 PACK = '''
@@ -42,7 +46,37 @@ class Named(PlainText):
     pass
 
 
-NODE_CLASS_MAPPINGS = {"PlainTextNode": PlainText, "NamedNode": Named}
+COLOURS = ["red", "green", "blue"]
+
+
+class PickColour:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"index": ("INT", {"default": 0, "min": 0, "max": 2})}}
+    RETURN_TYPES = (COLOURS,)  # a combo output, given as its list of values
+    RETURN_NAMES = ("colour",)
+    FUNCTION = "go"
+    CATEGORY = "test"
+
+    def go(self, index):
+        return (COLOURS[index],)
+
+
+class UseColour:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"colour": (COLOURS,)}}
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "go"
+    OUTPUT_NODE = True
+    CATEGORY = "test"
+
+    def go(self, colour):
+        return {"ui": {"text": [colour]}, "result": (colour,)}
+
+
+NODE_CLASS_MAPPINGS = {"PlainTextNode": PlainText, "NamedNode": Named, "PickColour": PickColour,
+                       "UseColour": UseColour}
 NODE_DISPLAY_NAME_MAPPINGS = {"NamedNode": "A named node"}
 '''
 
@@ -77,3 +111,14 @@ def test_v1_classes_are_described_as_comfyui_describes_them(loaded):
     assert required["body"] == ["STRING", {"multiline": True, "default": ""}]
     spec = registry.get("PlainTextNode").spec.inputs_by_name
     assert spec["body"].multiline and not spec["label"].multiline and not spec["mode"].force_input
+
+
+def test_a_combo_output_is_described_as_its_values_and_feeds_a_combo_input(loaded):
+    registry, dirs, _ = loaded
+    info = registry.describe(dirs)["PickColour"]
+    assert info["output"] == [["red", "green", "blue"]] and info["output_name"] == ["colour"]
+    result = Executor(registry, Services(dirs=dirs), OutputCache()).run({
+        "1": {"class_type": "PickColour", "inputs": {"index": 2}},
+        "2": {"class_type": "UseColour", "inputs": {"colour": ["1", 0]}}})
+    assert result.status == "success", result.error
+    assert result.outputs["2"]["text"] == ["blue"]
