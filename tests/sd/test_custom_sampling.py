@@ -223,13 +223,15 @@ def test_guiders_follow_comfyuis_formulas(ctx: Any, parts: dict) -> None:
     basic_out = run(call(cs.BasicGuider, ctx, model=model, conditioning=pos)[0])
     assert torch.equal(basic_out, cfg(pos, neg, 1.0))  # cfg 1 is the positive alone
     assert not torch.allclose(basic_out, cfg(pos, neg, 6.0), atol=1e-2)
-    close = dict(atol=2e-4, rtol=1e-4)
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Equal but for float32 rounding, which grows with the latents' scale (~300 here), not element-wise."""
+        return (a - b).abs().max().item() <= 1e-5 * b.abs().max().item()
     # regular: negative + b (cond2 - negative) + a (cond1 - cond2)
-    assert torch.allclose(dual(pos, neg, neg, 5.0, 3.0, "regular"), cfg(pos, neg, 5.0), **close)
-    assert torch.allclose(dual(neg, pos, neg, 0.0, 4.0, "regular"), cfg(pos, neg, 4.0), **close)
+    assert close(dual(pos, neg, neg, 5.0, 3.0, "regular"), cfg(pos, neg, 5.0))
+    assert close(dual(neg, pos, neg, 0.0, 4.0, "regular"), cfg(pos, neg, 4.0))
     # nested: negative + b (cond2 + a (cond1 - cond2) - negative)
-    assert torch.allclose(dual(pos, neg, third, 3.0, 1.0, "nested"), cfg(pos, neg, 3.0), **close)
-    assert torch.allclose(dual(pos, pos, neg, 3.0, 2.5, "nested"), cfg(pos, neg, 2.5), **close)
+    assert close(dual(pos, neg, third, 3.0, 1.0, "nested"), cfg(pos, neg, 3.0))
+    assert close(dual(pos, pos, neg, 3.0, 2.5, "nested"), cfg(pos, neg, 2.5))
     assert not torch.allclose(dual(pos, neg, neg, 3.0, 2.0, "nested"), dual(pos, neg, neg, 3.0, 2.0, "regular"),
                               atol=1e-2)
 
