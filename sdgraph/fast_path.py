@@ -1,0 +1,38 @@
+"""The fast-path settings of the UNet (`--compile`, `--compile-mode`, `--channels-last`): what a face parses and
+the model manager carries to the nodes. Pure Python: applying them is the diffusion nodes' work
+(`nodes.sd.unet_compile`)."""
+from __future__ import annotations
+
+import argparse
+
+from pydantic import BaseModel
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class FastPath(BaseModel, frozen=True):
+    """How the UNet runs: its repeated blocks through torch.compile, its convolutions in channels_last."""
+
+    compile: bool = False
+    compile_mode: str = "default"
+    channels_last: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.compile or self.channels_last
+
+
+def add_fast_path_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="run the UNet's repeated blocks through torch.compile (inductor; the first step at "
+                             "each new image size compiles them: tens of seconds)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="torch.compile mode with --compile (default: default)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="keep the UNet's convolution weights in channels_last memory order")
+
+
+def fast_path_options(args: argparse.Namespace) -> dict[str, object]:
+    """The RuntimeOptions field these flags set."""
+    return {"fast_path": FastPath(compile=args.compile, compile_mode=args.compile_mode,
+                                  channels_last=args.channels_last)}
