@@ -1,10 +1,13 @@
 """The UNet's fast path (`sdgraph.fast_path.FastPath`): regional torch.compile and channels_last.
 
-- Regional compilation: each ResnetBlock2D and BasicTransformerBlock is compiled in place (`nn.Module.compile`),
+- Regional compilation (scope "blocks", the default): each ResnetBlock2D and BasicTransformerBlock is compiled in place (`nn.Module.compile`),
   not the UNet's whole forward. Blocks of one class share their compiled code (parameters are graph inputs), so
   warm-up compiles one graph per distinct block shape instead of one huge graph, and the UNet's own forward
   stays eager: ControlNet and T2I-Adapter residuals, the patched walk (`unet_walk`, which calls the resnets and
   walks the transformers itself) and any other caller of the module keep working unchanged.
+- Scope "unet" compiles the UNet's whole forward instead: on the tiny model it warms up faster and runs faster
+  (README), but it is one graph per input signature (ControlNet residuals or none, each size), and the patched
+  walk bypasses it (it runs the UNet's parts eagerly).
 - The module stays the same object, so the model manager's placement, the output cache and the per-UNet
   bookkeeping of cross-prompt batching see it as before. Weight patches (LoRA) write the parameters in place:
   the compiled code reads them as inputs and is not recompiled (tests/sd/test_unet_compile.py checks both).
@@ -43,7 +46,7 @@ def prepare_unet(unet: torch.nn.Module, fast_path: FastPath | None, streamed: bo
         if streamed:
             _warn_once(unet, "the UNet streams its weights (--lowvram or over the device budget): it runs eagerly")
         else:
-            compile_regions(unet, fast_path.compile_mode)
+            compile_regions(unet, fast_path.compile_mode, fast_path.compile_scope)
     return unet
 
 
@@ -53,18 +56,20 @@ def _warn_once(unet: torch.nn.Module, message: str) -> None:
         log.warning("--compile: %s", message)
 
 
-def compile_regions(unet: torch.nn.Module, mode: str = "default") -> int:
-    """Compile the UNet's repeated blocks in place; returns how many were wrapped."""
+def compile_regions(unet: torch.nn.Module, mode: str = "default", scope: str = "blocks") -> int:
+    """Compile the UNet's repeated blocks (scope "blocks") or its whole forward ("unet") in place; returns how
+    many modules were wrapped."""
     _raise_recompile_limit()
     start = time.perf_counter()
+    targets = [unet] if scope == "unet" else [m for m in unet.modules() if type(m).__name__ in REGIONS]
     count = 0
-    for module in unet.modules():
-        if type(module).__name__ in REGIONS and getattr(module, "_compiled_call_impl", None) is None:
+    for module in targets:
+        if getattr(module, "_compiled_call_impl", None) is None:
             module.compile(mode=None if mode == "default" else mode, dynamic=False)
             count += 1
     unet._sdgraph_compiled = mode  # type: ignore[assignment]
     device = next(unet.parameters()).device
-    log.info("torch.compile (%s) wraps %d UNet blocks on %s in %.2f s; each new image size or batch compiles "
+    log.info("torch.compile (%s) wraps %d UNet modules on %s in %.2f s; each new image size or batch compiles "
              "them on its first step%s", mode, count, device.type, time.perf_counter() - start,
              "" if device.type == "cuda" else _CPU_NOTE)
     return count

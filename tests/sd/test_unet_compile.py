@@ -16,7 +16,7 @@ from sdgraph.nodes.sd.conditioning import ControlNet, TextEncode
 from sdgraph.nodes.sd.loaders import ControlNetLoader, LoraLoaderModelOnly
 from sdgraph.nodes.sd.loading import load_checkpoint
 from sdgraph.nodes.sd.sampling import KSampler
-from sdgraph.nodes.sd.unet_compile import REGIONS, compile_regions, is_compiled
+from sdgraph.nodes.sd.unet_compile import REGIONS, compile_regions, is_compiled, prepare_unet
 from sdgraph.nodes.sd.unet_merge import UnetCall, merge_key
 from sdgraph.runtime import create_executor
 
@@ -34,9 +34,11 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_flags_parse_and_reach_the_model_manager(tmp_path: Path) -> None:
     args = _parser().parse_args(["run", "--compile", "--compile-mode", "max-autotune", "--channels-last",
-                                 "--base-dir", str(tmp_path), "--no-plugins", "workflow.json"])
+                                 "--compile-scope", "unet", "--base-dir", str(tmp_path), "--no-plugins",
+                                 "workflow.json"])
     options = runtime_options(args)
-    assert options.fast_path == FastPath(compile=True, compile_mode="max-autotune", channels_last=True)
+    assert options.fast_path == FastPath(compile=True, compile_mode="max-autotune", compile_scope="unet",
+                                         channels_last=True)
     manager = create_executor(options).services.models
     assert manager.fast_path.compile and manager.fast_path.channels_last
     plain = runtime_options(_parser().parse_args(["run", "--base-dir", str(tmp_path), "workflow.json"]))
@@ -62,6 +64,14 @@ def test_a_compiled_unet_never_merges_across_prompts(sd1: Any) -> None:
     assert merge_key(call_)[0] == id(unet)
     assert compile_regions(unet) == sum(type(m).__name__ in REGIONS for m in unet.modules()) > 0
     assert is_compiled(unet) and merge_key(call_)[0] == "alone"
+    whole = type(unet)(**unet.config)
+    assert compile_regions(whole, scope="unet") == 1 and whole._compiled_call_impl is not None
+
+
+def test_a_streamed_unet_runs_eagerly(sd1: Any) -> None:
+    unet = type(sd1[0].slot.module)(**sd1[0].slot.module.config)
+    assert prepare_unet(unet, FastPath(compile=True), streamed=True) is unet and not is_compiled(unet)
+    assert is_compiled(prepare_unet(unet, FastPath(compile=True)))
 
 
 def test_channels_last_samples_what_eager_samples(dirs: Any, sd1: Any) -> None:
