@@ -1,8 +1,8 @@
 """The UNet's fast path (`sdgraph.fast_path.FastPath`): regional torch.compile and channels_last.
 
 - Regional compilation (scope "blocks", the default): each ResnetBlock2D and BasicTransformerBlock is compiled
-  in place (`nn.Module.compile`), not the UNet's whole forward. Blocks of one class share their compiled code (parameters are graph inputs), so
-  warm-up compiles one graph per distinct block shape instead of one huge graph, and the UNet's own forward
+  in place (`nn.Module.compile`), not the UNet's whole forward. Blocks of one class share their compiled code
+  (parameters are graph inputs), so warm-up compiles one graph per distinct block shape instead of one huge graph, and the UNet's own forward
   stays eager: ControlNet and T2I-Adapter residuals, the patched walk (`unet_walk`, which calls the resnets and
   walks the transformers itself) and any other caller of the module keep working unchanged.
 - Scope "unet" compiles the UNet's whole forward instead: on the tiny model it warms up faster and runs faster
