@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from sdgraph.execute import Executor, RunResult
 from sdgraph.disk_cache import add_disk_cache_arguments, disk_cache_options
+from sdgraph.fast_path import add_fast_path_arguments, fast_path_options
 from sdgraph.limits import RAM_BUDGET_HELP, add_limit_arguments, gigabytes, limits_from_args
 from sdgraph.overrides import OverrideError, apply_override
 from sdgraph.pack_output import document_stdout
@@ -87,6 +88,7 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-dir", type=Path, help="directory holding models/, input/, output/ (default ./user)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     parser.add_argument("--lowvram", action="store_true", help="stream weights to the GPU as they are used")
+    add_fast_path_arguments(parser)
     parser.add_argument("--ram-budget-gb", type=gigabytes, default=None, metavar="GB", help=RAM_BUDGET_HELP)
     parser.add_argument("--no-cache", action="store_true", help="do not keep node outputs between runs")
     parser.add_argument("--cache-lru", type=int, default=0, metavar="N",
@@ -101,7 +103,8 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     return RuntimeOptions(base_dir=args.base_dir, cpu=args.cpu, lowvram=args.lowvram, no_cache=args.no_cache,
                           cache_lru=args.cache_lru, ram_budget_gb=args.ram_budget_gb,
                           plugins=not args.no_plugins, preview=getattr(args, "preview", False),
-                          limits=limits_from_args(args), **disk_cache_options(args))
+                          limits=limits_from_args(args), **disk_cache_options(args),
+                          **fast_path_options(args))
 
 
 def _load(args: argparse.Namespace, executor: Executor) -> Workflow:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdgraph.cobatch import add_batching_arguments, batching_options
 from sdgraph.disk_cache import add_disk_cache_arguments, disk_cache_options
+from sdgraph.fast_path import add_fast_path_arguments, fast_path_options
 from sdgraph.limits import RAM_BUDGET_HELP, add_limit_arguments, gigabytes, limits_from_args
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                           "(default: $SDGRAPH_HOME or ./user)")
     run.add_argument("--cpu", action="store_true", help="run everything on the CPU")
     run.add_argument("--lowvram", action="store_true", help="stream weights to the GPU as they are needed")
+    add_fast_path_arguments(run)
     run.add_argument("--reserve-vram", type=float, default=1.0, metavar="GB", help="GPU memory left free")
     run.add_argument("--ram-budget-gb", type=gigabytes, default=None, metavar="GB", help=RAM_BUDGET_HELP)
     run.add_argument("--no-cache", action="store_true", help="do not keep node outputs between prompts")
@@ -114,7 +116,8 @@ def serve(args: argparse.Namespace, executor: Any = None, executor_factory: Any 
                              cache_lru=args.cache_lru, cpu=args.cpu, lowvram=args.lowvram,
                              reserve_vram_gb=args.reserve_vram, ram_budget_gb=args.ram_budget_gb,
                              preview=args.preview,
-                             limits=limits_from_args(args), **disk_cache_options(args), **batching_options(args))
+                             limits=limits_from_args(args), **disk_cache_options(args), **batching_options(args),
+                             **fast_path_options(args))
     if executor is None:
         executor = create_executor(options)
     for problem in executor.registry.problems:

@@ -13,6 +13,7 @@ from sdgraph.context import Services
 from sdgraph.disk_cache import DEFAULT_MAX_BYTES as DISK_MAX_BYTES
 from sdgraph.disk_cache import DEFAULT_MIN_SECONDS, DiskCache
 from sdgraph.execute import Executor
+from sdgraph.fast_path import FastPath
 from sdgraph.limits import Limits, configure
 from sdgraph.paths import Dirs, default_base
 from sdgraph.plugins import build_registry
@@ -36,6 +37,7 @@ class RuntimeOptions(BaseModel):
     disk_cache_min_seconds: float = Field(DEFAULT_MIN_SECONDS, ge=0)
     cpu: bool = False
     lowvram: bool = False
+    fast_path: FastPath = Field(default_factory=FastPath)  # --compile, --channels-last
     reserve_vram_gb: float = 1.0
     ram_budget_gb: float | None = Field(None, ge=0)  # CPU memory for loaded models; None: half of what is free
     preview: bool = False
@@ -69,4 +71,5 @@ def _model_manager(options: RuntimeOptions) -> Any:
         return None
     ram = None if options.ram_budget_gb is None else int(options.ram_budget_gb * 1024**3)
     return models.ModelManager(force_cpu=options.cpu, lowvram=options.lowvram,
-                               reserve_bytes=int(options.reserve_vram_gb * 1024**3), ram_budget_bytes=ram)
+                               reserve_bytes=int(options.reserve_vram_gb * 1024**3), ram_budget_bytes=ram,
+                               fast_path=options.fast_path)

@@ -49,6 +49,19 @@ def levels(x: Tensor, sigma: float) -> Tensor:
     return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
 
 
+def step_levels(model: Any, x: Tensor, sigma: float) -> Tensor:
+    """`levels`, noted on the denoiser (`SDDenoiser.remember_level`) so that the pipeline's calls need not read
+    the sigma back from the device."""
+    timestep = levels(x, sigma)
+    remember = getattr(model, "remember_level", None)
+    return timestep if remember is None else remember(timestep, float(sigma))
+
+
+def _sigma_of(model: Any, timestep: Tensor) -> float:
+    level_of = getattr(model, "level_of", None)
+    return float(timestep.reshape(-1)[0]) if level_of is None else level_of(timestep)
+
+
 def calc_cond_batch(model: "SDDenoiser", conds: Conds, x: Tensor, timestep: Tensor,
                     model_options: dict[str, Any]) -> list[Tensor]:
     """The x0 estimate of each cond on x at noise levels `timestep` ([B]): the weighted average of its entries'
@@ -56,7 +69,7 @@ def calc_cond_batch(model: "SDDenoiser", conds: Conds, x: Tensor, timestep: Tens
     weighs (and for a None cond), as ComfyUI's."""
     outs = [torch.zeros_like(x) for _ in conds]
     counts = [torch.full_like(x, 1e-37) for _ in conds]
-    sigma = float(timestep.reshape(-1)[0])
+    sigma = _sigma_of(model, timestep)
     wrapper = model_options.get("model_function_wrapper")
     for call in model.cond_calls(conds, sigma):
         input_x, c = model.call_inputs(call, x, sigma)
@@ -66,6 +79,8 @@ def calc_cond_batch(model: "SDDenoiser", conds: Conds, x: Tensor, timestep: Tens
                                     "sigmas": timestep}
         c["transformer_options"] = with_cond_patches(c["transformer_options"], model.call_patches(call, input_x.shape))
         stacked_levels = torch.cat([timestep] * chunks)
+        if hasattr(model, "remember_level"):
+            model.remember_level(stacked_levels, sigma)
         if wrapper is None:
             output = model.apply_model(input_x, stacked_levels, **c)
         else:
@@ -116,7 +131,7 @@ def guided_prediction(model: "SDDenoiser", x: Tensor, sigma: float) -> tuple[Ten
     """ComfyUI's sampling_function for the denoiser's positive / negative entries at cfg `model.cfg`: the guided
     x0 estimate and the unconditional one (after the pre-cfg functions; None when the negative was not run)."""
     options = model.model_options
-    timestep = levels(x, sigma)
+    timestep = step_levels(model, x, sigma)
     uncond = model.negative if model.uses_negative else None
     conds = [model.positive, uncond]
     out = calc_cond_batch(model, conds, x, timestep, options)

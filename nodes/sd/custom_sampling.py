@@ -19,7 +19,7 @@ import torch
 from sdgraph.node import Boolean, Float, Input, Int, Node, Output
 from sdgraph.types import CONDITIONING, LATENT, MODEL
 
-from sdgraph.nodes.sd.cfg_pipeline import calc_cond_batch, cfg_function, levels, sampler_hooks_set
+from sdgraph.nodes.sd.cfg_pipeline import calc_cond_batch, cfg_function, sampler_hooks_set, step_levels
 from sdgraph.nodes.sd.custom_sigmas import SIGMAS, as_sigmas, choice
 from sdgraph.nodes.sd.denoiser import SDDenoiser
 from sdgraph.nodes.sd.model_sampling import latent_format_of, model_sampling_of
@@ -143,7 +143,8 @@ class _DualCFGDenoiser(ComposedDenoiser):
         return dn + (d2 - dn) * cfg2 + (d1 - d2) * cfg1
 
     def _hooked(self, x: Tensor, sigma: float, cfg1: float, cfg2: float) -> Tensor:
-        base, options, timestep = self.base, self.base.model_options, levels(x, sigma)
+        base, options = self.base, self.base.model_options
+        timestep = step_levels(base, x, sigma)
         positive, middle, negative = base.positive, self.middle, self.negative
         if self.guide.nested:
             out = calc_cond_batch(base, [negative, middle, positive], x, timestep, options)

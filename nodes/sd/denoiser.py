@@ -137,6 +137,8 @@ class SDDenoiser:
         if not self.positive:
             raise ValueError("sampling needs at least one positive conditioning entry")
         self._stacks: dict[tuple[int, ...], _Batched | None] = {}
+        self._coverage: dict[tuple[int, ...], bool] = {}  # see _covers_all
+        self._levels: dict[int, tuple[Tensor, float]] = {}  # see remember_level
         self.batched = self._plan_batched()
         options = getattr(model, "model_options", {}).get("transformer_options")
         self.transformer_options = options if has_unet_patches(options) else None
@@ -281,8 +283,23 @@ class SDDenoiser:
         x_in = _with_concat(ms.calculate_input(timestep, x).to(self.dtype), c_concat)
         options = transformer_options or {}
         out = self._unet(x_in, ms.timestep(timestep).float(), c_crossattn, added_cond_kwargs, control or {},
-                         options.get("cond_or_uncond", [0]), float(timestep.reshape(-1)[0]), options, y=y)
+                         options.get("cond_or_uncond", [0]), self.level_of(timestep), options, y=y)
         return ms.calculate_denoised(timestep, out.float(), x)
+
+    def remember_level(self, levels: Tensor, sigma: float) -> Tensor:
+        """Note that the noise levels `levels` (a device tensor the pipeline built) all are `sigma`, so that
+        `level_of` need not read them back from the device; the notes of earlier steps are dropped."""
+        if len(self._levels) > 8:
+            self._levels.clear()
+        self._levels[id(levels)] = (levels, sigma)
+        return levels
+
+    def level_of(self, levels: Tensor) -> float:
+        """The first noise level of `levels`: from the note `remember_level` made, else read from the tensor."""
+        known = self._levels.get(id(levels))
+        if known is not None and known[0] is levels:
+            return known[1]
+        return float(levels.reshape(-1)[0])
 
     def cond_calls(self, conds: Sequence[Sequence[Entry] | None], sigma: float) -> list[CondCall]:
         """How `calc_cond_batch` evaluates these conds at `sigma`: one call stacking them when each is a single
@@ -360,9 +377,8 @@ class SDDenoiser:
         cond_or_uncond index of the entries (0 positive, 1 negative)."""
         total = torch.zeros(x_in.shape, device=self.device, dtype=torch.float32)
         weight = torch.zeros((x_in.shape[0], 1, *x_in.shape[2:]), device=self.device, dtype=torch.float32)
-        for entry in entries:
-            if not in_window(entry.window, sigma):
-                continue
+        active = tuple(entry for entry in entries if in_window(entry.window, sigma))
+        for entry in active:
             y0, y1, x0, x1 = area_box(entry.area, self.height, self.width)
             crop = x_in[:, :, y0:y1, x0:x1]
             context = to_batch(entry.context, crop.shape[0])
@@ -375,9 +391,17 @@ class SDDenoiser:
             total[:, :, y0:y1, x0:x1] += out * w
             weight[:, :, y0:y1, x0:x1] += w
         covered = weight > 0
-        if bool(covered.all()):
+        if self._covers_all(active, covered):
             return total / weight
         return torch.where(covered, total / weight.clamp_min(1e-37), self._zero_estimate_output(x, sigma))
+
+    def _covers_all(self, active: tuple[Entry, ...], covered: Tensor) -> bool:
+        """Whether these entries weigh everywhere: their weights are fixed for the run, so the host reads it
+        once per set of active entries, not on every step (a read waits for the device's queued work)."""
+        key = tuple(id(e) for e in active)
+        if key not in self._coverage:
+            self._coverage[key] = bool(covered.all())
+        return self._coverage[key]
 
     def _zero_estimate_output(self, x: Tensor, sigma: float) -> Tensor:
         """The UNet output whose x0 estimate is 0 at (x, sigma) (at sigma 0 none is: the estimate is x)."""

@@ -64,6 +64,7 @@ from sdgraph.models.patching import WeightPatch, lora_delta
 from sdgraph.nodes.sd.comfy_keys import clip_key_map, unet_key_map
 from sdgraph.nodes.sd.model_patcher import PatcherMethods, WeightMethods, copy_options, default_model_options
 from sdgraph.nodes.sd.model_sampling import ModelSampling, discrete_sampling
+from sdgraph.nodes.sd.unet_compile import prepare_unet
 
 if TYPE_CHECKING:
     from sdgraph.models import ManagedModule, ModelManager
@@ -173,8 +174,11 @@ class DiffusionModel(PatcherMethods, WeightMethods):
         return discrete_sampling(self.alphas_cumprod, self.prediction_type)
 
     def unet(self, manager: "ModelManager | None" = None) -> torch.nn.Module:
-        """The UNet on its compute device with exactly this model's patches applied."""
-        return _manager(self.manager, manager).acquire(self.slot, self.patches)
+        """The UNet on its compute device with exactly this model's patches applied (and the manager's fast
+        path: compiled blocks, channels_last; see `unet_compile`)."""
+        manager = _manager(self.manager, manager)
+        unet = manager.acquire(self.slot, self.patches)
+        return prepare_unet(unet, getattr(manager, "fast_path", None), streamed=self.slot.streamed)
 
     def compute_device(self, manager: "ModelManager | None" = None) -> torch.device:
         return _manager(self.manager, manager).compute_device

@@ -273,9 +273,19 @@ class DiscreteSampling(ModelSampling):
         self.num_timesteps = schedule.num_timesteps
 
     def timestep(self, sigma: Tensor) -> Tensor:
-        log_sigma = sigma.log().to(self.log_sigmas.device)
-        distances = log_sigma - self.log_sigmas.reshape((-1,) + (1,) * log_sigma.ndim)
-        return distances.abs().argmin(dim=0).reshape(sigma.shape).to(sigma.device)
+        log_sigma = sigma.log()
+        table = self._log_sigmas_on(log_sigma.device)  # the table goes to the levels, not the levels to the host
+        distances = log_sigma - table.reshape((-1,) + (1,) * log_sigma.ndim)
+        return distances.abs().argmin(dim=0).reshape(sigma.shape)
+
+    def _log_sigmas_on(self, device: torch.device) -> Tensor:
+        if self.log_sigmas.device == device:
+            return self.log_sigmas
+        cached = getattr(self, "_device_log_sigmas", None)
+        if cached is None or cached[0] is not self.log_sigmas or cached[1].device != device:
+            cached = (self.log_sigmas, self.log_sigmas.to(device))
+            self._device_log_sigmas = cached
+        return cached[1]
 
     def sigma(self, timestep: Tensor) -> Tensor:
         return self.schedule.sigma32(timestep.to(self.log_sigmas.device)).to(timestep.device)

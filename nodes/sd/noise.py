@@ -87,7 +87,7 @@ def continued_noise(seed: int, shape: Sequence[int], batch_index: Sequence[int] 
 
     def noise_like(x: torch.Tensor) -> torch.Tensor:
         drawn = torch.randn_like(x, device="cpu", dtype=torch.float32, generator=generator)
-        return drawn.to(device=x.device, dtype=x.dtype)
+        return to_device(drawn, x.device, x.dtype)
 
     return noise_like
 

@@ -21,7 +21,7 @@ import torch
 from sdgraph.node import Float, Input, Node, Output
 from sdgraph.types import CONDITIONING, MODEL
 
-from sdgraph.nodes.sd.cfg_pipeline import calc_cond_batch, levels, post_cfg, pre_cfg
+from sdgraph.nodes.sd.cfg_pipeline import calc_cond_batch, post_cfg, pre_cfg, step_levels
 from sdgraph.nodes.sd.custom_sampling import GUIDER, ComposedDenoiser, Guider, _as_negative
 from sdgraph.nodes.sd.denoiser import SDDenoiser
 from sdgraph.nodes.sd.k_samplers import DenoiseFn
@@ -61,7 +61,7 @@ class _PerpNegDenoiser(ComposedDenoiser):
     def with_uncond(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         """(guided x0, the negative's x0): what a CFG++ sampler steps with."""
         base, guide, options = self.base, self.guide, self.base.model_options
-        timestep = levels(x, float(sigma))
+        timestep = step_levels(base, x, float(sigma))
         negative, empty = self.negative, self.empty
         if not self.keep_all and math.isclose(guide.neg_scale, 0.0):
             negative = None

@@ -153,7 +153,8 @@ def sample_guided(model: Any, guide: Callable[[torch.Tensor, bool], DenoiseFn], 
     ms = model_sampling_of(model)
     last: list[torch.Tensor] = []
     with torch.inference_mode():
-        clean = scale_in(model, samples.to(device=device, dtype=torch.float32))
+        # scaled on the CPU, where the emptiness check reads nothing back from the device
+        clean = to_device(scale_in(model, samples.float()), device)
         sigma_0 = float(sigmas[0])
         x = clean  # every SD parametrisation adds the scaled noise to the latent: no noise leaves it as it is
         if add_noise:
@@ -247,8 +248,9 @@ class _MaskFunction:
     def __call__(self, mask: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
         if self.function is None:
             return mask
-        sigmas = self.sigmas.to(device=x.device, dtype=torch.float32)
-        return self.function(levels(x, sigma), mask, extra_options={"model": self.model, "sigmas": sigmas})
+        if self.sigmas.device != x.device or self.sigmas.dtype != torch.float32:
+            self.sigmas = self.sigmas.to(device=x.device, dtype=torch.float32)  # once, not per step
+        return self.function(levels(x, sigma), mask, extra_options={"model": self.model, "sigmas": self.sigmas})
 
 
 def _inpainting(inner: DenoiseFn, clean: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor, ms: ModelSampling,

@@ -12,6 +12,11 @@ batch into one forward. Each caller must get exactly the bits its own call would
 - That this holds on this machine is not assumed: the first time a module merges a given composition of calls,
   the calls are also made one by one and compared bit for bit. A composition that differs is never merged again
   in this process (its callers get their own calls' results, and a warning says so once).
+- A UNet compiled with --compile (`unet_compile`) never merges: its calls run one by one, in turn, as calls with
+  ControlNet do. A merged forward has a batch no caller has, so its static-shape blocks would compile again for
+  every composition of rows; `_PerCaller` would be traced into the compiled graphs once instead of deciding per
+  call; and inductor's kernels give no per-row bit-equality across batch sizes, so the exactness check would
+  refuse most compositions after paying for their compilation.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from sdgraph.cobatch import current_rendezvous
+from sdgraph.nodes.sd.unet_compile import is_compiled
 
 log = logging.getLogger("sdgraph.cobatch")
 T = TypeVar("T")
@@ -82,7 +88,7 @@ def merge_key(call: UnetCall) -> Hashable:
     added = call.kwargs.get("added_cond_kwargs") or {}
     labels = call.kwargs.get("class_labels")
     tensors = [call.context, *added.values(), *([labels] if labels is not None else [])]
-    if (set(call.kwargs) - MERGEABLE_KWARGS or call.t.numel() not in (1, rows)
+    if (is_compiled(call.unet) or set(call.kwargs) - MERGEABLE_KWARGS or call.t.numel() not in (1, rows)
             or not all(isinstance(v, Tensor) and v.shape[:1] == (rows,) for v in tensors)):
         return ("alone", id(call))
     return (id(call.unet), call.x.dtype, str(call.x.device), tuple(call.x.shape[1:]),

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from sdgraph.fast_path import FastPath
 from sdgraph.models.cast_at_use import store_narrow
 from sdgraph.models.files import FileCache, FileEntry, file_key, loose_tensor_bytes, path_bytes
 from sdgraph.models.memory import default_ram_budget, return_freed_memory, victims
@@ -66,12 +67,13 @@ class ModelManager:
     def __init__(self, device: str | torch.device | None = None, *, force_cpu: bool = False,
                  lowvram: bool = False, budget_bytes: int | None = None, reserve_bytes: int | None = None,
                  precision: str = "auto", simulated_device: bool = False,
-                 ram_budget_bytes: int | None = None) -> None:
+                 ram_budget_bytes: int | None = None, fast_path: FastPath | None = None) -> None:
         compute = torch.device(device) if device is not None else pick_device(force_cpu)
         self.stats = ManagerStats()
         self.placement = Placement(compute, self.stats, simulated=simulated_device, lowvram=lowvram,
                                    budget_bytes=budget_bytes, reserve_bytes=reserve_bytes)
         self.precision = precision
+        self.fast_path = fast_path or FastPath()  # applied to UNets by the nodes that run them
         self.ram_budget_bytes = default_ram_budget() if ram_budget_bytes is None else ram_budget_bytes
         self.files = FileCache()
         self._loading: list[ManagedModule] | None = None
