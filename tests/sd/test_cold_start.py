@@ -96,7 +96,7 @@ def toy_packages(tmp_path, monkeypatch):
         "        if name == 'LATE':\n"
         "            return 'late'\n"
         "        raise AttributeError(name)\n"
-        "lazy = Lazy(__name__)\nlazy.__path__ = __path__\nlazy.EARLY = 'early'\nsys.modules[__name__] = lazy\n")
+        "lazy = Lazy(__name__)\nlazy.__path__ = __path__\nlazy.EARLY = 'early'\nsys.modules.update({__name__: lazy})\n")
     (swapped / "part.py").write_text("PART = 'part'\n")
     finder = lean_imports.DeferringFinder(frozenset({"cs_eager", "cs_swapped"}))
     monkeypatch.syspath_prepend(str(tmp_path))
