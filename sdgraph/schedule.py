@@ -75,8 +75,7 @@ class Schedule:
     def wait_for(self, source: str) -> None:
         """The staged node also needs `source` (a lazy input it asked for, an expansion's output)."""
         assert self.staged is not None
-        self._leave_plan()
-        self.add(source)
+        self.add(source)  # which leaves the plan, if it is still followed
         self._link(source, self.staged)
 
     def hold(self) -> Callable[[], None]:
