@@ -73,13 +73,15 @@ def compile_regions(unet: torch.nn.Module, mode: str = "default", scope: str = "
             module.compile(mode=None if mode == "default" else mode, dynamic=dynamic)
             count += 1
     unet._sdgraph_compiled = mode  # type: ignore[assignment]
-    log.info("torch.compile (%s) wraps %d UNet modules on %s in %.2f s; each new image size or batch compiles "
-             "them on its first step%s", mode, count, device.type, time.perf_counter() - start,
-             "" if device.type == "cuda" else _CPU_NOTE)
+    # On a CPU the user is told (a warning reaches `sdgraph run`'s stderr): there compile often costs time.
+    log.log(logging.INFO if device.type == "cuda" else logging.WARNING,
+            "torch.compile (%s) wraps %d UNet modules on %s in %.2f s; each new image size or batch compiles "
+            "them on its first step%s", mode, count, device.type, time.perf_counter() - start,
+            "" if device.type == "cuda" else _CPU_NOTE)
     return count
 
 
-_CPU_NOTE = ("; on a CPU the gain is small or none (measured: an SD1.5-size UNet 0.55x, the tiny model 1.11x, "
+_CPU_NOTE = ("; on a CPU it may not pay (measured: an SD1.5-size UNet 0.55x, the tiny model 1.11x, "
              "1.72x with --compile-scope unet; measure here: python -m bench.sampling_speed --device cpu "
              "--size 64 --steps 4 --models sd15)")
 

@@ -81,7 +81,3 @@ def unet_out(model: Any, seed: int = 0, cond: Any = None) -> Any:
     cond = torch.randn(1, 77, ctx_dim, generator=g) if cond is None else cond
     with torch.inference_mode():
         return model.unet()(x, torch.tensor([500]), encoder_hidden_states=cond).sample.clone()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds (runs in CI)")

@@ -3,6 +3,10 @@ eager one does (within inductor's float reassociation), is reused across prompts
 recompiling and takes ControlNet residuals."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from sdgraph.nodes.sd.unet_merge import UnetCall, merge_key
 from sdgraph.runtime import create_executor
 
 from conftest import call, make_ctx
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Inductor and channels_last reorder float sums (fused group norms, attention, convolution blocking): per call
 # the UNet's output moves by ~1e-6; after the sampler's steps the latents agree to this fraction of their
@@ -142,3 +148,28 @@ def _sample(ctx: Any, parts: Any, text: str = "a red circle", control: Any = Non
     (out,) = call(KSampler, ctx, model=model, seed=1, steps=3, cfg=6.0, sampler_name="euler_ancestral",
                   scheduler="karras", positive=positive, negative=negative, latent_image=latent, denoise=1.0)
     return out["samples"]
+
+
+@pytest.mark.slow
+def test_sdgraph_run_saves_the_same_picture_with_and_without_compile(tmp_path: Path) -> None:
+    """The shipped txt2img workflow on the default model, as a user runs it: `sdgraph run` in a fresh process,
+    eagerly and with --compile (a cold inductor cache of its own); the two pictures agree to a level of 8 bits."""
+    import numpy as np
+    from PIL import Image
+
+    def picture(*flags: str) -> tuple[np.ndarray, str]:
+        base = tmp_path / ("compiled" if flags else "eager")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+        done = subprocess.run([sys.executable, "-m", "sdgraph", "run", str(ROOT / "workflows" / "txt2img.json"),
+                               "--cpu", "--quiet", "--base-dir", str(base), "--set", "sampler.steps=6", *flags],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (saved,) = (base / "output").glob("txt2img_*.png")
+        return np.asarray(Image.open(saved).convert("RGB"), dtype=np.int16), done.stderr
+
+    eager, eager_log = picture()
+    compiled, compiled_log = picture("--compile")
+    assert "torch.compile" not in eager_log
+    assert re.search(r"torch\.compile \(default\) wraps [1-9]\d* UNet modules on cpu", compiled_log), compiled_log
+    assert "on a CPU it may not pay" in compiled_log, "the CPU run says compile may not pay"
+    assert np.abs(compiled - eager).max() <= 1 and eager.std() > 5, "the same picture, and not a blank one"
