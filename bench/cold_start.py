@@ -85,6 +85,7 @@ def child(spawned: float, first_line: float, argv: list[str]) -> None:
     code = cli.main(argv)
     classes = {k: v["class_type"] for k, v in json.loads(open(argv[1]).read()).items()}
     print(CHILD_MARK + json.dumps({"code": code, "marks": marks, "cpu": cpu, "events": events, "classes": classes}), flush=True)
+    getattr(cli, "exit_process", sys.exit)(code)  # the command's own exit (an older checkout: a plain one)
 
 
 def phases(report: dict, exited: float) -> dict[str, float]:

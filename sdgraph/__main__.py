@@ -1,5 +1,3 @@
-import sys
+from sdgraph.cli import entry
 
-from sdgraph.cli import main
-
-sys.exit(main())
+entry()

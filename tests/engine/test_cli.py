@@ -101,3 +101,34 @@ def test_nodes_lists_packs_and_load_failures(base, capsys):
 def test_schema(capsys):
     main(["schema"])
     assert json.loads(capsys.readouterr().out)["title"] == "sdgraph API-format workflow"
+
+
+EXIT_PROBE = '''
+import atexit, gc, sys
+
+atexit.register(lambda: sys.stderr.write(f"at exit: {gc.get_freeze_count()} objects frozen\\n"))
+NODE_CLASS_MAPPINGS = {}
+'''
+
+
+@pytest.mark.parametrize("workflow, code", [(WORKFLOW, 0), ({"1": {"class_type": "NoSuchNode", "inputs": {}}}, 2)])
+def test_the_command_exits_with_its_code_after_freezing_the_collector(base, workflow, code):
+    """`python -m sdgraph` (and the console script, the same `entry`): the exit code is main's, exit handlers
+    still run, and by then the collector has frozen the process's objects instead of collecting them again."""
+    import subprocess
+    import sys
+
+    (base / "custom_nodes" / "exit_probe.py").write_text(EXIT_PROBE)
+    done = subprocess.run([sys.executable, "-m", "sdgraph", "run", write_workflow(base, workflow), "--base-dir",
+                           str(base), "--json"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == code, done.stderr
+    frozen = [line for line in done.stderr.splitlines() if line.startswith("at exit:")]
+    assert len(frozen) == 1 and int(frozen[0].split()[2]) > 10_000, done.stderr
+
+
+def test_the_console_script_is_the_process_entry():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["sdgraph"] == "sdgraph.cli:entry"
