@@ -1,6 +1,7 @@
 """Cold `sdgraph run workflows/txt2img.json` to the first picture, in fresh processes, phase by phase.
 
-    python -m bench.cold_start [--repeats 5] [--base /work/wt/coldstart-base] [--no-sd15] [--lock /tmp/bigmem.lock]
+    python -m bench.cold_start [--repeats 5] [--base /work/wt/coldstart-base] [--comfyui /tmp/comfyui] [--no-sd15]
+                               [--no-tiny] [--lock /tmp/bigmem.lock]
 
 Each run is a new Python process with a new base directory (nothing in the disk cache), timed on the wall clock
 from the parent's spawn. The child runs `sdgraph.cli.main(["run", ...])`, exactly what `sdgraph run` runs, and
@@ -25,6 +26,16 @@ weights (2.1 GB) in the original key layout, written to a temporary directory an
 disk. Each phase is given in wall seconds and in the process's CPU seconds (all threads), which a machine shared
 with other work disturbs less. `--base DIR` times another checkout too (e.g. `git worktree add --detach DIR main`), the two alternating
 run by run; the figures are medians.
+
+`--comfyui DIR` times a cold ComfyUI run of the same workflow on the SD1.5-size file too (a checkout prepared as
+tools/comfy_reference/README.md says; the tiny default model is a diffusers folder ComfyUI cannot load, so it is
+compared on that file only). Its child puts the checkout on sys.path (with the torchvision stand-in, written by the
+parent), starts it as `--cpu --base-directory BASE` (models/checkpoints/ holds the file, output/ the picture) and
+calls ComfyUI's own node classes from its `nodes` module in the workflow's order under inference mode, as its
+executor does; the workflow is the one sdgraph runs, its `--set` overrides applied beforehand by the parent with
+sdgraph's own code. Its `import` is `import nodes` (which imports `comfy.sd` and registers the built-in nodes, so
+its `registry` is 0); the server, its prompt validation and the comfy_extras / custom-node scan are not run.
+Compare import + registry + load as one: sdgraph imports diffusers and transformers in its load.
 """
 from __future__ import annotations
 
@@ -50,7 +61,7 @@ PHASES = ["python", "import", "registry", "prepare", "load", "encode", "sample",
           "exit", "total"]
 
 
-# ---- the child: one `sdgraph run`, its phases from timing the executor's calls ---------------------------------
+# ---- the children: one `sdgraph run` (its phases from timing the executor's calls), or one ComfyUI run --------
 
 
 def child(spawned: float, first_line: float, argv: list[str]) -> None:
@@ -83,9 +94,43 @@ def child(spawned: float, first_line: float, argv: list[str]) -> None:
 
     cli.create_executor, Executor.execute, PromptRun._compute = timed_executor, timed_execute, timed_compute
     code = cli.main(argv)
-    classes = {k: v["class_type"] for k, v in json.loads(open(argv[1]).read()).items()}
-    print(CHILD_MARK + json.dumps({"code": code, "marks": marks, "cpu": cpu, "events": events, "classes": classes}), flush=True)
+    print_report(code, marks, cpu, events, json.loads(open(argv[1]).read()))
     getattr(cli, "exit_process", sys.exit)(code)  # the command's own exit (an older checkout: a plain one)
+
+
+def child_comfyui(spawned: float, first_line: float, comfyui: str, stand_in: str, base: str, workflow: str) -> None:
+    marks = {"spawned": spawned, "first_line": first_line}
+    cpu = {"first_line": time.process_time()}
+    from pathlib import Path
+
+    from bench.load import start_comfyui
+
+    start_comfyui(Path(comfyui), Path(stand_in), "--base-directory", base)
+    import nodes  # noqa: E402 (the import is the phase being timed)
+
+    marks["imported"] = marks["registry"] = time.time()
+    cpu["imported"] = cpu["registry"] = time.process_time()
+    import torch
+
+    prompt = json.loads(Path(workflow).read_text())
+    marks["execute"], cpu["execute"] = time.time(), time.process_time()
+    events, outputs = [], {}
+    with torch.inference_mode():
+        for node_id, spec in prompt.items():  # the file lists each node after its inputs
+            cls = nodes.NODE_CLASS_MAPPINGS[spec["class_type"]]
+            kwargs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in spec["inputs"].items()}
+            if "prompt" in cls.INPUT_TYPES().get("hidden", {}):
+                kwargs["prompt"] = prompt  # SaveImage embeds it in the picture, as sdgraph's does
+            began, cpu_began = time.time(), time.process_time()
+            outputs[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+            events.append((began, time.time(), node_id, cpu_began, time.process_time()))
+    print_report(0, marks, cpu, events, prompt)
+
+
+def print_report(code: int, marks: dict, cpu: dict, events: list, prompt: dict) -> None:
+    classes = {k: v["class_type"] for k, v in prompt.items()}
+    print(CHILD_MARK + json.dumps({"code": code, "marks": marks, "cpu": cpu, "events": events, "classes": classes}),
+          flush=True)
 
 
 def phases(report: dict, exited: float) -> dict[str, float]:
@@ -151,8 +196,9 @@ def _random_tensor(name: str, like, generator):
 # ---- the parent -----------------------------------------------------------------------------------------------
 
 
-def cold_run(checkout, extra: list[str], model_file=None, lock=None) -> dict[str, float]:
-    """One fresh `sdgraph run` of `checkout`'s txt2img workflow in a new base directory; its phases."""
+def cold_run(checkout, extra: list[str], model_file=None, lock=None, comfyui=None) -> dict[str, float]:
+    """One fresh `sdgraph run` of `checkout`'s txt2img workflow in a new base directory, or with `comfyui` (a
+    ComfyUI checkout) that workflow run by ComfyUI; its phases."""
     import subprocess
     import tempfile
     from pathlib import Path
@@ -166,6 +212,8 @@ def cold_run(checkout, extra: list[str], model_file=None, lock=None) -> dict[str
             (base / "models" / "checkpoints").mkdir(parents=True)
             os.link(model_file, base / "models" / "checkpoints" / model_file.name)
         argv = ["run", "workflows/txt2img.json", "--cpu", "--quiet", "--base-dir", str(base), *extra]
+        if comfyui is not None:
+            argv = ["comfyui", str(comfyui), *comfyui_inputs(checkout, base, extra)]
         env = dict(os.environ, PYTHONPATH=str(checkout))
         with locked(lock):
             spawned = time.time()
@@ -173,11 +221,25 @@ def cold_run(checkout, extra: list[str], model_file=None, lock=None) -> dict[str
                                   capture_output=True, text=True, timeout=900)
             exited = time.time()
         if done.returncode != 0:
-            raise RuntimeError(f"sdgraph run in {checkout} failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"{argv[0]} in {checkout} failed:\n{done.stderr[-3000:]}")
         if not list((base / "output").glob("txt2img*.png")):
-            raise RuntimeError(f"sdgraph run in {checkout} saved no picture")
+            raise RuntimeError(f"{argv[0]} in {checkout} saved no picture")
     line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith(CHILD_MARK))
     return phases(json.loads(line[len(CHILD_MARK):]), exited)
+
+
+def comfyui_inputs(checkout, base, extra: list[str]) -> list[str]:
+    """The ComfyUI child's torchvision stand-in and workflow (the `--set` overrides applied), written into `base`."""
+    from sdgraph.overrides import apply_override
+    from sdgraph.workflow import load_workflow
+    from tools.comfy_reference.make_references import write_torchvision_stand_in
+
+    workflow = load_workflow(checkout / "workflows" / "txt2img.json")
+    for text in extra[1::2]:  # extra is ["--set", override, ...]
+        apply_override(workflow, text)
+    (base / "workflow.json").write_text(json.dumps(workflow.to_api()))
+    write_torchvision_stand_in(base / "stand-in")
+    return [str(base / "stand-in"), str(base), str(base / "workflow.json")]
 
 
 def median_phases(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -187,16 +249,15 @@ def median_phases(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def print_table(model: str, figures: dict[str, dict[str, float]], runs: int) -> None:
-    """Wall seconds and CPU seconds per phase, a column pair per checkout; with two, their ratios."""
-    names = list(figures)
+    """Wall seconds and CPU seconds per phase, a column pair per engine; the first's ratios to each other."""
+    first, *others = list(figures)
     print(f"\n{model} (median of {runs} fresh processes; wall s / CPU s)")
-    ratio = len(names) == 2
-    print("| phase | " + " | ".join(names) + (f" | {names[0]} / {names[1]} |" if ratio else " |"))
-    print("|---" * (len(names) + 1 + ratio) + "|")
+    print("| phase | " + " | ".join(figures) + "".join(f" | {first} / {n}" for n in others) + " |")
+    print("|---" * (len(figures) + 1 + len(others)) + "|")
     for p in PHASES:
-        cells = [f"{figures[n][p]:.2f} / {figures[n].get('cpu_' + p, float('nan')):.2f}" for n in names]
-        if ratio:
-            a, b = figures[names[0]], figures[names[1]]
+        cells = [f"{row[p]:.2f} / {row.get('cpu_' + p, float('nan')):.2f}" for row in figures.values()]
+        a = figures[first]
+        for b in (figures[n] for n in others):
             cells.append(f"{_ratio(a[p], b[p])} / {_ratio(a.get('cpu_' + p), b.get('cpu_' + p))}")
         print(f"| {p} | " + " | ".join(cells) + " |")
 
@@ -209,6 +270,7 @@ def main() -> None:
     import argparse
     import subprocess
     import tempfile
+    from functools import partial
     from pathlib import Path
 
     from bench.load import SD15_RUN, warm_page_cache
@@ -217,14 +279,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--base", type=Path, help="another checkout to time side by side (e.g. main)")
+    parser.add_argument("--comfyui", type=Path, help="a ComfyUI checkout to time on the SD1.5-size file too")
     parser.add_argument("--no-sd15", action="store_true", help="only the tiny default model")
     parser.add_argument("--no-tiny", action="store_true", help="only the SD1.5-size file")
     parser.add_argument("--lock", type=Path, help="flock this file around every SD1.5-size run")
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the SD1.5-size file is written (2.1 GB, deleted afterwards)")
     args = parser.parse_args()
-    checkouts = {"this": root} | ({"base": args.base.resolve()} if args.base else {})
+    if args.comfyui and args.no_sd15:
+        parser.error("--comfyui runs on the SD1.5-size file only: drop --no-sd15")
+    engines = {"this": partial(cold_run, root)}
+    if args.base:
+        engines["base"] = partial(cold_run, args.base.resolve())
+    comfyui = {"ComfyUI": partial(cold_run, root, comfyui=args.comfyui.resolve())} if args.comfyui else {}
     models: list[tuple[str, list[str], Path | None]] = [] if args.no_tiny else [("tiny default model", [], None)]
+    if comfyui:
+        print("ComfyUI runs on the SD1.5-size file only (the tiny default model is a diffusers folder it cannot load)")
     with tempfile.TemporaryDirectory(prefix="bench-cold-sd15-", dir=args.scratch) as scratch:
         if not args.no_sd15:
             sd15 = Path(scratch) / "sd15-random-fp16.safetensors"
@@ -234,10 +304,11 @@ def main() -> None:
                            ["--set", f"checkpoint.ckpt_name={sd15.name}", *SD15_RUN], sd15))
         results: dict = {}
         for model, extra, file in models:
-            rows: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
+            runners = engines | (comfyui if file else {})
+            rows: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
             for _ in range(args.repeats):
-                for name, checkout in checkouts.items():
-                    rows[name].append(cold_run(checkout, extra, file, args.lock if file else None))
+                for name, run in runners.items():
+                    rows[name].append(run(extra, file, args.lock if file else None))
                     print(f"{model} / {name}: picture {rows[name][-1]['picture']:.2f} s", file=sys.stderr, flush=True)
             results[model] = {name: median_phases(r) for name, r in rows.items()}
             print_table(model, results[model], args.repeats)
@@ -245,8 +316,11 @@ def main() -> None:
 
 
 if __name__ == "__main__" and "--child" in sys.argv:
-    at = sys.argv.index("--child")
-    child(SPAWNED, FIRST_LINE, sys.argv[at + 2:])
+    argv = sys.argv[sys.argv.index("--child") + 2:]
+    if argv[0] == "comfyui":
+        child_comfyui(SPAWNED, FIRST_LINE, *argv[1:])
+    else:
+        child(SPAWNED, FIRST_LINE, argv)
 elif __name__ == "__main__" and "--write-sd15" in sys.argv:
     write_sd15_file(sys.argv[sys.argv.index("--write-sd15") + 1])
 elif __name__ == "__main__":

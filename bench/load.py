@@ -96,16 +96,22 @@ def child_comfyui(path: Path, comfyui: Path) -> dict[str, float]:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-load-comfy-"))
     write_torchvision_stand_in(scratch)
-    sys.path[:0] = [str(scratch), str(comfyui)]
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
+    start_comfyui(comfyui, scratch)
     import comfy.sd
 
     loaded, cpu = time.perf_counter(), time.process_time()
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
     return _figures(start, loaded, cpu)
+
+
+def start_comfyui(comfyui: Path, stand_in: Path, *flags: str) -> None:
+    """Make the ComfyUI checkout importable in this process, started as `--cpu` plus `flags`; `stand_in` holds
+    the torchvision stand-in of `tools/comfy_reference/make_references.py`."""
+    sys.path[:0] = [str(stand_in), str(comfyui)]
+    sys.argv = [sys.argv[0], "--cpu", *flags]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
 
 
 def _figures(start: float, loaded: float, cpu: float) -> dict[str, float]:
