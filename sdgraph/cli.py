@@ -128,7 +128,8 @@ def _load(args: argparse.Namespace, executor: Executor) -> Workflow:
     return workflow
 
 
-def _prepare(executor: Executor, workflow: Workflow) -> PreparedPrompt:
+def prepare_named(executor: Executor, workflow: Workflow) -> PreparedPrompt:
+    """The prepared prompt, its node errors named as the user's file names them (a UI file's node ids, titles)."""
     prompt = executor.prepare(workflow)
     name_node_errors(prompt.node_errors, workflow.origin)
     return prompt
@@ -159,14 +160,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         workflow = _load(args, executor)
     except (OSError, WorkflowFormatError, OverrideError) as exc:
         return _input_error(args, exc)
-    prompt = _prepare(executor, workflow)
+    prompt = prepare_named(executor, workflow)
     if args.json:
         print(json.dumps(prompt.as_dict(), indent=2, default=str), file=args.out)
     elif prompt.ok:
         print(f"{args.workflow}: valid; output nodes {', '.join(prompt.outputs)}")
         _print_node_errors(prompt)
     else:
-        _print_invalid(prompt)
+        print_invalid(prompt)
     return 0 if prompt.ok else EXIT_INVALID
 
 
@@ -176,12 +177,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         workflow = _load(args, executor)
     except (OSError, WorkflowFormatError, OverrideError) as exc:
         return _input_error(args, exc)
-    prompt = _prepare(executor, workflow)
+    prompt = prepare_named(executor, workflow)
     if not prompt.ok:
         if args.json:
             print(json.dumps({"status": "invalid", **prompt.as_dict()}, indent=2, default=str), file=args.out)
         else:
-            _print_invalid(prompt)
+            print_invalid(prompt)
         return EXIT_INVALID
     if not args.json:
         _print_node_errors(prompt)
@@ -309,7 +310,7 @@ def _print_result(result: RunResult, files: list[str]) -> None:
         print(f"wrote {path}")
 
 
-def _print_invalid(prompt: PreparedPrompt) -> None:
+def print_invalid(prompt: PreparedPrompt) -> None:
     error = prompt.error or {}
     print(f"invalid workflow: {error.get('message', '')}", file=sys.stderr)
     if error.get("details"):

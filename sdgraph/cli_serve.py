@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="besides each node's latest output, keep N outputs of earlier prompts (default 0)")
     run.add_argument("--no-plugins", action="store_true", help="load only the built-in node packs")
     run.add_argument("--preview", action="store_true", help="send latent previews while sampling")
+    run.add_argument("--warm-up", action="append", default=[], type=Path, metavar="WORKFLOW",
+                     help="queue this workflow file before any client's prompt, so that its models are loaded (and, "
+                          "with --compile, its image size compiled) before anyone waits; repeatable. Its outputs "
+                          "are saved as any prompt's: end it in PreviewImage to keep output/ clean")
     run.add_argument("--max-history", type=int, default=10000, help="finished prompts kept (default 10000)")
     run.add_argument("--max-queue", type=int, default=10000,
                      help="pending prompts accepted; past it a submission gets 429 (default 10000)")
@@ -132,6 +137,8 @@ def serve(args: argparse.Namespace, executor: Any = None, executor_factory: Any 
         print(f"sdgraph: {exc}", file=sys.stderr)
         return 2
     app = create_app(executor, config, start_worker=False, backend=backend)
+    if args.warm_up and not queue_warm_ups(app, args.warm_up):
+        return 2
     host = config.listen_hosts[0]
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
     shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
@@ -149,6 +156,43 @@ def serve(args: argparse.Namespace, executor: Any = None, executor_factory: Any 
         print(f"sdgraph: cannot listen on {config.listen}:{config.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def queue_warm_ups(app: web.Application, paths: list[Path]) -> bool:
+    """Queue the --warm-up workflows, in order, ahead of every client's prompt; all of them or, when one cannot be
+    read or does not validate (said on stderr, naming the file and the node), none."""
+    from sdgraph.cli import prepare_named, print_invalid  # noqa: PLC0415
+    from sdgraph.server.state import STATE  # noqa: PLC0415
+    from sdgraph.uiformat import ConversionError  # noqa: PLC0415
+    from sdgraph.uiformat.errors import where  # noqa: PLC0415
+    from sdgraph.workflow import WorkflowFormatError, load_workflow  # noqa: PLC0415
+
+    state = app[STATE]
+    queued: list[tuple[str, dict[str, Any], list[str]]] = []
+    for path in paths:
+        try:
+            workflow = load_workflow(path, state.executor.registry)
+        except ConversionError as exc:
+            problems = "; ".join(f"{where(item)}{item['message']}" for item in exc.problems)
+            print(f"sdgraph: --warm-up {path}: {problems}", file=sys.stderr)
+            return False
+        except (OSError, WorkflowFormatError) as exc:
+            print(f"sdgraph: --warm-up {path}: {exc}", file=sys.stderr)
+            return False
+        prompt = prepare_named(state.executor, workflow)
+        try:
+            if not prompt.ok:
+                print(f"sdgraph: --warm-up {path} cannot run:", file=sys.stderr)
+                print_invalid(prompt)
+                return False
+            queued.append((f"warm-up-{len(queued) + 1}-{uuid.uuid4()}", workflow.to_api(), list(prompt.outputs)))
+        finally:
+            prompt.release()
+    # each `front` prompt goes ahead of those queued before it: the last given runs last only if given first
+    items = state.store.put_many(queued[::-1], {"warm_up": True}, front=True)
+    print(f"sdgraph: warm-up: {len(items)} workflow(s) queued first ({', '.join(str(p) for p in paths)})",
+          flush=True)
+    return True
 
 
 def worker_backend(args: argparse.Namespace, factory: Any) -> Any:
