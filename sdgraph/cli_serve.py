@@ -162,6 +162,7 @@ def queue_warm_ups(app: web.Application, paths: list[Path]) -> bool:
     """Queue the --warm-up workflows, in order, ahead of every client's prompt; all of them or, when one cannot be
     read or does not validate (said on stderr, naming the file and the node), none."""
     from sdgraph.cli import prepare_named, print_invalid  # noqa: PLC0415
+    from sdgraph.server.queue import QueueFull  # noqa: PLC0415
     from sdgraph.server.state import STATE  # noqa: PLC0415
     from sdgraph.uiformat import ConversionError  # noqa: PLC0415
     from sdgraph.uiformat.errors import where  # noqa: PLC0415
@@ -189,7 +190,11 @@ def queue_warm_ups(app: web.Application, paths: list[Path]) -> bool:
         finally:
             prompt.release()
     # each `front` prompt goes ahead of those queued before it: the last given runs last only if given first
-    items = state.store.put_many(queued[::-1], {"warm_up": True}, front=True)
+    try:
+        items = state.store.put_many(queued[::-1], {"warm_up": True}, front=True)
+    except (QueueFull, OSError) as exc:  # a persisted queue at its bounds, a full disk
+        print(f"sdgraph: --warm-up: cannot queue: {exc}", file=sys.stderr)
+        return False
     print(f"sdgraph: warm-up: {len(items)} workflow(s) queued first ({', '.join(str(p) for p in paths)})",
           flush=True)
     return True

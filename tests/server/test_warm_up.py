@@ -56,6 +56,8 @@ async def test_warm_ups_run_first_in_order_and_warm_the_cache(make_server: Facto
     ({"1": {"class_type": "NoSuchNode", "inputs": {}}}, "NoSuchNode"),
     ({"1": {"class_type": "Number", "inputs": {"value": "seven"}}, "2": {"class_type": "Show",
                                                                        "inputs": {"value": ["1", 0]}}}, "node 1"),
+    ({"nodes": [{"id": 5, "type": "NoSuchNode", "inputs": [], "outputs": [], "widgets_values": []}], "links": []},
+     "NoSuchNode"),  # a UI-format file, refused by the converter
     (None, "No such file"),
 ])
 async def test_a_warm_up_that_cannot_run_queues_nothing(make_server: Factory, tmp_path: Path, capsys, bad,
@@ -67,6 +69,19 @@ async def test_a_warm_up_that_cannot_run_queues_nothing(make_server: Factory, tm
     err = capsys.readouterr().err
     assert f"--warm-up {path}" in err and said in err, err
     assert server.state.store.remaining() == 0
+
+
+async def test_a_full_queue_refuses_the_warm_ups(tmp_path: Path, capsys) -> None:
+    from aiohttp import web
+
+    from sdgraph.server import ServerConfig, create_app
+    from tests.server.nodes import make_executor
+
+    app: web.Application = create_app(make_executor(tmp_path / "base"), ServerConfig(probe_torch=False, max_queue=1),
+                                      start_worker=False)
+    paths = [write(tmp_path, "one.json", chain(1)), write(tmp_path, "two.json", chain(2))]
+    assert not queue_warm_ups(app, paths)
+    assert "cannot queue" in capsys.readouterr().err
 
 
 def test_serve_refuses_to_start_on_a_bad_warm_up(tmp_path: Path, capsys) -> None:
