@@ -18,6 +18,15 @@ class UnsafePath(ValueError):
     """A path from a client that would leave its directory."""
 
 
+class PathTooDeep(UnsafePath):
+    """A path from a client with more folders than any real layout has (`MAX_PATH_DEPTH`)."""
+
+
+# Folders a client's path may name. Without a bound a deep path is refused only where pathlib's recursion (mkdir
+# with parents) hits the interpreter's recursion limit, which other code may have raised.
+MAX_PATH_DEPTH = 64
+
+
 def default_base() -> Path:
     return Path(os.environ.get("SDGRAPH_HOME", Path.cwd() / "user")).resolve()
 
@@ -121,6 +130,9 @@ def safe_join(root: Path, *parts: str) -> Path:
             raise UnsafePath(f"path {part!r} is absolute")
         if any(piece == ".." for piece in part.split("/")):
             raise UnsafePath(f"path {part!r} contains '..'")
+    depth = sum(1 for part in parts for piece in part.split("/") if piece)
+    if depth > MAX_PATH_DEPTH:
+        raise PathTooDeep(f"path {'/'.join(parts)[:60]!r}... has {depth} levels, more than {MAX_PATH_DEPTH}")
     root_resolved = root.resolve()
     joined = root_resolved.joinpath(*[p for p in parts if p])
     resolved = joined.resolve()

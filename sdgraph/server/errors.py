@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Iterator, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from sdgraph.paths import UnsafePath
+from sdgraph.paths import PathTooDeep, UnsafePath
 from sdgraph.server import piecewise_json
 from sdgraph.server.queue import DuplicatePrompt, QueueFull, StorageFull
 
@@ -44,6 +44,8 @@ async def error_middleware(request: web.Request,
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.type, exc.message, **exc.extra)
+    except PathTooDeep as exc:
+        return error_response(400, "path_too_deep", str(exc))
     except UnsafePath as exc:
         return error_response(403, "unsafe_path", str(exc))
     except web.HTTPException as exc:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from sdgraph.paths import Dirs, UnsafePath, safe_join
+from sdgraph.paths import MAX_PATH_DEPTH, Dirs, PathTooDeep, UnsafePath, safe_join
 
 
 def test_model_listing_treats_a_diffusers_folder_as_one_model(tmp_path):
@@ -36,6 +36,17 @@ def test_safe_join_refuses_symlinks_that_lead_out(tmp_path):
     with pytest.raises(UnsafePath):
         safe_join(inside, "up/secret")
     assert safe_join(inside, "sub/file.png") == (inside / "sub" / "file.png").resolve()
+
+
+def test_safe_join_bounds_the_depth(tmp_path):
+    """A deep path is refused by count, not by whether pathlib's recursion (mkdir with parents) overflows, which
+    depends on the recursion limit other code may have raised."""
+    deepest = "/".join(["d"] * MAX_PATH_DEPTH)
+    assert safe_join(tmp_path, deepest) == (tmp_path / deepest).resolve()
+    assert safe_join(tmp_path, "d/" * (MAX_PATH_DEPTH - 1), "f.png").name == "f.png"
+    for parts in (["/".join(["d"] * (MAX_PATH_DEPTH + 1))], ["d/" * MAX_PATH_DEPTH, "f.png"]):
+        with pytest.raises(PathTooDeep):
+            safe_join(tmp_path, *parts)
 
 
 def test_comfyui_folder_names_span_their_directories(tmp_path):
