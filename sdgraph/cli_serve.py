@@ -164,8 +164,6 @@ def queue_warm_ups(app: web.Application, paths: list[Path]) -> bool:
     from sdgraph.cli import prepare_named, print_invalid  # noqa: PLC0415
     from sdgraph.server.queue import QueueFull  # noqa: PLC0415
     from sdgraph.server.state import STATE  # noqa: PLC0415
-    from sdgraph.uiformat import ConversionError  # noqa: PLC0415
-    from sdgraph.uiformat.errors import where  # noqa: PLC0415
     from sdgraph.workflow import WorkflowFormatError, load_workflow  # noqa: PLC0415
 
     state = app[STATE]
@@ -173,11 +171,7 @@ def queue_warm_ups(app: web.Application, paths: list[Path]) -> bool:
     for path in paths:
         try:
             workflow = load_workflow(path, state.executor.registry)
-        except ConversionError as exc:
-            problems = "; ".join(f"{where(item)}{item['message']}" for item in exc.problems)
-            print(f"sdgraph: --warm-up {path}: {problems}", file=sys.stderr)
-            return False
-        except (OSError, WorkflowFormatError) as exc:
+        except (OSError, WorkflowFormatError) as exc:  # a UI file's ConversionError names its nodes
             print(f"sdgraph: --warm-up {path}: {exc}", file=sys.stderr)
             return False
         prompt = prepare_named(state.executor, workflow)
